@@ -1,0 +1,79 @@
+"""The ``ctssl`` command line: one subcommand per pipeline stage.
+
+Each subcommand lives in its stage's package as a module with ``configure(parser)`` (declares the
+options, imports nothing heavy) and ``run(args) -> int``. This file only routes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from ctssl import __version__
+from ctssl.config import ConfigError
+
+# name -> (module, one-line summary). Later stages register here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("data.synth_command", "generate the embedded synthetic CT corpus (DICOM + NIfTI + labels)"),
+}
+
+logger = logging.getLogger("ctssl")
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """Options every stage shares: the configuration layers and logging."""
+    group = parser.add_argument_group("configuration and logging")
+    group.add_argument(
+        "--config", metavar="FILE", default=None,
+        help="experiment YAML file holding only the settings that differ from the defaults",
+    )
+    group.add_argument(
+        "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+        help="override one setting (repeatable), e.g. --set noise.scale=0.5; applied after --config",
+    )
+    group.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="console and log-file verbosity (default: INFO)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctssl",
+        description="Self-supervised pretraining and evaluation for CT corpora. "
+        "Run `ctssl COMMAND --help` for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"ctssl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, summary) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(
+            name, help=summary, description=(module.__doc__ or summary).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.configure(cmd)
+        add_common_options(cmd)
+        cmd.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except ConfigError as err:
+        print(f"ctssl {args.command}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ctssl {args.command}: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

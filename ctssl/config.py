@@ -1,0 +1,101 @@
+"""The configuration convention shared by every ctssl stage.
+
+A stage declares its settings as a dataclass (the defaults). A run's configuration is resolved in
+one direction, each layer overriding the one before (as dinov2 does with OmegaConf):
+
+1. the dataclass defaults,
+2. an experiment file (YAML) holding only its differences (``--config FILE``),
+3. ``--set key.sub=value`` overrides and the stage's named command-line options.
+
+Unknown keys and values of the wrong type are errors that name the key. The resolved
+configuration is written beside the stage's outputs (``save_config``) and is what the next stage
+reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterable, Mapping, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ctssl.atomic import atomic_write_text
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be resolved; the message says which key and why."""
+
+
+def resolve_config(
+    schema: type[T],
+    config_file: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    options: Mapping[str, Any] | None = None,
+) -> T:
+    """Merge defaults, experiment file and overrides into a typed config object.
+
+    Args:
+        schema: dataclass type holding the defaults.
+        config_file: optional YAML file with the experiment's differences.
+        overrides: ``key.sub=value`` strings (``--set``), applied after the file.
+        options: named command-line options (dotted key -> value); ``None`` values mean
+            "not given" and are skipped. Applied last.
+
+    Returns:
+        An instance of ``schema`` (nested dataclasses are instantiated).
+    """
+    try:
+        cfg = OmegaConf.structured(schema)
+        if config_file is not None:
+            path = Path(config_file)
+            if not path.is_file():
+                raise ConfigError(f"Config file '{path}' does not exist.")
+            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        overrides = list(overrides)
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(
+                    f"Override '{item}' is not of the form key=value (e.g. --set seed=3)."
+                )
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        for key, value in (options or {}).items():
+            if value is not None:
+                OmegaConf.update(cfg, key, value, merge=False)
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        # OmegaConf's messages name the key and the expected type; keep them, drop the noise.
+        first_line = str(err).splitlines()[0]
+        key = getattr(err, "full_key", None)
+        where = f" (key '{key}')" if key else ""
+        raise ConfigError(f"Invalid configuration{where}: {first_line}") from None
+
+
+def to_yaml(cfg: Any) -> str:
+    """The YAML text of a config dataclass (or plain mapping)."""
+    if dataclasses.is_dataclass(cfg):
+        cfg = OmegaConf.structured(cfg)
+    elif not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    return OmegaConf.to_yaml(cfg)
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, JSON-serialisable dict of a config dataclass."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    atomic_write_text(path, to_yaml(cfg))
+    return path
+
+
+def load_config(schema: type[T], path: str | Path) -> T:
+    """Read a config written by ``save_config`` back into its dataclass."""
+    return resolve_config(schema, config_file=path)

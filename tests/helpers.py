@@ -1,0 +1,27 @@
+"""Small readers the tests share (independent of ctssl's own ingest code)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+
+
+def read_dicom_folder(folder: Path):
+    """[(path, dataset)] of every DICOM file in ``folder``, whatever its name; others skipped.
+
+    A file without file meta is read as implicit VR little endian, as pydicom parses it.
+    """
+    out = []
+    for path in sorted(Path(folder).iterdir()):
+        try:
+            ds = pydicom.dcmread(path, force=True)
+        except Exception:  # noqa: BLE001 - not DICOM
+            continue
+        if "SOPInstanceUID" not in ds:
+            continue
+        if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+            ds.file_meta = pydicom.dataset.FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        out.append((path, ds))
+    return out
