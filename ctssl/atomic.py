@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 TMP_MARK = ".tmp-"
+FILE_MODE = 0o644  # mkstemp makes 0600; outputs are meant to be shared (cluster groups)
 
 
 @contextlib.contextmanager
@@ -24,6 +25,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[BinaryIO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + TMP_MARK, dir=path.parent)
+    os.chmod(tmp, FILE_MODE)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

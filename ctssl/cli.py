@@ -17,6 +17,8 @@ from ctssl.config import ConfigError
 # name -> (module, one-line summary). Later stages register here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("data.synth_command", "generate the embedded synthetic CT corpus (DICOM + NIfTI + labels)"),
+    "ingest": ("data.ingest_command", "DICOM/NIfTI CT volumes to WebDataset shards of HU slices"),
+    "shards": ("shards.command", "verify or inspect a shard folder"),
 }
 
 logger = logging.getLogger("ctssl")

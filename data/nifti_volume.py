@@ -1,0 +1,60 @@
+"""Load a NIfTI CT volume in HU and bring it to ctssl's canonical frame.
+
+nibabel's ``get_fdata`` applies scl_slope / scl_inter (the loaded header shows them as NaN; the
+values live on ``img.dataobj``). Orientation comes from the affine, never from the array order:
+the voxel axes are permuted and flipped to L-P-S (NIfTI's world is RAS, DICOM's LPS; slice z is
+the same number in both) and returned as [slice (inferior first), row (posterior), column
+(patient left)], the same display convention as the DICOM path, so the same anatomy gives the
+same slices whatever the file's affine. Only 3-D volumes are accepted (a trailing axis of length
+1 is dropped); 4-D and non-finite data are reported, not guessed at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+
+from data.hounsfield import HU_CEILING, HU_FLOOR
+
+
+class NiftiError(ValueError):
+    """A NIfTI file ctssl will not ingest; the message is the report's reason."""
+
+
+@dataclass
+class CanonicalVolume:
+    hu: np.ndarray            # (n, H, W) float32 HU, inferior slice first
+    z: np.ndarray             # (n,) world z of each slice, mm
+    spacing: tuple[float, float]   # (row, column) pixel spacing, mm
+    slice_spacing: float
+    oblique_deg: float        # angle between the voxel axes and the nearest world axes
+
+
+def load_nifti(path, hu_min: float = HU_FLOOR, hu_max: float = HU_CEILING) -> CanonicalVolume:
+    img = nib.load(str(path))
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise NiftiError(f"{len(img.shape)}-D image (shape {tuple(img.shape)}); only 3-D volumes are ingested")
+    # The array proxy applies scl_slope / scl_inter on read.
+    data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+    if not np.all(np.isfinite(data)):
+        raise NiftiError(f"non-finite values ({int((~np.isfinite(data)).sum())} voxels NaN or inf)")
+    affine = img.affine
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine          # RAS -> LPS world
+    ornt = io_orientation(affine)
+    to_lps = ornt_transform(ornt, axcodes2ornt(("L", "P", "S")))
+    data = apply_orientation(data, to_lps)
+    lps_affine = lps @ inv_ornt_aff(to_lps, shape)
+    axes = lps_affine[:3, :3]
+    sizes = np.linalg.norm(axes, axis=0)
+    cosines = np.abs(np.diag(axes)) / sizes
+    oblique = float(np.degrees(np.arccos(np.clip(cosines.min(), -1, 1))))
+    volume = np.ascontiguousarray(data.transpose(2, 1, 0))   # [z, y, x]
+    np.clip(volume, hu_min, hu_max, out=volume)
+    z = lps_affine[2, 3] + lps_affine[2, 2] * np.arange(volume.shape[0])
+    return CanonicalVolume(volume, z, (float(sizes[1]), float(sizes[0])), float(sizes[2]), oblique)

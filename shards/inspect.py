@@ -1,0 +1,59 @@
+"""Summaries of a shard folder: counts, HU histogram, a contact sheet under a chosen window."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ctssl.atomic import atomic_write_text
+from data.contact_sheet import Tile, save_contact_sheet
+from data.windowing import get_window
+from shards.reader import iter_samples
+
+HIST_EDGES = np.arange(-1024, 3072 + 64, 64)
+
+
+def inspect_shards(folder: str | Path, out: str | Path, window: str = "soft_tissue",
+                   n_tiles: int = 24, seed: int = 0) -> dict:
+    """Write ``out/summary.json`` and ``out/contact_sheet.png``; return the summary."""
+    level_width = get_window(window)
+    counts = {name: Counter() for name in ("split", "manufacturer", "body_part", "source")}
+    labels: dict[str, Counter] = {}
+    hist = np.zeros(len(HIST_EDGES) - 1, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    reservoir: list[tuple[np.ndarray, str]] = []
+    total = 0
+    for sample in iter_samples(folder):
+        meta = sample["meta"]
+        for name, counter in counts.items():
+            counter[meta.get(name) or "unknown"] += 1
+        for name, value in (meta.get("labels") or {}).items():
+            labels.setdefault(name, Counter())[str(value)] += 1
+        hist += np.histogram(sample["hu"], bins=HIST_EDGES)[0]
+        caption = f"{meta['split']} {meta.get('body_part') or meta['source']} z={meta['z_mm']:.0f}"
+        # Reservoir sampling: a uniform random choice of slices in one pass.
+        if len(reservoir) < n_tiles:
+            reservoir.append((sample["hu"], caption))
+        else:
+            j = int(rng.integers(0, total + 1))
+            if j < n_tiles:
+                reservoir[j] = (sample["hu"], caption)
+        total += 1
+    if total == 0:
+        raise ValueError(f"No samples in '{folder}'.")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tiles = [Tile(hu.astype(np.float32), level_width, caption) for hu, caption in reservoir]
+    save_contact_sheet(tiles, out / "contact_sheet.png", columns=6, tile_size=128)
+    summary = {
+        "samples": total,
+        **{f"per_{name}": dict(sorted(c.items())) for name, c in counts.items()},
+        "labels": {k: dict(sorted(v.items())) for k, v in sorted(labels.items())},
+        "hu_histogram": {"edges": HIST_EDGES.tolist(), "counts": hist.tolist()},
+        "window": {"name": window, "level": level_width[0], "width": level_width[1]},
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    return summary

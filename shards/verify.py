@@ -1,0 +1,65 @@
+"""Check a shard folder against its manifest: every byte, every sample."""
+
+from __future__ import annotations
+
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+from ctssl.atomic import TMP_MARK
+from shards.encoding import EncodingError
+from shards.manifest import load_manifest
+from shards.reader import iter_shard
+from shards.writer import file_sha256
+
+
+def verify_shards(folder: str | Path) -> tuple[list[str], dict]:
+    """(problems, counts). No problems means every shard matches the manifest and decodes."""
+    folder = Path(folder)
+    problems: list[str] = []
+    try:
+        manifest = load_manifest(folder)
+    except (FileNotFoundError, ValueError) as err:
+        return [str(err)], {}
+    listed = {s["name"] for s in manifest["shards"]}
+    for extra in sorted(p.name for p in folder.glob("*.tar")):
+        if extra not in listed:
+            problems.append(f"{extra}: shard not listed in the manifest")
+    for leftover in sorted(p.name for p in folder.glob(f"*{TMP_MARK}*")):
+        problems.append(f"{leftover}: incomplete file left by an interrupted write")
+    keys: Counter = Counter()
+    per_split: Counter = Counter()
+    for shard in manifest["shards"]:
+        path = folder / shard["name"]
+        if not path.exists():
+            problems.append(f"{shard['name']}: missing")
+            continue
+        size = path.stat().st_size
+        if size != shard["bytes"]:
+            problems.append(f"{shard['name']}: {size} bytes, manifest says {shard['bytes']}")
+        if file_sha256(path) != shard["sha256"]:
+            problems.append(f"{shard['name']}: SHA-256 differs from the manifest (corrupted)")
+        count = 0
+        try:
+            for sample in iter_shard(path):
+                count += 1
+                keys[sample["key"]] += 1
+                meta = sample["meta"]
+                if list(sample["hu"].shape) != meta.get("shape"):
+                    problems.append(f"{shard['name']}: {sample['key']} image shape "
+                                    f"{list(sample['hu'].shape)} differs from its metadata {meta.get('shape')}")
+                if meta.get("split") != shard["split"]:
+                    problems.append(f"{shard['name']}: {sample['key']} is in split {meta.get('split')}")
+        except (tarfile.TarError, EncodingError, ValueError, EOFError, OSError) as err:
+            problems.append(f"{shard['name']}: unreadable after {count} samples ({type(err).__name__}: {err})")
+        if count != shard["samples"]:
+            problems.append(f"{shard['name']}: {count} samples decoded, manifest says {shard['samples']}")
+        per_split[shard["split"]] += count
+    for key, n in keys.items():
+        if n > 1:
+            problems.append(f"sample key {key} appears {n} times")
+    for split, entry in manifest["splits"].items():
+        if per_split[split] != entry["samples"]:
+            problems.append(f"split {split}: {per_split[split]} samples decoded, manifest says {entry['samples']}")
+    return problems, {"shards": len(manifest["shards"]), "samples": sum(keys.values()),
+                      "per_split": dict(sorted(per_split.items()))}
