@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("data.synth_command", "generate the embedded synthetic CT corpus (DICOM + NIfTI + labels)"),
     "ingest": ("data.ingest_command", "DICOM/NIfTI CT volumes to WebDataset shards of HU slices"),
     "shards": ("shards.command", "verify or inspect a shard folder"),
+    "bench": ("ctssl.bench_command", "rerunnable benchmarks, each against a baseline measured in the same run"),
 }
 
 logger = logging.getLogger("ctssl")

@@ -248,3 +248,12 @@ def test_inspect_writes_summary_and_contact_sheet(native, tmp_path):
     assert summary["samples"] == len(samples)
     assert sum(summary["hu_histogram"]["counts"]) == sum(s["hu"].size for s in samples.values())
     assert (tmp_path / "i" / "contact_sheet.png").stat().st_size > 1000
+
+
+def test_worker_count_does_not_change_the_shards(corpus, native, tmp_path):
+    cfg, _ = corpus
+    reference, _, _ = native
+    out = _run(cfg, tmp_path / "workers", workers=2)
+    names = sorted(p.name for p in shard_paths(reference))
+    assert names == sorted(p.name for p in shard_paths(out))
+    assert all((out / n).read_bytes() == (Path(reference) / n).read_bytes() for n in names)
