@@ -18,6 +18,7 @@ from ctssl.config import ConfigError
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("data.synth_command", "generate the embedded synthetic CT corpus (DICOM + NIfTI + labels)"),
     "ingest": ("data.ingest_command", "DICOM/NIfTI CT volumes to WebDataset shards of HU slices"),
+    "ingest-array": ("data.ingest_array_command", "ingest as plan / task / merge phases, for SLURM arrays"),
     "shards": ("shards.command", "verify or inspect a shard folder"),
     "bench": ("ctssl.bench_command", "rerunnable benchmarks, each against a baseline measured in the same run"),
 }
@@ -57,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.configure(cmd)
-        add_common_options(cmd)
+        # Commands with phases (e.g. `ctssl shards verify`) take the options after the phase.
+        phases = [a for a in cmd._actions if isinstance(a, argparse._SubParsersAction)]
+        for target in (list(phases[0].choices.values()) if phases else [cmd]):
+            add_common_options(target)
         cmd.set_defaults(_module=module)
     return parser
 

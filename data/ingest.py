@@ -5,19 +5,24 @@ data.dicom_series) and NIfTI volumes -> pseudonyms and patient-level split per s
 series, in a fixed order: load HU slices, thin, drop air, resize, encode -> per-split shards
 closed at series boundaries once they reach the target size -> manifest and report.
 
-Resume: each closed shard is recorded in ``ingest-journal.json`` (atomically) with the series it
-holds and their report entries. A rerun with the same settings skips those series and starts the
-next shard exactly where the interrupted run would have, so the result is the same set of shards.
+The work is split in three phases so that it scales out as a SLURM array (data.ingest_plan,
+``run_task``, data.ingest_merge); ``run_ingest`` runs all three on one node with one task.
+Resume: each closed shard is recorded in the task's journal (``OUT/tasks/``, atomically) with
+the series it holds and their report entries. A rerun skips those series and starts the next
+shard exactly where the interrupted run would have, so the result is the same set of shards.
 Privacy: no header identifier (names, IDs, dates, UIDs, institution, free text) is written
 anywhere; sources are referred to by keyed pseudonyms (see data.pseudonym, docs/ingest.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing
+import os
 import re
+import signal
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -27,22 +32,21 @@ import numpy as np
 from tqdm import tqdm
 
 from ctssl import __version__
-from ctssl.atomic import atomic_write_text, remove_stale_temporaries
+from ctssl.atomic import TMP_MARK, atomic_write_text
 from ctssl.config import ConfigError, to_dict
-from data.dicom_headers import FrameRecord, discover, read_records
-from data.dicom_series import DicomSeries, FrameLoader, group_series
+from data.dicom_headers import read_records
+from data.dicom_series import DicomSeries, FrameLoader
 from data.hounsfield import HU_CEILING, HU_FLOOR
 from data.labels import LabelTable, SeriesLabels
 from data.nifti_volume import NiftiError, load_nifti
-from data.pseudonym import assign_split, load_salt, pseudonym
+from data.pseudonym import assign_split, pseudonym
 from data.slicing import air_fraction, resize_slice, thin_positions
 from shards.encoding import encode_hu
-from shards.manifest import MANIFEST_NAME, build_manifest, write_manifest
+from shards.manifest import MANIFEST_NAME
 from shards.writer import ShardWriter
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_NAME = "ingest-journal.json"
 REPORT_NAME = "ingest-report.json"
 # Errors that mean "this file's data is bad", counted and skipped; anything else is a bug.
 DATA_ERRORS = (ValueError, RuntimeError, NotImplementedError, OSError, EOFError, NiftiError)
@@ -129,32 +133,26 @@ class ItemResult:
     report: dict
 
 
-def _scan_headers(paths: list[Path], workers: int):
-    """(records, failures) over all DICOM files; header reading in ``workers`` processes."""
-    records: list[FrameRecord] = []
-    failures: list[tuple[str, str]] = []
-    if workers > 1 and len(paths) > 64:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            results = pool.map(_read_records_safe, [str(p) for p in paths], chunksize=64)
-    else:
-        results = [_read_records_safe(str(p)) for p in paths]
-    for path, result in zip(paths, results):
-        if isinstance(result, str):
-            failures.append((str(path), result))
-        else:
-            records.extend(result)
-    return records, failures
-
-
-def _read_records_safe(path: str):
+def read_records_safe(path: str):
+    """Header records of one file, or the reason it cannot be read (a string)."""
     try:
         return read_records(Path(path))
     except DATA_ERRORS as err:
         return f"unreadable DICOM header ({type(err).__name__})"
-    except Exception as err:  # noqa: BLE001 - pydicom raises assorted types on garbage
-        if isinstance(err, (TypeError, AttributeError, KeyError, NameError)):
-            return f"unreadable DICOM header ({type(err).__name__})"
-        raise
+    except (TypeError, AttributeError, KeyError, IndexError) as err:
+        # pydicom raises these on some malformed headers; a file is not a bug of ours.
+        return f"unreadable DICOM header ({type(err).__name__})"
+
+
+def config_dict(cfg: IngestConfig) -> dict:
+    """The settings that define an ingest's output (run-only keys left out)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY_KEYS}
+
+
+def config_from_dict(data: dict) -> IngestConfig:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(IngestConfig), data))
 
 
 class Planner:
@@ -175,10 +173,16 @@ class Planner:
         labels = self.labels.lookup(series_uid=series.series_uid, study_uid=first.study_uid,
                                     patient_id=first.patient_key) if self.labels else SeriesLabels()
         folder = str(Path(first.path).parent)
-        return Item("dicom", pseudonym(self.salt, "series", f"{series.series_uid}|{series.group}"),
+        item = Item("dicom", pseudonym(self.salt, "series", f"{series.series_uid}|{series.group}"),
                     pseudonym(self.salt, "study", first.study_uid), patient,
                     assign_split(patient, self.fractions), self.source_id(folder, roots), labels,
-                    dicom=series, n_frames=len(series.frames))
+                    n_frames=len(series.frames))
+        # The pseudonyms are made: drop the identifiers from what travels on to the tasks.
+        item.dicom = dataclasses.replace(
+            series, series_uid="",
+            frames=[dataclasses.replace(f, sop_uid="", series_uid="", study_uid="", patient_key="")
+                    for f in series.frames])
+        return item
 
     def nifti_item(self, path: Path, root: Path, roots) -> Item:
         rel = path.relative_to(root).as_posix()
@@ -313,7 +317,7 @@ def _report(item: Item, written: int, n_source: int, skipped: Counter, failure: 
 
 
 class Journal:
-    """Closed shards and their report entries, rewritten atomically after each shard."""
+    """A task's closed shards and their report entries, rewritten atomically after each shard."""
 
     def __init__(self, path: Path, config: dict):
         self.path, self.config = path, config
@@ -322,18 +326,18 @@ class Journal:
         if path.exists():
             data = json.loads(path.read_text())
             if data.get("config") != config:
-                raise ConfigError(f"{path.parent} holds an interrupted ingest with other settings; "
+                raise ConfigError(f"{path} belongs to an ingest with other settings; "
                                   "rerun with the same arguments or use a new --out folder.")
             self.shards, self.reports = data["shards"], data["reports"]
 
     def done_series(self) -> set[str]:
-        return {s for shard in self.shards for s in shard["series"]} | {
-            r["series"] for r in self.reports}
+        return {s for shard in self.shards for s in shard["series"]} | {r["series"] for r in self.reports}
 
     def record(self, shard: dict | None, reports: list[dict]) -> None:
         if shard is not None:
             self.shards.append(shard)
         self.reports.extend(reports)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path, json.dumps({"config": self.config, "shards": self.shards,
                                                  "reports": self.reports}) + "\n")
 
@@ -341,11 +345,12 @@ class Journal:
 class SplitWriters:
     """One open shard per split; shards close at series boundaries past the target size."""
 
-    def __init__(self, out: Path, journal: Journal, target_bytes: int):
-        self.out, self.journal, self.target = out, journal, target_bytes
+    def __init__(self, out: Path, journal: Journal, target_bytes: int, task: int):
+        self.out, self.journal, self.target, self.task = out, journal, target_bytes, task
         self.open: dict[str, ShardWriter] = {}
         self.pending: dict[str, list[dict]] = {}
         self.counters = Counter(s["split"] for s in journal.shards)
+        self.closed_this_run = 0
 
     def add(self, item: Item, result: ItemResult) -> None:
         split = item.split
@@ -356,7 +361,7 @@ class SplitWriters:
             return
         writer = self.open.get(split)
         if writer is None:
-            name = f"{split}-{self.counters[split]:06d}.tar"
+            name = shard_name(split, self.task, self.counters[split])
             self.counters[split] += 1
             writer = self.open[split] = ShardWriter(self.out, name, split)
         for key, hu, meta in result.samples:
@@ -370,6 +375,9 @@ class SplitWriters:
         writer = self.open.pop(split, None)
         shard = asdict(writer.close()) if writer is not None else None
         self.journal.record(shard, self.pending.pop(split, []))
+        if shard is not None:
+            self.closed_this_run += 1
+            _fault_injection(self.task, self.closed_this_run)
 
     def close_all(self) -> None:
         for split in sorted(set(self.open) | set(self.pending)):
@@ -380,60 +388,67 @@ class SplitWriters:
             writer.abort()
 
 
-def run_ingest(cfg: IngestConfig) -> dict:
-    """Ingest ``cfg.sources`` into ``cfg.out``; returns the report dict (also written)."""
-    validate(cfg)
-    salt = load_salt(cfg.salt_file, cfg.create_salt)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY_KEYS}
-    if (out / MANIFEST_NAME).exists():
-        manifest = json.loads((out / MANIFEST_NAME).read_text())
-        if manifest.get("config") != config:
-            raise ConfigError(f"{out} already holds shards made with other settings; "
-                              "use a new --out folder.")
-        logger.info("%s is complete (manifest present, same settings): nothing to do", out)
-        return json.loads((out / REPORT_NAME).read_text())
-    stale = remove_stale_temporaries(out)
-    if stale:
-        logger.info("removed %d incomplete shard(s) of an interrupted run", stale)
-    journal = Journal(out / JOURNAL_NAME, config)
+def shard_name(split: str, task: int, index: int) -> str:
+    return f"{split}-{task:05d}-{index:05d}.tar"
 
-    start = time.perf_counter()
-    roots = [Path(s) for s in cfg.sources]
-    found = discover(cfg.sources)
-    logger.info("found %d DICOM file(s), %d NIfTI file(s), %d other file(s) (ignored)",
-                len(found.dicom), len(found.nifti), len(found.ignored))
-    records, failures = _scan_headers(found.dicom, cfg.workers)
-    series, frame_skips = group_series(records)
-    labels = LabelTable(cfg.labels, cfg.label_columns) if cfg.labels else None
-    planner = Planner(cfg, salt, labels)
-    items = [planner.dicom_item(s, roots) for s in series]
-    items += [planner.nifti_item(p, root, roots) for p, root in found.nifti]
-    items.sort(key=lambda it: it.series_id)
-    if len({it.series_id for it in items}) != len(items):
-        raise RuntimeError("pseudonym collision between two series; please report this")
+
+FAULT_ENV = "CTSSL_FAULT_KILL"
+
+
+def _fault_injection(task: int, closed: int) -> None:
+    """Test hook: ``CTSSL_FAULT_KILL=TASK:N`` SIGKILLs task TASK after it closed N shards,
+    as a preempted or failed job dies (used by the SLURM tests)."""
+    spec = os.environ.get(FAULT_ENV)
+    if spec:
+        want_task, want_closed = (int(v) for v in spec.split(":"))
+        if want_task == task and want_closed == closed:
+            logger.warning("fault injection: killing task %d after %d shard(s)", task, closed)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def task_paths(out: Path, task: int) -> tuple[Path, Path]:
+    """(journal, done marker) of a task."""
+    folder = out / "tasks"
+    return folder / f"task-{task:05d}.journal.json", folder / f"task-{task:05d}.done.json"
+
+
+def run_task(out: str | Path, task: int, workers: int = 1) -> dict:
+    """Run task ``task`` of the plan in ``out``; a finished task is a no-op, a failed or
+    preempted one resumes after its last closed shard. Returns the task's done record."""
+    from data.ingest_plan import load_plan, task_items
+
+    out = Path(out)
+    plan = load_plan(out)
+    if not 0 <= task < plan["num_tasks"]:
+        raise ConfigError(f"task index {task} is outside the plan's 0..{plan['num_tasks'] - 1}")
+    journal_path, done_path = task_paths(out, task)
+    if done_path.exists():
+        logger.info("task %d is already complete: nothing to do", task)
+        return json.loads(done_path.read_text())
+    for leftover in out.glob(f"*-{task:05d}-*.tar{TMP_MARK}*"):
+        leftover.unlink()
+    cfg = config_from_dict(plan["config"])
+    journal = Journal(journal_path, plan["config"])
     done = journal.done_series()
-    todo = [it for it in items if it.series_id not in done]
-    logger.info("%d series to ingest (%d already in closed shards)", len(todo), len(items) - len(todo))
-
-    writers = SplitWriters(out, journal, int(cfg.shard_size_mb * 1e6))
-    bar = tqdm(total=sum(it.n_frames for it in todo), unit="slice", desc="ingest", disable=None)
-    slices_written = 0
+    todo = [it for it in task_items(out, task) if it.series_id not in done]
+    logger.info("task %d: %d series to ingest (%d already in closed shards)", task, len(todo), len(done))
+    writers = SplitWriters(out, journal, int(cfg.shard_size_mb * 1e6), task)
+    bar = tqdm(total=sum(it.n_frames for it in todo), unit="slice", desc=f"ingest task {task}", disable=None)
+    start, written = time.perf_counter(), 0
     try:
-        if cfg.workers > 1:
+        if workers > 1:
             ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
                 for item, result in zip(todo, pool.imap(process_item, todo, chunksize=1)):
                     writers.add(item, result)
-                    slices_written += len(result.samples)
+                    written += len(result.samples)
                     bar.update(item.n_frames)
         else:
             _init_worker(cfg)
             for item in todo:
                 result = process_item(item)
                 writers.add(item, result)
-                slices_written += len(result.samples)
+                written += len(result.samples)
                 bar.update(item.n_frames)
         writers.close_all()
     except BaseException:
@@ -441,47 +456,40 @@ def run_ingest(cfg: IngestConfig) -> dict:
         raise
     finally:
         bar.close()
-    elapsed = time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    record = {"task": task, "shards": journal.shards, "reports": journal.reports,
+              "this_run": {"seconds": round(seconds, 3), "series": len(todo), "slices_written": written,
+                           "workers": workers,
+                           "slices_per_second": round(written / seconds, 1) if seconds else None}}
+    atomic_write_text(done_path, json.dumps(record) + "\n")
+    journal_path.unlink(missing_ok=True)
+    return record
 
-    report = _final_report(cfg, planner, roots, found, failures, frame_skips, journal)
-    report["this_run"] = {"seconds": round(elapsed, 3), "series": len(todo),
-                          "slices_written": slices_written, "workers": cfg.workers,
-                          "slices_per_second": round(slices_written / elapsed, 1) if elapsed else None}
-    manifest = build_manifest(journal.shards, config, __version__,
-                              {"image_size": cfg.image_size, "hu_range": [cfg.hu_min, cfg.hu_max]})
+
+def run_ingest(cfg: IngestConfig) -> dict:
+    """Single-node ingest: plan with one task, run it with ``cfg.workers``, merge.
+
+    Returns the report dict (also written to ``OUT/ingest-report.json``).
+    """
+    from data.ingest_merge import merge
+    from data.ingest_plan import build_plan
+
+    validate(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / MANIFEST_NAME).exists():
+        manifest = json.loads((out / MANIFEST_NAME).read_text())
+        if manifest.get("config") != config_dict(cfg):
+            raise ConfigError(f"{out} already holds shards made with other settings; "
+                              "use a new --out folder.")
+        logger.info("%s is complete (manifest present, same settings): nothing to do", out)
+        return json.loads((out / REPORT_NAME).read_text())
+    start = time.perf_counter()
+    build_plan(cfg, num_tasks=1, workers=cfg.workers)
+    record = run_task(out, 0, cfg.workers)
+    report = merge(out)
+    seconds = time.perf_counter() - start
+    report["this_run"] = {**record["this_run"], "seconds": round(seconds, 3),
+                          "slices_per_second": round(record["this_run"]["slices_written"] / seconds, 1)}
     atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=1) + "\n")
-    write_manifest(out, manifest)
-    journal.path.unlink(missing_ok=True)
     return report
-
-
-def _final_report(cfg, planner: Planner, roots, found, failures, frame_skips, journal: Journal) -> dict:
-    files = [{"source": planner.source_id(path, roots), "kind": "dicom", "outcome": "skipped",
-              "reason": reason} for path, reason in failures]
-    for (path, reason), count in sorted(frame_skips.items()):
-        files.append({"source": planner.source_id(path, roots), "kind": "dicom",
-                      "outcome": "skipped", "reason": reason, "images": count})
-    series = sorted(journal.reports, key=lambda r: r["series"])
-    reasons = Counter(f["reason"] for f in files)
-    reasons.update(r["reason"] for r in series if r["outcome"] == "skipped")
-    splits = Counter()
-    patients: dict[str, set] = {}
-    for r in series:
-        splits[r["split"]] += r["written"]
-        if r["written"]:
-            patients.setdefault(r["split"], set()).add(r["patient"])
-    return {
-        "ctssl_version": __version__,
-        "summary": {
-            "dicom_files": len(found.dicom), "nifti_files": len(found.nifti),
-            "ignored_files": len(found.ignored),
-            "series_written": sum(r["outcome"] == "written" for r in series),
-            "series_skipped": sum(r["outcome"] == "skipped" for r in series),
-            "slices_written": sum(r["written"] for r in series),
-            "slices_per_split": dict(sorted(splits.items())),
-            "skip_reasons": dict(sorted(reasons.items())),
-        },
-        "series": series,
-        "skipped_files": files,
-        "patients_per_split": {k: len(v) for k, v in sorted(patients.items())},
-    }

@@ -20,7 +20,8 @@ import logging
 from pathlib import Path
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def add_ingest_options(parser: argparse.ArgumentParser) -> None:
+    """The options that define an ingest's output (shared with ``ctssl ingest-array plan``)."""
     parser.add_argument("sources", nargs="*", metavar="SRC", help="folders or files to ingest")
     parser.add_argument("--out", default=None, help="output folder for shards, manifest and report")
     parser.add_argument("--image-size", type=int, default=None,
@@ -45,24 +46,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(only when paths hold no patient identifiers)")
 
 
-def run(args: argparse.Namespace) -> int:
+def resolve_ingest_config(args: argparse.Namespace):
     from ctssl.config import resolve_config
-    from ctssl.logs import setup_logging
-    from data.ingest import IngestConfig, run_ingest
-    from data.pseudonym import SaltError
+    from data.ingest import IngestConfig
 
     options = {"sources": list(args.sources) or None, "out": args.out, "image_size": args.image_size,
                "min_slice_spacing": args.min_slice_spacing, "max_air_fraction": args.max_air_fraction,
                "shard_size_mb": args.shard_size_mb, "labels": args.labels,
                "salt_file": args.salt_file, "create_salt": args.create_salt or None,
                "workers": args.workers, "report_paths": args.report_paths or None}
-    cfg = resolve_config(IngestConfig, args.config, args.overrides, options)
-    setup_logging(args.log_level, Path(cfg.out) / "ingest.log")
-    try:
-        report = run_ingest(cfg)
-    except (SaltError, FileNotFoundError) as err:
-        logging.getLogger("data.ingest").error("%s", err)
-        return 2
+    return resolve_config(IngestConfig, args.config, args.overrides, options)
+
+
+def log_report(report: dict, out: str) -> None:
     summary = report["summary"]
     log = logging.getLogger("data.ingest")
     log.info("series written %d, skipped %d; slices written %d %s", summary["series_written"],
@@ -73,6 +69,25 @@ def run(args: argparse.Namespace) -> int:
     if run_info.get("slices_written"):
         log.info("%d slices in %.1f s with %d worker(s): %.1f slices/s", run_info["slices_written"],
                  run_info["seconds"], run_info["workers"], run_info["slices_per_second"])
-    log.info("manifest: %s/manifest.json  report: %s/ingest-report.json", cfg.out, cfg.out)
+    log.info("manifest: %s/manifest.json  report: %s/ingest-report.json", out, out)
     print(json.dumps(summary, indent=1))
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_ingest_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ctssl.logs import setup_logging
+    from data.ingest import run_ingest
+    from data.pseudonym import SaltError
+
+    cfg = resolve_ingest_config(args)
+    setup_logging(args.log_level, Path(cfg.out) / "ingest.log")
+    try:
+        report = run_ingest(cfg)
+    except (SaltError, FileNotFoundError) as err:
+        logging.getLogger("data.ingest").error("%s", err)
+        return 2
+    log_report(report, cfg.out)
     return 0

@@ -22,3 +22,21 @@ def corpus(tmp_path_factory):
     cfg = small_config(tmp_path_factory.mktemp("synth") / "corpus")
     summary = run_synth(cfg)
     return cfg, summary
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real single-node SLURM cluster (see tests/slurm_cluster.py), started once."""
+    import os
+
+    from tests.slurm_cluster import SlurmCluster, missing_binaries
+
+    missing = missing_binaries()
+    if missing:
+        message = f"SLURM is not installed (missing {', '.join(missing)}); .ci/run installs slurm-wlm and munge"
+        if os.environ.get("CTSSL_REQUIRE_SLURM"):
+            pytest.fail(message)
+        pytest.skip(message)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    yield cluster
+    cluster.stop()

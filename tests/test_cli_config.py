@@ -49,14 +49,27 @@ def test_saved_config_round_trips(tmp_path):
     assert load_config(Outer, tmp_path / "c.yaml") == cfg
 
 
-def test_help_explains_every_command():
-    out = subprocess.run([sys.executable, "-m", "ctssl.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0
+def _help(*words):
+    out = subprocess.run([sys.executable, "-m", "ctssl.cli", *words, "--help"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_help_explains_every_command_and_phase():
+    import argparse
+
+    from ctssl.cli import build_parser
+
+    top = _help()
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for name in COMMANDS:
-        assert name in out.stdout
-        sub = subprocess.run([sys.executable, "-m", "ctssl.cli", name, "--help"],
-                             capture_output=True, text=True)
-        assert sub.returncode == 0 and "--config" in sub.stdout and "--set" in sub.stdout
+        assert name in top
+        sub = commands.choices[name]
+        phases = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        targets = [(name, p) for p in phases[0].choices] if phases else [(name,)]
+        for words in targets:
+            text = _help(*words)
+            assert "--config" in text and "--set" in text, words
 
 
 def test_bad_override_exits_2_with_message(tmp_path, capsys):

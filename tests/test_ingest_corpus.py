@@ -186,7 +186,7 @@ def test_interrupted_ingest_resumes_to_identical_shards(corpus, native, tmp_path
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         run_ingest(_config(cfg, out))
-    assert (out / "ingest-journal.json").exists() and not (out / "manifest.json").exists()
+    assert (out / "tasks" / "task-00000.journal.json").exists() and not (out / "manifest.json").exists()
     monkeypatch.setattr(ingest_module, "process_item", original)
     report = run_ingest(_config(cfg, out))
     assert report["this_run"]["series"] < len(report["series"])  # closed shards were not redone

@@ -1,0 +1,103 @@
+"""Phase 3 of a scaled-out ingest: one manifest and one report over all tasks.
+
+Refuses, naming them, when tasks are missing (never finished) or incomplete (started, with a
+journal, not finished); rerunning those tasks and then merge again completes the set.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from ctssl import __version__
+from ctssl.atomic import atomic_write_text
+from data.ingest import REPORT_NAME, task_paths
+from data.ingest_plan import PLAN_DIR, PLAN_REPORT_NAME, load_plan
+from shards.manifest import build_manifest, write_manifest
+
+
+class IncompleteIngest(RuntimeError):
+    """Some tasks have not finished; the message names them."""
+
+
+def merge(out: str | Path) -> dict:
+    """Write ``manifest.json`` and ``ingest-report.json`` over all tasks; returns the report."""
+    out = Path(out)
+    plan = load_plan(out)
+    n = plan["num_tasks"]
+    missing, incomplete, records = [], [], []
+    for task in range(n):
+        journal, done = task_paths(out, task)
+        if done.exists():
+            records.append(json.loads(done.read_text()))
+        elif journal.exists():
+            incomplete.append(task)
+        else:
+            missing.append(task)
+    if missing or incomplete:
+        parts = []
+        if incomplete:
+            parts.append(f"incomplete (started, not finished): {_ranges(incomplete)}")
+        if missing:
+            parts.append(f"missing (never finished): {_ranges(missing)}")
+        raise IncompleteIngest(
+            f"cannot merge {out}: {len(missing) + len(incomplete)} of {n} task(s) not done; "
+            + "; ".join(parts) + ". Rerun them (`ctssl ingest-array task --out DIR --task-index I`, "
+            "or resubmit those array indices), then merge again.")
+    shards = sorted((s for r in records for s in r["shards"]), key=lambda s: s["name"])
+    series = sorted((rep for r in records for rep in r["reports"]), key=lambda rep: rep["series"])
+    plan_report = json.loads((out / PLAN_DIR / PLAN_REPORT_NAME).read_text())
+    report = _report(plan_report, series)
+    manifest = build_manifest(shards, plan["config"], __version__,
+                              {"image_size": plan["config"]["image_size"],
+                               "hu_range": [plan["config"]["hu_min"], plan["config"]["hu_max"]],
+                               "tasks": n})
+    atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=1) + "\n")
+    write_manifest(out, manifest)
+    # The task item files hold source paths (needed to read the sources); the set is complete.
+    for task in plan["tasks"]:
+        (out / PLAN_DIR / task["items"]).unlink(missing_ok=True)
+    return report
+
+
+def _report(plan_report: dict, series: list[dict]) -> dict:
+    files = plan_report["skipped_files"]
+    reasons = Counter(f["reason"] for f in files)
+    reasons.update(r["reason"] for r in series if r["outcome"] == "skipped")
+    per_split: Counter = Counter()
+    patients: dict[str, set] = {}
+    for r in series:
+        per_split[r["split"]] += r["written"]
+        if r["written"]:
+            patients.setdefault(r["split"], set()).add(r["patient"])
+    return {
+        "ctssl_version": __version__,
+        "summary": {
+            **plan_report["found"],
+            "series_written": sum(r["outcome"] == "written" for r in series),
+            "series_skipped": sum(r["outcome"] == "skipped" for r in series),
+            "slices_written": sum(r["written"] for r in series),
+            "slices_per_split": dict(sorted(per_split.items())),
+            "patients_per_split": {k: len(v) for k, v in sorted(patients.items())},
+            "skip_reasons": dict(sorted(reasons.items())),
+        },
+        "series": series,
+        "skipped_files": files,
+    }
+
+
+def _ranges(values: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5' (the form sbatch --array takes)."""
+    out, start, prev = [], None, None
+    for v in sorted(values):
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            out.append(f"{start}-{prev}" if start != prev else f"{start}")
+            start = prev = v
+    if start is not None:
+        out.append(f"{start}-{prev}" if start != prev else f"{start}")
+    return ",".join(out)
