@@ -4,6 +4,9 @@ run, prints a table and writes JSON.
   ctssl bench ingest [--out DIR] [--matrix 512]
       ingest slices/s per core vs a naive pydicom + PNG16 baseline; JPEG 2000 input; shard
       decode slices/s; bytes per slice; candidate sample encodings
+  ctssl bench plan-scale [--series 100000] [--slices 12000000] [--tasks 256]
+      time and peak memory of the SLURM ingest's plan and merge phases on a synthetic header
+      index of that size
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ingest = sub.add_parser("ingest", help="ingest, shard decode and encoding benchmark")
     ingest.add_argument("--out", default="runs/bench", help="work folder; the corpus is cached here")
     ingest.add_argument("--matrix", type=int, default=512, help="input slice matrix (default 512)")
+    scale = sub.add_parser("plan-scale", help="plan and merge time and memory at archive scale")
+    scale.add_argument("--out", default="runs/bench", help="work folder (needs ~ 2 GB per 12M slices)")
+    scale.add_argument("--series", type=int, default=100_000, help="series in the index (default 100000)")
+    scale.add_argument("--slices", type=int, default=12_000_000, help="images in all (default 12000000)")
+    scale.add_argument("--tasks", type=int, default=256, help="array tasks (default 256)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,4 +36,10 @@ def run(args: argparse.Namespace) -> int:
         result = run_ingest_bench(args.out, args.matrix)
         print(format_table(result))
         print(f"written: {args.out}/ingest-bench.json")
+    elif args.suite == "plan-scale":
+        from data.ingest_scale_bench import format_table, run_scale_bench
+
+        result = run_scale_bench(args.out, args.series, args.slices, args.tasks)
+        print(format_table(result))
+        print(f"written: {args.out}/scale-{args.series}-{args.slices}.json")
     return 0

@@ -17,6 +17,7 @@ Rules (each skip is counted with its reason in the ingest report):
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -52,9 +53,15 @@ class DicomSeries:
 
 
 def _geometry_key(rec: FrameRecord):
-    iop = tuple(round(v, 3) for v in rec.iop) if rec.iop else None
-    spacing = tuple(round(v, 4) for v in rec.pixel_spacing) if rec.pixel_spacing else None
-    return iop, rec.rows, rec.cols, spacing
+    return _rounded_geometry(rec.iop, rec.rows, rec.cols, rec.pixel_spacing)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rounded_geometry(iop, rows, cols, spacing):
+    """Geometry group key; cached, since the frames of a series repeat the same values."""
+    iop = tuple(round(v, 3) for v in iop) if iop else None
+    spacing = tuple(round(v, 4) for v in spacing) if spacing else None
+    return iop, rows, cols, spacing
 
 
 def _frame_skip_reason(rec: FrameRecord) -> str | None:

@@ -16,7 +16,6 @@ anywhere; sources are referred to by keyed pseudonyms (see data.pseudonym, docs/
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import multiprocessing
@@ -39,7 +38,7 @@ from data.dicom_series import DicomSeries, FrameLoader
 from data.hounsfield import HU_CEILING, HU_FLOOR
 from data.labels import LabelTable, SeriesLabels
 from data.nifti_volume import NiftiError, load_nifti
-from data.pseudonym import assign_split, pseudonym
+from data.pseudonym import pseudonym
 from data.slicing import air_fraction, resize_slice, thin_positions
 from shards.encoding import encode_hu
 from shards.manifest import MANIFEST_NAME
@@ -118,7 +117,7 @@ class Item:
     series_id: str                # pseudonyms (16 hex digits)
     study_id: str
     patient_id: str
-    split: str
+    split: str                    # set when the plan knows every patient (data.ingest_plan)
     source_id: str                # pseudonym (or relative path with report_paths) for the report
     labels: SeriesLabels
     dicom: DicomSeries | None = None
@@ -175,13 +174,13 @@ class Planner:
         folder = str(Path(first.path).parent)
         item = Item("dicom", pseudonym(self.salt, "series", f"{series.series_uid}|{series.group}"),
                     pseudonym(self.salt, "study", first.study_uid), patient,
-                    assign_split(patient, self.fractions), self.source_id(folder, roots), labels,
-                    n_frames=len(series.frames))
-        # The pseudonyms are made: drop the identifiers from what travels on to the tasks.
-        item.dicom = dataclasses.replace(
-            series, series_uid="",
-            frames=[dataclasses.replace(f, sop_uid="", series_uid="", study_uid="", patient_key="")
-                    for f in series.frames])
+                    "", self.source_id(folder, roots), labels, n_frames=len(series.frames))
+        # The pseudonyms are made: drop the identifiers from what travels on to the tasks
+        # (in place: the records were read for this plan and serve nothing else).
+        series.series_uid = ""
+        for frame in series.frames:
+            frame.sop_uid = frame.series_uid = frame.study_uid = frame.patient_key = ""
+        item.dicom = series
         return item
 
     def nifti_item(self, path: Path, root: Path, roots) -> Item:
@@ -192,7 +191,7 @@ class Planner:
         labels = self.labels.lookup(nifti_path=rel) if self.labels else SeriesLabels()
         return Item("nifti", pseudonym(self.salt, "series", "nifti:" + rel),
                     pseudonym(self.salt, "study", "nifti:" + rel), patient,
-                    assign_split(patient, self.fractions), self.source_id(str(path), roots), labels,
+                    "", self.source_id(str(path), roots), labels,
                     nifti_path=str(path), n_frames=_nifti_depth(path))
 
 

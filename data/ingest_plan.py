@@ -10,7 +10,8 @@ Memory stays flat in the size of the archive: header records never all sit in me
    items with their pseudonyms, split and labels; only a (series, frames, partition) summary per
    series stays in memory;
 3. assign: series go to tasks by longest-processing-time-first on their frame counts (each to
-   the currently lightest task), which balances slices across tasks;
+   the currently lightest task), which balances slices across tasks; patients go to splits
+   (data.pseudonym.assign_splits);
 4. route: one partition at a time, items are appended to their task's item file.
 
 The plan folder ``OUT/plan/`` holds ``plan.json`` (config, tasks, totals), ``plan-report.json``
@@ -37,6 +38,7 @@ from tqdm import tqdm
 from ctssl import __version__
 from ctssl.atomic import atomic_write_text
 from ctssl.config import ConfigError
+from data.pseudonym import assign_splits
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ PLAN_DIR = "plan"
 PLAN_NAME = "plan.json"
 PLAN_REPORT_NAME = "plan-report.json"
 RECORDS_PER_PARTITION = 50_000
-BATCH = 2_000
+RECORD_BATCH = 2_000   # header records per pickled batch
+ITEM_BATCH = 8         # work items (a series each, ~100s of records) per pickled batch
 
 
 def task_items_name(task: int) -> str:
@@ -56,17 +59,17 @@ def partition_of(series_uid: str, partitions: int) -> int:
 
 
 class PickleAppender:
-    """Appends pickled batches to a set of files, buffering ``BATCH`` objects per file."""
+    """Appends pickled batches to a set of files, buffering ``batch`` objects per file."""
 
-    def __init__(self, paths: list[Path]):
-        self.paths = paths
+    def __init__(self, paths: list[Path], batch: int = RECORD_BATCH):
+        self.paths, self.batch = paths, batch
         self.buffers: list[list] = [[] for _ in paths]
         self.counts = [0] * len(paths)
 
     def add(self, index: int, obj) -> None:
         self.buffers[index].append(obj)
         self.counts[index] += 1
-        if len(self.buffers[index]) >= BATCH:
+        if len(self.buffers[index]) >= self.batch:
             self.flush(index)
 
     def flush(self, index: int) -> None:
@@ -138,7 +141,7 @@ def assign_tasks(summaries: Iterable[tuple[str, int]], num_tasks: int) -> tuple[
 
 def group_partitions(partition_files: list[Path], planner, roots, items_folder: Path):
     """Group each partition into items (written to ``items_folder``); returns the summaries
-    [(series_id, frames, items file)] and the frame-level skips {(path, reason): count}."""
+    [(series_id, frames, items file, patient)] and the frame-level skips {(path, reason): count}."""
     from data.dicom_series import group_series
 
     summaries: list[tuple[str, int, str]] = []
@@ -150,13 +153,31 @@ def group_partitions(partition_files: list[Path], planner, roots, items_folder: 
             skips[key] += count
         items = [planner.dicom_item(s, roots) for s in series]
         out = items_folder / (part.stem + ".items")
-        appender = PickleAppender([out])
+        appender = PickleAppender([out], ITEM_BATCH)
         for item in items:
             appender.add(0, item)
-            summaries.append((item.series_id, item.n_frames, out.name))
+            summaries.append((item.series_id, item.n_frames, out.name, item.patient_id))
         appender.close()
         part.unlink(missing_ok=True)
     return summaries, skips
+
+
+def route_items(summaries, assignment: dict[str, int], splits: dict[str, str], grouped: Path,
+                work: Path, num_tasks: int) -> list[int]:
+    """Give every grouped item its patient's split and append it to its task's item file,
+    one items file at a time."""
+    route = PickleAppender([work / task_items_name(t) for t in range(num_tasks)], ITEM_BATCH)
+    series_per_task = [0] * num_tasks
+    for items_file in sorted({s[2] for s in summaries}):
+        for item in read_batches(grouped / items_file):
+            item.split = splits[item.patient_id]
+            task = assignment[item.series_id]
+            route.add(task, item)
+            series_per_task[task] += 1
+    route.close()
+    for t in range(num_tasks):  # every task has an items file, empty ones too
+        (work / task_items_name(t)).touch()
+    return series_per_task
 
 
 def build_plan(cfg, num_tasks: int, workers: int = 1) -> dict:
@@ -196,26 +217,18 @@ def build_plan(cfg, num_tasks: int, workers: int = 1) -> dict:
     part_files = [work / "partitions" / f"part-{p:05d}.records" for p in range(partitions)]
     summaries, frame_skips = group_partitions(part_files, planner, roots, work / "grouped")
     nifti_items = [planner.nifti_item(p, root, roots) for p, root in found.nifti]
-    appender = PickleAppender([work / "grouped" / "nifti.items"])
+    appender = PickleAppender([work / "grouped" / "nifti.items"], ITEM_BATCH)
     for item in nifti_items:
         appender.add(0, item)
-        summaries.append((item.series_id, item.n_frames, "nifti.items"))
+        summaries.append((item.series_id, item.n_frames, "nifti.items", item.patient_id))
     appender.close()
-    ids = [s[0] for s in summaries]
+    ids = [s[0] for s in summaries]  # (series, frames, items file, patient)
     if len(set(ids)) != len(ids):
         raise RuntimeError("pseudonym collision between two series; please report this")
 
-    assignment, loads = assign_tasks(((s, n) for s, n, _ in summaries), num_tasks)
-    route = PickleAppender([work / task_items_name(t) for t in range(num_tasks)])
-    series_per_task = [0] * num_tasks
-    for items_file in sorted({f for _, _, f in summaries}):
-        for item in read_batches(work / "grouped" / items_file):
-            task = assignment[item.series_id]
-            route.add(task, item)
-            series_per_task[task] += 1
-    route.close()
-    for t in range(num_tasks):  # every task has an items file, empty ones too
-        (work / task_items_name(t)).touch()
+    assignment, loads = assign_tasks(((s[0], s[1]) for s in summaries), num_tasks)
+    splits = assign_splits((s[3] for s in summaries), planner.fractions)
+    series_per_task = route_items(summaries, assignment, splits, work / "grouped", work, num_tasks)
     shutil.rmtree(work / "grouped")
     shutil.rmtree(work / "partitions", ignore_errors=True)
 

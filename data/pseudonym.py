@@ -6,8 +6,10 @@ Keep the salt out of the shard folder: anyone holding it can test guessed identi
 MRN space is small). The salt comes from ``--salt-file`` or the ``CTSSL_SALT`` environment
 variable; ``--create-salt`` writes a new random one (mode 0600) to the given file.
 
-Splits are drawn per patient from the patient pseudonym, so no patient is in two splits and the
-assignment is stable wherever the same salt is used.
+Splits are made per patient: patients are ordered by a hash of their pseudonym and cut at the
+cumulative fractions, so no patient is in two splits, the proportions are exact even for a
+handful of patients, and the assignment is the same on every run and machine for the same data
+and salt. (Adding patients to an archive can move others across a cut; re-ingest as a whole.)
 """
 
 from __future__ import annotations
@@ -57,16 +59,34 @@ def pseudonym(salt: bytes, kind: str, value: str, length: int = 16) -> str:
     return digest[:length]
 
 
-def assign_split(patient_pseudonym: str, fractions: dict[str, float]) -> str:
-    """Split of a patient: a uniform number from the pseudonym against cumulative fractions."""
+def split_key(patient_pseudonym: str) -> float:
+    """A uniform number in [0, 1) from the patient pseudonym (the order patients are split in)."""
+    return int(hashlib.sha256(b"split\0" + patient_pseudonym.encode()).hexdigest()[:13], 16) / 16**13
+
+
+def assign_splits(patients, fractions: dict[str, float]) -> dict[str, str]:
+    """Patient -> split with exact proportions: patients ordered by ``split_key`` are cut at the
+    cumulative fractions (largest-remainder rounding; every split with a positive fraction gets at least
+    one patient when there are as many patients as such splits). Deterministic for the same patients and salt."""
     total = sum(fractions.values())
     if total <= 0 or any(v < 0 for v in fractions.values()):
         raise ValueError(f"Split fractions must be non-negative with a positive sum, got {fractions}")
-    u = int(hashlib.sha256(b"split\0" + patient_pseudonym.encode()).hexdigest()[:13], 16) / 16**13
-    edge = 0.0
-    names = list(fractions)
-    for name in names:
-        edge += fractions[name] / total
-        if u < edge:
-            return name
-    return names[-1]
+    ordered = sorted(set(patients), key=lambda p: (split_key(p), p))
+    n = len(ordered)
+    exact = {name: n * frac / total for name, frac in fractions.items()}
+    counts = {name: int(v) for name, v in exact.items()}
+    by_remainder = sorted(fractions, key=lambda name: (-(exact[name] - counts[name]), list(fractions).index(name)))
+    for name in by_remainder[: n - sum(counts.values())]:
+        counts[name] += 1
+    positive = [name for name, frac in fractions.items() if frac > 0]
+    if n >= len(positive):  # no split with a positive fraction left empty
+        for name in positive:
+            if counts[name] == 0:
+                counts[max(counts, key=counts.get)] -= 1
+                counts[name] = 1
+    out, start = {}, 0
+    for name in fractions:
+        for patient in ordered[start:start + counts[name]]:
+            out[patient] = name
+        start += counts[name]
+    return out

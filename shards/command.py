@@ -4,6 +4,9 @@
                               DIR/manifest.json; exit 1 and list the problems if anything is wrong
   ctssl shards inspect DIR    counts per split / scanner / body part / label, HU histogram, and a
                               contact sheet of random slices under a window (DIR/inspect/)
+  ctssl shards from-images ROOT --out DIR
+                              an ImageFolder tree (e.g. ImageNet train) to the same shard layout,
+                              images kept as encoded, class label kept
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                               "(default soft_tissue)")
     inspect.add_argument("--tiles", type=int, default=24, help="slices on the contact sheet (default 24)")
     inspect.add_argument("--seed", type=int, default=0, help="which random slices (default 0)")
+    images = sub.add_parser("from-images", help="an ImageFolder tree to shards")
+    images.add_argument("folder", metavar="ROOT", help="ImageFolder root, or a folder of train/val ImageFolders")
+    images.add_argument("--out", required=True, help="output shard folder")
+    images.add_argument("--shard-size-mb", type=float, default=256.0, help="target shard size (default 256)")
+    images.add_argument("--seed", type=int, default=0, help="order of samples in the shards (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +50,17 @@ def run(args: argparse.Namespace) -> int:
             return 1
         print(f"{args.folder}: OK: {counts['shards']} shards, {counts['samples']} samples "
               f"{counts['per_split']}, all decoded, sizes and SHA-256 match the manifest")
+        return 0
+    if args.action == "from-images":
+        from shards.from_images import images_to_shards
+
+        try:
+            manifest = images_to_shards(args.folder, args.out, args.shard_size_mb, args.seed)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"ctssl shards from-images: {err}", file=sys.stderr)
+            return 2
+        print(f"{args.out}: {manifest['totals']['samples']} images, {len(manifest['classes'])} classes, "
+              f"{manifest['totals']['shards']} shard(s) {dict((k, v['samples']) for k, v in manifest['splits'].items())}")
         return 0
     from shards.inspect import inspect_shards
 

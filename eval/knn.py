@@ -1,0 +1,48 @@
+"""Weighted k-nearest-neighbour classification on features (DINO's protocol).
+
+Cosine similarity on L2-normalised features; each of the top-k neighbours votes for its class
+with weight ``exp(similarity / T)`` (Wu et al. 2018, "Unsupervised feature learning via
+non-parametric instance discrimination"; Caron et al. 2021, DINO, ``knn_classifier``), T = 0.07.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def knn_predict(
+    query: torch.Tensor,
+    bank: torch.Tensor,
+    bank_labels: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+) -> torch.Tensor:
+    """Class scores (Q, C) of ``query`` (Q, D) against ``bank`` (N, D) with labels (N,).
+
+    Features are L2-normalised here. Ties in similarity are broken by torch.topk.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if bank.shape[0] != bank_labels.shape[0]:
+        raise ValueError(f"bank has {bank.shape[0]} rows but {bank_labels.shape[0]} labels")
+    k = min(k, bank.shape[0])
+    bank = F.normalize(bank.float(), dim=1)
+    scores = []
+    for start in range(0, query.shape[0], chunk):
+        q = F.normalize(query[start:start + chunk].float(), dim=1)
+        sim = q @ bank.T                                   # (q, N) cosine similarities
+        top_sim, top_idx = sim.topk(k, dim=1)              # (q, k)
+        weights = (top_sim / temperature).exp()            # (q, k)
+        votes = torch.zeros(q.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
+        votes.scatter_add_(1, bank_labels[top_idx].long(), weights)   # sum of weights per class
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def knn_accuracy(query, query_labels, bank, bank_labels, num_classes, k=20, temperature=0.07) -> float:
+    """Top-1 accuracy of ``knn_predict``."""
+    scores = knn_predict(query, bank, bank_labels, num_classes, k, temperature)
+    return float((scores.argmax(1) == query_labels.to(scores.device)).float().mean())

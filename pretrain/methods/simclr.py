@@ -1,0 +1,34 @@
+"""SimCLR (Chen et al. 2020): two views, projection head, NT-Xent over the *global* batch.
+
+lightly's ``NTXentLoss`` uses negatives from every process only with
+``gather_distributed=True`` (its default is False: per-GPU negatives, as in the RadNet-12M run);
+ctssl turns it on by default (``method.simclr.gather_distributed``).
+"""
+
+from __future__ import annotations
+
+import torch
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+from lightly.utils.debug import std_of_l2_normalized
+from torch import nn
+
+
+class SimCLR(nn.Module):
+    num_views = 2
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, cfg):
+        super().__init__()
+        self.backbone = backbone
+        self.head = SimCLRProjectionHead(feature_dim, cfg.hidden_dim, cfg.output_dim)
+        self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=cfg.gather_distributed)
+        self.output_dim = cfg.output_dim
+
+    def forward(self, views: list[torch.Tensor], epoch: int = 0):
+        z0 = self.head(self.backbone(views[0]))
+        z1 = self.head(self.backbone(views[1]))
+        loss = self.criterion(z0, z1)
+        return loss, {"loss": loss.detach(), "embedding_std": std_of_l2_normalized(z0.detach())}
+
+    def update_teacher(self, momentum: float) -> None:
+        pass
