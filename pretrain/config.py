@@ -101,9 +101,9 @@ class OptimConfig:
 class MonitorConfig:
     log_every: int = 10                    # steps
     knn_every: int = 0                     # steps; 0 = at the end of each epoch
-    knn_label: str = "region"              # label key in the held-out samples' metadata
-    knn_samples: int = 256                 # held-out samples (half bank, half queries)
-    knn_split: str = "val"
+    knn_label: str = "region"              # label key in the samples' metadata (natural images: "class")
+    knn_samples: int = 256                 # bank samples (training split) and query samples, each
+    knn_split: str = "val"                 # split of the queries
     collapse_std: float = 0.3              # warn when embedding std * sqrt(dim) falls below this
     tensorboard: bool = True
 

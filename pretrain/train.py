@@ -84,56 +84,88 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
 
 
 class KNNMonitor:
-    """kNN accuracy of the backbone on a small labelled held-out set (half bank, half queries)."""
+    """Weighted kNN accuracy (eval.knn) of the backbone: a bank of labelled training samples, the
+    queries from a held-out split, both a seeded random subset of at most ``knn_samples``."""
 
-    def __init__(self, cfg: PretrainConfig, kind: str, eval_view):
-        from shards.reader import iter_shard, shard_paths
-
-        self.images, labels = [], []
-        wanted = [cfg.monitor.knn_label, "class"]
-        paths = shard_paths(cfg.data.shards, cfg.monitor.knn_split)
-        for path in paths:
-            for raw in iter_shard(path, decode=False):
-                image, meta = decode(raw)
-                value = next((meta.get("labels", {}).get(k, meta.get(k)) for k in wanted
-                              if k in meta.get("labels", {}) or k in meta), None)
-                if value is None:
-                    continue
-                self.images.append(eval_view(image))
-                labels.append(str(value))
-                if len(self.images) >= cfg.monitor.knn_samples:
-                    break
-            if len(self.images) >= cfg.monitor.knn_samples:
-                break
-        self.classes = sorted(set(labels))
-        self.labels = torch.tensor([self.classes.index(v) for v in labels])
-        self.enabled = len(self.images) >= 4 and len(self.classes) >= 2
+    def __init__(self, cfg: PretrainConfig, eval_view):
+        self.label = cfg.monitor.knn_label
+        bank = _labelled_subset(cfg.data.shards, cfg.data.split, self.label, cfg.monitor.knn_samples, cfg.seed)
+        query = _labelled_subset(cfg.data.shards, cfg.monitor.knn_split, self.label, cfg.monitor.knn_samples, cfg.seed)
+        self.classes = sorted({v for _, v in bank})
+        query = [(img, v) for img, v in query if v in self.classes]
+        self.enabled = len(self.classes) >= 2 and len(query) >= 1
         if not self.enabled:
-            logger.warning("kNN monitor off: no labelled '%s' samples in split '%s'",
-                           cfg.monitor.knn_label, cfg.monitor.knn_split)
+            logger.warning("kNN monitor off: need labelled '%s' samples of >= 2 classes in split '%s' "
+                           "and some in split '%s'", self.label, cfg.data.split, cfg.monitor.knn_split)
+            return
+        self.bank = torch.stack([eval_view(img) for img, _ in bank])
+        self.bank_labels = torch.tensor([self.classes.index(v) for _, v in bank])
+        self.query = torch.stack([eval_view(img) for img, _ in query])
+        self.query_labels = torch.tensor([self.classes.index(v) for _, v in query])
+        logger.info("kNN monitor: %d bank and %d query samples, %d classes of '%s'",
+                    len(bank), len(query), len(self.classes), self.label)
 
     @torch.no_grad()
+    def _features(self, backbone, images, device, channels_last):
+        feats = []
+        for start in range(0, len(images), 64):
+            x = images[start:start + 64].to(device)
+            if channels_last:
+                x = x.to(memory_format=torch.channels_last)
+            feats.append(backbone(x).float().cpu())
+        return torch.cat(feats)
+
     def __call__(self, backbone, device, channels_last: bool) -> float:
         from eval.knn import knn_accuracy
 
         was_training = backbone.training
         backbone.eval()
-        feats = []
-        for start in range(0, len(self.images), 64):
-            x = torch.stack(self.images[start:start + 64]).to(device)
-            if channels_last:
-                x = x.to(memory_format=torch.channels_last)
-            feats.append(backbone(x).float().cpu())
+        bank = self._features(backbone, self.bank, device, channels_last)
+        query = self._features(backbone, self.query, device, channels_last)
         backbone.train(was_training)
-        feats = torch.cat(feats)
-        bank, query = feats[0::2], feats[1::2]
-        return knn_accuracy(query, self.labels[1::2], bank, self.labels[0::2], len(self.classes),
+        return knn_accuracy(query, self.query_labels, bank, self.bank_labels, len(self.classes),
                             k=min(20, len(bank)))
+
+
+def _labelled_subset(shards: str, split: str, label: str, n: int, seed: int, scan_factor: int = 20):
+    """A seeded uniform sample of at most ``n`` (image, label) pairs from the first
+    ``scan_factor * n`` labelled samples met in a seeded random order of the split's shards."""
+    import random
+
+    from pretrain.loader import decode
+    from shards.reader import iter_shard, shard_paths
+
+    rng = random.Random(seed)
+    paths = shard_paths(shards, split)
+    rng.shuffle(paths)
+    chosen, seen = [], 0
+    for path in paths:
+        for raw in iter_shard(path, decode=False):
+            meta = json.loads(raw["json"])
+            value = meta.get("labels", {}).get(label, meta.get(label))
+            if value is None:
+                continue
+            seen += 1
+            if len(chosen) < n:
+                chosen.append(raw)
+            elif (j := rng.randrange(seen)) < n:
+                chosen[j] = raw
+            if seen >= scan_factor * n:
+                break
+        if seen >= scan_factor * n:
+            break
+    out = []
+    for raw in chosen:
+        image, meta = decode(raw)
+        out.append((image, str(meta.get("labels", {}).get(label, meta.get(label)))))
+    return out
 
 
 def train(cfg: PretrainConfig) -> dict:
     """Pretrain as configured; resumes from ``cfg.out`` if a checkpoint is there."""
-    accelerator = Accelerator(mixed_precision=cfg.precision)
+    # Without CUDA, `accelerate launch --multi_gpu` would start independent world-size-1 processes;
+    # cpu=True makes them one gloo process group (MULTI_CPU).
+    accelerator = Accelerator(mixed_precision=cfg.precision, cpu=not torch.cuda.is_available())
     set_seed(cfg.seed)
     out = Path(cfg.out)
     main = accelerator.is_main_process
@@ -177,7 +209,7 @@ def train(cfg: PretrainConfig) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     forward = torch.compile(model) if cfg.compile else model
-    monitor = KNNMonitor(cfg, kind, eval_view) if main else None
+    monitor = KNNMonitor(cfg, eval_view) if main else None
     writer = None
     if main and cfg.monitor.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
