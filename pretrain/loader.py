@@ -13,6 +13,7 @@ import functools
 import io
 import json
 import logging
+import signal
 
 import torch
 import webdataset as wds
@@ -63,6 +64,13 @@ def _collate(samples):
     return [torch.stack(v) for v in zip(*samples)]
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """SLURM sends SIGTERM to every process of a job; loader workers leave it to the training
+    process, which checkpoints and exits (the workers end with it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 def _worker_seed(rank: int) -> int:
     info = torch.utils.data.get_worker_info()
     return rank * 1000 + (info.id if info is not None else 0)
@@ -91,5 +99,6 @@ def make_loader(cfg, views, rank: int, steps: int, start_step: int) -> wds.WebLo
         wds.batched(cfg.data.batch_size, collation_fn=_collate, partial=False),
     )
     loader = wds.WebLoader(pipeline, batch_size=None, num_workers=cfg.data.num_workers,
-                           persistent_workers=False, pin_memory=torch.cuda.is_available())
+                           persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                           worker_init_fn=_ignore_stop_signals)
     return loader.with_epoch(steps)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+
+from data.ingest import IngestConfig, run_ingest
+from shards.from_images import images_to_shards
 
 from data.synth import NaturalConfig, SynthConfig, run_synth
 
@@ -40,3 +46,22 @@ def slurm(tmp_path_factory):
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def ct_shards(corpus, tmp_path_factory):
+    cfg, _ = corpus
+    out = tmp_path_factory.mktemp("pretrain") / "ct"
+    os.environ.setdefault("CTSSL_SALT", "pretrain-test-salt-0123456789")
+    # Small shards of very different sizes: ranks and workers see uneven shard sets.
+    run_ingest(IngestConfig(sources=[cfg.out], out=str(out), image_size=48, shard_size_mb=0.1,
+                            labels=[str(Path(cfg.out) / "labels" / "slices.csv")]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def natural_shards(corpus, tmp_path_factory):
+    cfg, _ = corpus
+    out = tmp_path_factory.mktemp("pretrain") / "natural"
+    images_to_shards(Path(cfg.out) / "natural-standin", out, shard_size_mb=0.01)
+    return out

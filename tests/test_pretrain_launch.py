@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from data.ingest import IngestConfig, run_ingest
-from shards.from_images import images_to_shards
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -26,25 +24,6 @@ SMALL = ["--batch-size", "4", "--set", "data.image_size=32", "--set", "data.num_
          "--set", "method.simclr.hidden_dim=64", "--set", "method.dino.hidden_dim=64",
          "--set", "method.dino.output_dim=128", "--set", "method.dino.local_size=16",
          "--set", "method.dino.local_crops=2"]
-
-
-@pytest.fixture(scope="module")
-def ct_shards(corpus, tmp_path_factory):
-    cfg, _ = corpus
-    out = tmp_path_factory.mktemp("pretrain") / "ct"
-    os.environ.setdefault("CTSSL_SALT", "pretrain-test-salt-0123456789")
-    # Small shards of very different sizes: ranks and workers see uneven shard sets.
-    run_ingest(IngestConfig(sources=[cfg.out], out=str(out), image_size=48, shard_size_mb=0.1,
-                            labels=[str(Path(cfg.out) / "labels" / "slices.csv")]))
-    return out
-
-
-@pytest.fixture(scope="module")
-def natural_shards(corpus, tmp_path_factory):
-    cfg, _ = corpus
-    out = tmp_path_factory.mktemp("pretrain") / "natural"
-    images_to_shards(Path(cfg.out) / "natural-standin", out, shard_size_mb=0.01)
-    return out
 
 
 def launch(out, shards, *extra, background=False):
