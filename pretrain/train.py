@@ -217,10 +217,16 @@ def train(cfg: PretrainConfig) -> dict:
         writer = SummaryWriter(str(out / "tensorboard"))
     stop = StopSignal()
     momentum = cfg.method.dino
+    out_dim = _output_dim(unwrapped)
+    saved_at = -1
     history: list[dict] = []
     stopped_by = None
 
     def checkpoint() -> None:
+        nonlocal saved_at
+        if saved_at == step:
+            return
+        saved_at = step
         accelerator.wait_for_everyone()
         if main:
             save_checkpoint(build_state(unwrapped, optimizer, scheduler, accelerator.scaler, step,
@@ -285,13 +291,13 @@ def train(cfg: PretrainConfig) -> dict:
                     bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{rate:.0f}")
                     if not math.isfinite(loss_value):
                         logger.error("non-finite loss %s at step %d", loss_value, step)
-                    # Collapse: all embeddings alike. std of L2-normalised outputs ~ 1/sqrt(dim) when healthy.
-                    dim_out = logs.get("output_dim", None) or 1
-                    del dim_out
-                    if std * math.sqrt(_output_dim(unwrapped)) < cfg.monitor.collapse_std:
+                    # Collapse: all embeddings alike. The std of L2-normalised outputs is about
+                    # 1/sqrt(d) when healthy and goes to 0 when they collapse.
+                    relative = std * math.sqrt(out_dim)
+                    if relative < cfg.monitor.collapse_std:
                         logger.warning("COLLAPSE WARNING step %d: embedding std %.4f is %.2f of the "
                                        "healthy 1/sqrt(d); representations are becoming constant",
-                                       step, std, std * math.sqrt(_output_dim(unwrapped)))
+                                       step, std, relative)
             flag = torch.tensor(1.0 if stop.received else 0.0, device=accelerator.device)
             if float(accelerator.reduce(flag, "max")) > 0:
                 stopped_by = stop.received or "SIGTERM"

@@ -60,5 +60,7 @@ def decode_hu(data: bytes) -> np.ndarray:
         raise EncodingError(f"payload holds {len(raw)} bytes, expected {2 * h * w} for {h}x{w}")
     planes = np.frombuffer(raw, dtype=np.uint8)
     if flags & FLAG_SHUFFLED:
-        planes = np.ascontiguousarray(planes.reshape(2, -1).T)
-    return planes.view("<i2").reshape(h, w).astype(np.int16, copy=False)
+        n = h * w  # low bytes, then high bytes: value = high << 8 | low
+        values = (planes[n:].astype(np.uint16) << 8) | planes[:n]
+        return values.view(np.int16).reshape(h, w)
+    return planes.view("<i2").reshape(h, w).astype(np.int16, copy=True)

@@ -105,3 +105,21 @@ def test_uneven_shards_finish(ct_shards, tmp_path):
     out = tmp_path / "uneven"
     launch(out, ct_shards, "--max-steps", "4", "--set", "data.num_workers=2")
     assert [m["step"] for m in metrics(out) if "loss" in m] == [1, 2, 3, 4]
+
+
+def test_plain_python_with_bf16_and_channels_last(ct_shards, tmp_path):
+    out = tmp_path / "bf16"
+    cmd = [sys.executable, str(REPO / "pretrain" / "main.py"), "--shards", str(ct_shards), "--out", str(out),
+           *SMALL, "--max-steps", "2", "--set", "precision=bf16", "--set", "channels_last=true",
+           "--backbone", "resnet18"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    losses = [m["loss"] for m in metrics(out) if "loss" in m]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert "precision: bf16" in (out / "config.yaml").read_text()
+
+
+def test_bad_config_is_a_clear_error(tmp_path):
+    run = subprocess.run([sys.executable, str(REPO / "pretrain" / "main.py"), "--set", "optim.nope=1"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "optim.nope" in run.stderr

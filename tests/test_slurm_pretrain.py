@@ -46,6 +46,11 @@ def test_requeued_job_checkpoints_and_resumes(slurm, ct_shards, tmp_path):
         time.sleep(0.5)
     assert len(_steps(out)) >= 3, "training did not start"
     slurm.run("scontrol", "requeue", job)  # what the USR1 trap does before the time limit
+    # SLURM holds a requeued job for a while before it may start again; release it at once.
+    deadline = time.time() + 120
+    while slurm.states(job).get(job) != "PENDING" and time.time() < deadline:
+        time.sleep(0.5)
+    slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     states = slurm.wait(job, timeout=600)
     log = (out / "logs" / "rank0.log").read_text()
     assert states[job] == "COMPLETED", log[-2000:]
