@@ -16,6 +16,7 @@ from ctssl.config import ConfigError
 
 # name -> (module, one-line summary). Later stages register here.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("ctssl.demo_command", "the study in miniature on the embedded data (the main job)"),
     "synth": ("data.synth_command", "generate the embedded synthetic CT corpus (DICOM + NIfTI + labels)"),
     "ingest": ("data.ingest_command", "DICOM/NIfTI CT volumes to WebDataset shards of HU slices"),
     "ingest-array": ("data.ingest_array_command", "ingest as plan / task / merge phases, for SLURM arrays"),
