@@ -1,0 +1,97 @@
+"""Classification metrics with honest uncertainty: pure functions on arrays.
+
+- ``accuracy``, ``balanced_accuracy`` (mean per-class recall);
+- ``macro_auroc``: one-vs-rest AUROC per class from the Mann-Whitney U statistic (ties count
+  one half), averaged over classes present in ``y``; multi-label targets (N, C) of 0/1 give the
+  per-label macro average;
+- ``bootstrap_ci``: percentile bootstrap CI, resampling patients (``groups``) rather than slices
+  when given, since slices of one patient are not independent;
+- ``paired_bootstrap``: the difference of a metric between two models on the same samples, its
+  CI and a two-sided bootstrap p-value.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+
+def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    return float(np.mean(np.asarray(y) == np.asarray(pred)))
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    y, pred = np.asarray(y), np.asarray(pred)
+    recalls = [np.mean(pred[y == c] == c) for c in np.unique(y)]
+    return float(np.mean(recalls))
+
+
+def _binary_auroc(positive: np.ndarray, score: np.ndarray) -> float:
+    """P(score of a positive > score of a negative) + 0.5 P(tie), via average ranks."""
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), dtype=np.float64)
+    sorted_scores = score[order]
+    # Average ranks over ties.
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(score)]])
+    for s, e in zip(starts, ends):
+        ranks[order[s:e]] = (s + e + 1) / 2.0
+    n_pos = int(positive.sum())
+    n_neg = len(score) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def macro_auroc(y: np.ndarray, scores: np.ndarray) -> float:
+    """Macro one-vs-rest AUROC. ``y``: (N,) class indices or (N, C) multi-label 0/1;
+    ``scores``: (N, C)."""
+    y, scores = np.asarray(y), np.asarray(scores, dtype=np.float64)
+    if y.ndim == 2:
+        per = [_binary_auroc(y[:, c].astype(bool), scores[:, c]) for c in range(y.shape[1])]
+    else:
+        per = [_binary_auroc(y == c, scores[:, c]) for c in np.unique(y)]
+    per = [v for v in per if not np.isnan(v)]
+    return float(np.mean(per)) if per else float("nan")
+
+
+def _resample(n: int, groups: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    if groups is None:
+        return rng.integers(0, n, n)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    chosen = rng.integers(0, len(unique), len(unique))
+    return np.concatenate([members[g] for g in chosen])
+
+
+def bootstrap_ci(metric: Callable, y: np.ndarray, out: np.ndarray, n: int = 1000, alpha: float = 0.05,
+                 groups: np.ndarray | None = None, seed: int = 0) -> tuple[float, float, float]:
+    """(point estimate, lower, upper) of ``metric(y, out)`` by the percentile bootstrap."""
+    y, out = np.asarray(y), np.asarray(out)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        idx = _resample(len(y), groups, rng)
+        values.append(metric(y[idx], out[idx]))
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return float(metric(y, out)), float(lo), float(hi)
+
+
+def paired_bootstrap(metric: Callable, y: np.ndarray, out_a: np.ndarray, out_b: np.ndarray, n: int = 1000,
+                     alpha: float = 0.05, groups: np.ndarray | None = None, seed: int = 0) -> dict:
+    """Difference metric(b) - metric(a) on the same resamples: estimate, CI and two-sided p."""
+    y, out_a, out_b = np.asarray(y), np.asarray(out_a), np.asarray(out_b)
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(n):
+        idx = _resample(len(y), groups, rng)
+        deltas.append(metric(y[idx], out_b[idx]) - metric(y[idx], out_a[idx]))
+    deltas = np.asarray(deltas, dtype=np.float64)
+    lo, hi = np.quantile(deltas, [alpha / 2, 1 - alpha / 2])
+    p = min(1.0, 2 * min(np.mean(deltas <= 0), np.mean(deltas >= 0)))
+    return {"delta": float(metric(y, out_b) - metric(y, out_a)), "lower": float(lo), "upper": float(hi),
+            "p_value": float(p)}
