@@ -1,4 +1,5 @@
-"""Weighted kNN evaluation of frozen backbones (DINO protocol: cosine, exp(sim/T), T = 0.07).
+"""Weighted kNN evaluation of frozen backbones (DINO protocol: cosine, exp(sim/T), T = 0.07),
+neighbours found with a FAISS index (exact flat by default; IVF for large banks).
 
 The bank is one split's features, the queries another's (patients never cross splits), for
 k in --k. Backbones: ``random:resnet18:3`` or an exported ``backbone.safetensors``. Reports
@@ -27,6 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, action="append", default=None, help="k (default 10 20 100 200)")
     parser.add_argument("--temperature", type=float, default=0.07, help="vote temperature (default 0.07)")
     parser.add_argument("--image-size", type=int, default=64, help="input size (default 64)")
+    parser.add_argument("--index", default="flat", choices=["flat", "ivf"],
+                        help="FAISS index: flat (exact, default) or ivf (approximate, large banks)")
     parser.add_argument("--out", default=None, help="append results as JSON lines to OUT/knn.jsonl")
 
 
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ctssl.logs import append_jsonl, setup_logging
     from eval.features import eval_transform, extract, load_backbone
-    from eval.knn import knn_predict
+    from eval.knn import faiss_knn_predict
     from pretrain.loader import data_kind
 
     setup_logging(args.log_level)
@@ -52,10 +55,12 @@ def run(args: argparse.Namespace) -> int:
         keep = [i for i, v in enumerate(query_labels) if v in classes]
         q = torch.tensor([classes.index(query_labels[i]) for i in keep])
         for k in ks:
-            pred = knn_predict(query[keep], bank, b, len(classes), k, args.temperature).argmax(1)
+            pred = faiss_knn_predict(query[keep], bank, b, len(classes), k, args.temperature,
+                                     index=args.index).argmax(1)
             acc = float((pred == q).float().mean())
             per_class = [float((pred[q == c] == c).float().mean()) for c in range(len(classes)) if (q == c).any()]
             record = {"backbone": source, "method": card.get("method"), "label": args.label, "k": k,
+                      "index": args.index,
                       "temperature": args.temperature, "bank": args.bank_split, "queries": queries,
                       "n_bank": len(b), "n_query": len(q), "accuracy": round(acc, 4),
                       "balanced_accuracy": round(sum(per_class) / len(per_class), 4)}
