@@ -91,10 +91,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
 
 def _knn_table(out: Path, ct: Path, size: DemoSize) -> list[dict]:
     """6/6: kNN of body region (bank: train patients; queries: val and test patients)."""
-    import torch
-
-    from eval.features import eval_transform, extract, load_backbone
-    from eval.knn import knn_predict
+    from eval.knn_eval import evaluate_knn
 
     logger.info("[6/6 kNN evaluation of body region on held-out patients] ...")
     backbones = [("random init", "random:resnet18:3"),
@@ -102,19 +99,8 @@ def _knn_table(out: Path, ct: Path, size: DemoSize) -> list[dict]:
                  ("SimCLR on CT", str(out / "simclr-ct" / "backbone.safetensors"))]
     rows = []
     for name, source in backbones:
-        model, card = load_backbone(source)
-        transform = eval_transform(card, "ct", size.view_size)
-        bank, bank_labels, _ = extract(model, str(ct), ["train"], "region", transform)
-        query, query_labels, _ = extract(model, str(ct), ["val", "test"], "region", transform)
-        classes = sorted(set(bank_labels))
-        keep = [i for i, v in enumerate(query_labels) if v in classes]
-        b = torch.tensor([classes.index(v) for v in bank_labels])
-        q = torch.tensor([classes.index(query_labels[i]) for i in keep])
-        pred = knn_predict(query[keep], bank, b, len(classes), k=20, temperature=0.07).argmax(1)
-        per_class = [float((pred[q == c] == c).float().mean()) for c in range(len(classes)) if (q == c).any()]
-        rows.append({"backbone": name, "source": source, "k": 20, "n_bank": len(b), "n_query": len(q),
-                     "accuracy": round(float((pred == q).float().mean()), 4),
-                     "balanced_accuracy": round(sum(per_class) / len(per_class), 4)})
+        (record,) = evaluate_knn(source, str(ct), "region", ks=(20,), image_size=size.view_size)
+        rows.append({**record, "backbone": name, "source": source})
     atomic_write_text(out / "knn.json", json.dumps(rows, indent=1) + "\n")
     return rows
 

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ctssl import __version__
 from ctssl.atomic import TMP_MARK, atomic_write_text
 from ctssl.config import ConfigError, to_dict
 from data.dicom_headers import read_records

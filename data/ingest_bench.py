@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ctssl.atomic import atomic_write_text
+from ctssl.machine import machine_info
 
 # Catalogue studies of data.synth_study: 0, 4, 5 are written uncompressed, 1 as JPEG 2000.
 UNCOMPRESSED = (0, 4, 5)
@@ -171,26 +172,9 @@ def run_ingest_bench(out: str | Path, matrix: int = 512) -> dict:
     }
     result = {"benchmark": "ingest", "input_matrix": matrix, "output_size": 256,
               "slices": {"uncompressed": len(plain), "jpeg2000": len(j2k)}, "results": rows,
-              "encodings": encodings, "machine": _machine()}
+              "encodings": encodings, "machine": machine_info()}
     atomic_write_text(out / "ingest-bench.json", json.dumps(result, indent=1) + "\n")
     return result
-
-
-def _machine() -> dict:
-    import platform
-
-    import pydicom
-
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "pydicom": pydicom.__version__, "date": time.strftime("%Y-%m-%d")}
 
 
 def format_table(result: dict) -> str:

@@ -11,6 +11,16 @@ import torch
 import torch.nn.functional as F
 
 
+def _vote(sims: torch.Tensor, idx: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
+          temperature: float) -> torch.Tensor:
+    """Class scores (Q, C): each neighbour (Q, k) votes exp(sim / T) for its label; idx < 0
+    (no neighbour found) votes nothing."""
+    weights = (sims / temperature).exp() * (idx >= 0)
+    votes = torch.zeros(sims.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
+    votes.scatter_add_(1, bank_labels.to(idx.device)[idx.clamp(min=0)].long(), weights)
+    return votes
+
+
 def knn_predict(
     query: torch.Tensor,
     bank: torch.Tensor,
@@ -35,10 +45,7 @@ def knn_predict(
         q = F.normalize(query[start:start + chunk].float(), dim=1)
         sim = q @ bank.T                                   # (q, N) cosine similarities
         top_sim, top_idx = sim.topk(k, dim=1)              # (q, k)
-        weights = (top_sim / temperature).exp()            # (q, k)
-        votes = torch.zeros(q.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
-        votes.scatter_add_(1, bank_labels[top_idx].long(), weights)   # sum of weights per class
-        scores.append(votes)
+        scores.append(_vote(top_sim, top_idx, bank_labels, num_classes, temperature))
     return torch.cat(scores)
 
 
@@ -85,9 +92,5 @@ def faiss_knn_predict(
         search = faiss.index_cpu_to_all_gpus(search)
     search.add(b)
     sims, idx = search.search(q, k)                      # (Q, k) each
-    sims, idx = torch.from_numpy(sims), torch.from_numpy(idx)
-    valid = idx >= 0                                     # IVF may return fewer than k
-    weights = (sims / temperature).exp() * valid
-    votes = torch.zeros(q.shape[0], num_classes, dtype=weights.dtype)
-    votes.scatter_add_(1, bank_labels.cpu()[idx.clamp(min=0)].long(), weights)
-    return votes
+    # IVF may find fewer than k neighbours (index -1); those cast no vote.
+    return _vote(torch.from_numpy(sims), torch.from_numpy(idx), bank_labels.cpu(), num_classes, temperature)

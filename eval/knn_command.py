@@ -34,36 +34,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ctssl.logs import append_jsonl, setup_logging
-    from eval.features import eval_transform, extract, load_backbone
-    from eval.knn import faiss_knn_predict
-    from pretrain.loader import data_kind
+    from eval.knn_eval import evaluate_knn
 
     setup_logging(args.log_level)
-    ks = args.k or [10, 20, 100, 200]
-    queries = args.query_split or ["val", "test"]
-    kind = data_kind(args.shards)
     for source in args.backbone:
-        model, card = load_backbone(source)
-        transform = eval_transform(card, kind, args.image_size)
-        bank, bank_labels, _ = extract(model, args.shards, [args.bank_split], args.label, transform)
-        query, query_labels, _ = extract(model, args.shards, queries, args.label, transform)
-        classes = sorted(set(bank_labels))
-        b = torch.tensor([classes.index(v) for v in bank_labels])
-        keep = [i for i, v in enumerate(query_labels) if v in classes]
-        q = torch.tensor([classes.index(query_labels[i]) for i in keep])
-        for k in ks:
-            pred = faiss_knn_predict(query[keep], bank, b, len(classes), k, args.temperature,
-                                     index=args.index).argmax(1)
-            acc = float((pred == q).float().mean())
-            per_class = [float((pred[q == c] == c).float().mean()) for c in range(len(classes)) if (q == c).any()]
-            record = {"backbone": source, "method": card.get("method"), "label": args.label, "k": k,
-                      "index": args.index,
-                      "temperature": args.temperature, "bank": args.bank_split, "queries": queries,
-                      "n_bank": len(b), "n_query": len(q), "accuracy": round(acc, 4),
-                      "balanced_accuracy": round(sum(per_class) / len(per_class), 4)}
+        for record in evaluate_knn(source, args.shards, args.label, args.k or [10, 20, 100, 200],
+                                   args.bank_split, args.query_split or ["val", "test"],
+                                   args.temperature, args.image_size, args.index):
             print(json.dumps(record))
             if args.out:
                 append_jsonl(Path(args.out) / "knn.jsonl", record)

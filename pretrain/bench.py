@@ -19,7 +19,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ctssl.atomic import atomic_write_text
@@ -143,11 +142,11 @@ def bench_train(out: str | Path, batch: int = 32, sizes=(96, 224), steps: int = 
 
 
 def run_pretrain_bench(out: str | Path, which: str) -> dict:
-    from data.ingest_bench import _machine
+    from ctssl.machine import machine_info
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": f"pretrain-{which}", "machine": _machine()}
+    result = {"benchmark": f"pretrain-{which}", "machine": machine_info()}
     result["results"] = bench_loader(out) if which == "loader" else bench_train(out)
     atomic_write_text(out / f"pretrain-{which}-bench.json", json.dumps(result, indent=1) + "\n")
     return result

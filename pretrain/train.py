@@ -132,7 +132,6 @@ def _labelled_subset(shards: str, split: str, label: str, n: int, seed: int, sca
     ``scan_factor * n`` labelled samples met in a seeded random order of the split's shards."""
     import random
 
-    from pretrain.loader import decode
     from shards.reader import iter_shard, shard_paths
 
     rng = random.Random(seed)
