@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._module.run(args) or 0)
-    except ConfigError as err:
+    except (ConfigError, FileNotFoundError) as err:
+        # A setting or an input that is not there: say which, no traceback.
         print(f"ctssl {args.command}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -22,6 +22,7 @@ from lightly.utils.scheduler import cosine_schedule
 from tqdm import tqdm
 
 from ctssl import __version__
+from ctssl.atomic import atomic_write_text
 from ctssl.config import save_config, to_dict
 from ctssl.logs import append_jsonl
 from pretrain.backbones import build_backbone
@@ -321,7 +322,7 @@ def train(cfg: PretrainConfig) -> dict:
                                                "windows": cfg.data.windows if kind == "ct" else None},
                 "steps": step, "epochs": step / per_epoch, "knn": history, "config": resolved}
         result["backbone"] = str(export_backbone(unwrapped, out, card))
-        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_text(out / "result.json", json.dumps(result, indent=1) + "\n")
     if writer:
         writer.close()
     if stopped_by and main:

@@ -86,3 +86,9 @@ def test_synth_cli_end_to_end(tmp_path):
     assert (out / "synth-config.yaml").read_text().count("patients: 1") == 1
     assert (out / "labels" / "slices.csv").exists()
     assert not (out / "natural-standin").exists()
+
+
+def test_missing_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
+    code = main(["knn", "--shards", str(tmp_path / "nowhere"), "--backbone", "random:resnet18:1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "nowhere" in err and "Traceback" not in err
