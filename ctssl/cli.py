@@ -21,7 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("data.ingest_command", "DICOM/NIfTI CT volumes to WebDataset shards of HU slices"),
     "ingest-array": ("data.ingest_array_command", "ingest as plan / task / merge phases, for SLURM arrays"),
     "shards": ("shards.command", "verify or inspect a shard folder"),
-    "knn": ("eval.knn_command", "weighted kNN evaluation of frozen backbones on labelled shards"),
+    "probe": ("eval.probe_command", "linear probe of frozen backbones (learning-rate grid chosen on validation)"),
+    "knn": ("eval.knn_command", "weighted kNN evaluation of frozen backbones (FAISS)"),
+    "finetune": ("finetune.command", "fine-tune full or truncated backbones (early stopping, LLRD)"),
     "bench": ("ctssl.bench_command", "rerunnable benchmarks, each against a baseline measured in the same run"),
 }
 

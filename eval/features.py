@@ -1,77 +1,97 @@
-"""Frozen-backbone features of shard samples, with their labels.
+"""Frozen-backbone features, extracted once and cached on disk with their provenance.
 
-A backbone source is ``random:NAME:IN_CHANS`` (random initialisation, the baseline every
-pretraining must beat) or an exported ``backbone.safetensors`` with its ``backbone.json`` card,
-which says the architecture, the input channels and (for CT) the windows; inputs are prepared
-as in pretraining's evaluation view (the whole slice resized, windowed, normalised).
+``cached_features(source, dataset, splits, size, cache)`` returns one ``Features`` per split. The
+cache folder is ``CACHE/<key>/`` where ``key`` hashes everything the numbers depend on: the
+backbone source and the SHA-256 of its weights, the dataset's content fingerprint and label, the
+input spec (windows, size, normalisation) and the ctssl version. Inside: ``<split>.npy`` (float32
+(N, D), read memory-mapped, so a bank larger than memory is never loaded whole),
+``<split>.json`` (keys, patients, targets) and ``provenance.json``. Each file is written under a
+temporary name and renamed, so an interrupted extraction is redone, never half-read; a rerun
+finds the cache and extracts nothing.
+
+Extraction is batched, in ``torch.inference_mode``, on the GPU when there is one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from pretrain.backbones import build_backbone
-from pretrain.config import PretrainConfig
-from pretrain.loader import decode
-from pretrain.views import CTViews, natural_eval_view
-from shards.reader import iter_shard, shard_paths
+from ctssl import __version__
+from ctssl.atomic import atomic_open, atomic_write_text
+from eval.datasets import Dataset, Sample
+from eval.inputs import InputSpec, input_spec, prepare
+from eval.sources import load_backbone
+
+logger = logging.getLogger(__name__)
 
 
-def load_backbone(source: str):
-    """(module, card) for ``random:NAME:IN_CHANS`` or a ``backbone.safetensors`` path."""
-    if source.startswith("random:"):
-        _, name, in_chans = source.split(":")
-        model, _ = build_backbone(name, int(in_chans))
-        return model, {"backbone": name, "in_chans": int(in_chans), "method": "random init", "data": {}}
-    path = Path(source)
-    card_path = path.with_suffix(".json")
-    if not card_path.exists():
-        raise FileNotFoundError(f"No card '{card_path}' beside '{path}' (written by pretraining's export).")
-    card = json.loads(card_path.read_text())
-    model, _ = build_backbone(card["backbone"], card["in_chans"], init="checkpoint", weights=str(path))
-    return model, card
+@dataclass
+class Features:
+    features: np.ndarray          # (N, D) float32, possibly memory-mapped
+    targets: np.ndarray           # (N,) class index (-1: class unseen in training) or (N, C) 0/1
+    groups: np.ndarray            # (N,) patient
+    keys: list[str]
+    provenance: dict
 
 
-def eval_transform(card: dict, kind: str, size: int):
-    if kind == "natural":
-        return natural_eval_view(size)
-    cfg = PretrainConfig()
-    windows = (card.get("data") or {}).get("windows") or cfg.data.windows
-    if card["in_chans"] != len(windows):
-        windows = cfg.data.windows[: card["in_chans"]]
-    views = CTViews(windows, cfg.data.augment, [], cfg.data.normalize_mean, cfg.data.normalize_std)
-    return lambda hu: views.eval_view(hu, size)
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@torch.no_grad()
-def extract(model, shards: str, splits: list[str], label: str, transform, batch: int = 64,
-            device: str | None = None):
-    """(features (N, D), labels list[str], patients list[str]) of samples carrying ``label``."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+@torch.inference_mode()
+def compute_features(model: torch.nn.Module, samples: list[Sample], spec: InputSpec, batch: int = 128,
+                     device: str | None = None) -> np.ndarray:
+    """(N, D) float32 features of ``samples`` in order."""
+    device = device or default_device()
     model = model.to(device).eval()
-    feats, labels, patients, pending = [], [], [], []
+    out = []
+    for start in range(0, len(samples), batch):
+        x = torch.stack([prepare(s.image, spec) for s in samples[start:start + batch]]).to(device)
+        out.append(model(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
-    def flush():
-        if pending:
-            feats.append(model(torch.stack(pending).to(device)).float().cpu())
-            pending.clear()
 
+def cache_key(source: str, card: dict, dataset: Dataset, spec: InputSpec) -> str:
+    identity = {"source": source, "weights_sha256": card.get("weights_sha256"), "dataset": dataset.fingerprint,
+                "label": dataset.label, "input": spec.to_dict(), "ctssl": __version__}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cached_features(source: str, dataset: Dataset, splits, size: int, cache: str | Path,
+                    batch: int = 128, device: str | None = None) -> dict[str, Features]:
+    """Features of each split of ``dataset`` under backbone ``source`` (module docstring)."""
+    model, card = load_backbone(source)
+    spec = input_spec(card, dataset.kind, size)
+    folder = Path(cache) / cache_key(source, card, dataset, spec)
+    provenance = {"backbone": {k: v for k, v in card.items() if k != "config"}, "dataset": dataset.describe(),
+                  "input": spec.to_dict(), "ctssl": __version__, "cache": str(folder)}
+    result = {}
     for split in splits:
-        for path in shard_paths(shards, split):
-            for raw in iter_shard(path, decode=False):
-                image, meta = decode(raw)
-                value = (meta.get("labels") or {}).get(label, meta.get(label))
-                if value is None:
-                    continue
-                pending.append(transform(image))
-                labels.append(str(value))
-                patients.append(meta.get("patient", ""))
-                if len(pending) == batch:
-                    flush()
-    flush()
-    if not feats:
-        raise ValueError(f"No samples with label '{label}' in splits {splits} of {shards}.")
-    return torch.cat(feats), labels, patients
+        array, meta = folder / f"{split}.npy", folder / f"{split}.json"
+        samples = dataset.split(split)
+        if not (array.exists() and meta.exists()):
+            start = time.perf_counter()
+            feats = compute_features(model, samples, spec, batch, device)
+            seconds = time.perf_counter() - start
+            with atomic_open(array) as f:
+                np.save(f, feats)
+            atomic_write_text(meta, json.dumps({"keys": [s.key for s in samples], "groups": [s.group for s in samples],
+                                                "seconds": round(seconds, 3), "device": device or default_device()}))
+            logger.info("features %s/%s: %d x %d in %.1f s (%.0f images/s)", source, split, *feats.shape, seconds,
+                        len(samples) / max(seconds, 1e-9))
+        info = json.loads(meta.read_text())
+        if info["keys"] != [s.key for s in samples]:
+            raise RuntimeError(f"Feature cache '{folder}' does not match the dataset's {split} samples; delete it.")
+        result[split] = Features(np.load(array, mmap_mode="r"), dataset.targets(split), dataset.groups(split),
+                                 info["keys"], {**provenance, "split": split})
+    if not (folder / "provenance.json").exists():
+        atomic_write_text(folder / "provenance.json", json.dumps(provenance, indent=1, default=str) + "\n")
+    return result

@@ -55,21 +55,23 @@ def knn_accuracy(query, query_labels, bank, bank_labels, num_classes, k=20, temp
     return float((scores.argmax(1) == query_labels.to(scores.device)).float().mean())
 
 
-def faiss_knn_predict(
-    query: torch.Tensor,
-    bank: torch.Tensor,
-    bank_labels: torch.Tensor,
-    num_classes: int,
-    k: int = 20,
-    temperature: float = 0.07,
-    index: str = "flat",
-    nlist: int = 256,
-    nprobe: int = 16,
-) -> torch.Tensor:
-    """``knn_predict`` with the neighbour search done by FAISS (inner product on L2-normalised
-    float32 features = cosine). ``index="flat"`` is exact; ``"ivf"`` (IndexIVFFlat, ``nlist``
-    cells, ``nprobe`` searched) trades exactness for speed on large banks. Uses FAISS's GPU
-    index when the installed faiss has GPUs. Returns class scores (Q, C)."""
+def _normalised(rows) -> "np.ndarray":
+    import numpy as np
+
+    rows = rows.detach().float().cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows, np.float32)
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def faiss_search(query, bank, k: int, index: str = "flat", nlist: int = 256, nprobe: int = 16,
+                 chunk_rows: int = 1 << 20):
+    """(similarities, indices), each (Q, k), of the ``k`` nearest bank rows by cosine similarity.
+
+    ``bank`` may be a memory-mapped array larger than memory: with ``index="flat"`` (exact) it is
+    searched ``chunk_rows`` rows at a time and the per-chunk top-k merged with FAISS's
+    ``ResultHeap``, so memory stays bounded by one chunk. ``"ivf"`` (IndexIVFFlat: ``nlist``
+    cells trained on a sample of up to 100 points per cell, ``nprobe`` searched) holds the bank
+    in memory and trades exactness for speed. FAISS's GPU index is used when available."""
     import faiss
     import numpy as np
 
@@ -77,20 +79,53 @@ def faiss_knn_predict(
         raise ValueError(f"k must be >= 1, got {k}")
     if index not in ("flat", "ivf"):
         raise ValueError(f"Unknown index '{index}'. Valid indexes are ['flat', 'ivf'].")
-    b = F.normalize(bank.float(), dim=1).cpu().numpy().astype(np.float32)
-    q = F.normalize(query.float(), dim=1).cpu().numpy().astype(np.float32)
-    dim = b.shape[1]
-    k = min(k, b.shape[0])
-    if index == "flat":
-        search = faiss.IndexFlatIP(dim)
-    else:
-        quantizer = faiss.IndexFlatIP(dim)
-        search = faiss.IndexIVFFlat(quantizer, dim, min(nlist, b.shape[0]), faiss.METRIC_INNER_PRODUCT)
-        search.train(b)
-        search.nprobe = min(nprobe, search.nlist)
-    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        search = faiss.index_cpu_to_all_gpus(search)
-    search.add(b)
-    sims, idx = search.search(q, k)                      # (Q, k) each
+    q = _normalised(query)
+    n, dim = bank.shape
+    k = min(k, n)
+    gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+    def on_device(search):
+        return faiss.index_cpu_to_all_gpus(search) if gpu else search
+
+    if index == "ivf":
+        cells = max(1, min(nlist, n // 39))             # FAISS wants >= 39 training points per cell
+        train = _normalised(bank[np.sort(np.random.default_rng(0).choice(n, min(n, 100 * cells), replace=False))])
+        search = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, cells, faiss.METRIC_INNER_PRODUCT)
+        search.train(train)
+        search.nprobe = min(nprobe, cells)
+        search = on_device(search)
+        for start in range(0, n, chunk_rows):
+            search.add(_normalised(bank[start:start + chunk_rows]))
+        return search.search(q, k)
+    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    for start in range(0, n, chunk_rows):
+        search = on_device(faiss.IndexFlatIP(dim))
+        search.add(_normalised(bank[start:start + chunk_rows]))
+        sims, idx = search.search(q, min(k, search.ntotal))
+        if sims.shape[1] < k:                          # a last chunk smaller than k
+            sims = np.pad(sims, ((0, 0), (0, k - sims.shape[1])), constant_values=-np.inf)
+            idx = np.pad(idx, ((0, 0), (0, k - idx.shape[1])), constant_values=-1)
+        heap.add_result(np.ascontiguousarray(sims, np.float32), np.ascontiguousarray(np.where(idx >= 0, idx + start, -1)))
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def faiss_knn_predict(
+    query,
+    bank,
+    bank_labels: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    index: str = "flat",
+    nlist: int = 256,
+    nprobe: int = 16,
+    chunk_rows: int = 1 << 20,
+) -> torch.Tensor:
+    """``knn_predict`` with the neighbour search done by FAISS (``faiss_search``: inner product on
+    L2-normalised float32 features = cosine). ``query`` and ``bank`` are tensors or (memory-mapped)
+    arrays. Returns class scores (Q, C)."""
+    sims, idx = faiss_search(query, bank, k, index, nlist, nprobe, chunk_rows)
+    sims = torch.from_numpy(sims).nan_to_num(neginf=0.0)
     # IVF may find fewer than k neighbours (index -1); those cast no vote.
-    return _vote(torch.from_numpy(sims), torch.from_numpy(idx), bank_labels.cpu(), num_classes, temperature)
+    return _vote(sims, torch.from_numpy(idx), torch.as_tensor(bank_labels).cpu(), num_classes, temperature)

@@ -29,19 +29,13 @@ def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
 
 def _binary_auroc(positive: np.ndarray, score: np.ndarray) -> float:
     """P(score of a positive > score of a negative) + 0.5 P(tie), via average ranks."""
-    order = np.argsort(score, kind="mergesort")
-    ranks = np.empty(len(score), dtype=np.float64)
-    sorted_scores = score[order]
-    # Average ranks over ties.
-    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(score)]])
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
+    from scipy.stats import rankdata
+
     n_pos = int(positive.sum())
     n_neg = len(score) - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
+    ranks = rankdata(score, method="average")
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -57,26 +51,38 @@ def macro_auroc(y: np.ndarray, scores: np.ndarray) -> float:
     return float(np.mean(per)) if per else float("nan")
 
 
-def _resample(n: int, groups: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    if groups is None:
-        return rng.integers(0, n, n)
-    unique, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
-    chosen = rng.integers(0, len(unique), len(unique))
-    return np.concatenate([members[g] for g in chosen])
+class _Resampler:
+    """Bootstrap index sets: samples, or whole groups (patients) with all their samples."""
+
+    def __init__(self, n: int, groups: np.ndarray | None, seed: int):
+        self.n, self.rng = n, np.random.default_rng(seed)
+        self.members = None
+        if groups is not None:
+            _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+            order = np.argsort(inverse, kind="stable")
+            bounds = np.flatnonzero(np.diff(inverse[order])) + 1
+            self.members = np.split(order, bounds)
+
+    def __call__(self) -> np.ndarray:
+        if self.members is None:
+            return self.rng.integers(0, self.n, self.n)
+        chosen = self.rng.integers(0, len(self.members), len(self.members))
+        return np.concatenate([self.members[g] for g in chosen])
 
 
 def bootstrap_ci(metric: Callable, y: np.ndarray, out: np.ndarray, n: int = 1000, alpha: float = 0.05,
                  groups: np.ndarray | None = None, seed: int = 0) -> tuple[float, float, float]:
     """(point estimate, lower, upper) of ``metric(y, out)`` by the percentile bootstrap."""
     y, out = np.asarray(y), np.asarray(out)
-    rng = np.random.default_rng(seed)
+    resample = _Resampler(len(y), groups, seed)
     values = []
     for _ in range(n):
-        idx = _resample(len(y), groups, rng)
+        idx = resample()
         values.append(metric(y[idx], out[idx]))
     values = np.asarray(values, dtype=np.float64)
     values = values[~np.isnan(values)]
+    if len(values) == 0:          # undefined on every resample (e.g. AUROC with one class)
+        return float(metric(y, out)), float("nan"), float("nan")
     lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
     return float(metric(y, out)), float(lo), float(hi)
 
@@ -85,12 +91,16 @@ def paired_bootstrap(metric: Callable, y: np.ndarray, out_a: np.ndarray, out_b: 
                      alpha: float = 0.05, groups: np.ndarray | None = None, seed: int = 0) -> dict:
     """Difference metric(b) - metric(a) on the same resamples: estimate, CI and two-sided p."""
     y, out_a, out_b = np.asarray(y), np.asarray(out_a), np.asarray(out_b)
-    rng = np.random.default_rng(seed)
+    resample = _Resampler(len(y), groups, seed)
     deltas = []
     for _ in range(n):
-        idx = _resample(len(y), groups, rng)
+        idx = resample()
         deltas.append(metric(y[idx], out_b[idx]) - metric(y[idx], out_a[idx]))
     deltas = np.asarray(deltas, dtype=np.float64)
+    deltas = deltas[~np.isnan(deltas)]
+    if len(deltas) == 0:
+        nan = float("nan")
+        return {"delta": float(metric(y, out_b) - metric(y, out_a)), "lower": nan, "upper": nan, "p_value": nan}
     lo, hi = np.quantile(deltas, [alpha / 2, 1 - alpha / 2])
     p = min(1.0, 2 * min(np.mean(deltas <= 0), np.mean(deltas >= 0)))
     return {"delta": float(metric(y, out_b) - metric(y, out_a)), "lower": float(lo), "upper": float(hi),

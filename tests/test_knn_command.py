@@ -1,4 +1,5 @@
-"""`ctssl knn` on real shards: exported backbones load with their card; results are records."""
+"""The evaluation commands (knn, probe, finetune) end to end on real shards: records with
+provenance, paired comparisons, resumable runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from ctssl.cli import main
-from eval.features import eval_transform, extract, load_backbone
+from eval.sources import load_backbone
 from pretrain.backbones import build_backbone
 from pretrain.checkpoint import export_backbone
 
@@ -19,30 +20,60 @@ class _Holder(torch.nn.Module):
         self.backbone = backbone
 
 
-def test_exported_backbone_round_trips(tmp_path):
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A backbone exported as pretraining exports it (safetensors + card)."""
+    torch.manual_seed(3)
     backbone, _ = build_backbone("resnet18", 3)
-    card = {"backbone": "resnet18", "in_chans": 3, "method": "simclr", "data": {"windows": ["lung", "soft_tissue", "bone"]}}
-    path = export_backbone(_Holder(backbone), tmp_path, card)
+    card = {"backbone": "resnet18", "in_chans": 3, "method": "simclr",
+            "data": {"kind": "ct", "windows": ["lung", "soft_tissue", "bone"]}}
+    return export_backbone(_Holder(backbone), tmp_path_factory.mktemp("export"), card), backbone
+
+
+def test_exported_backbone_round_trips(exported, tmp_path):
+    path, backbone = exported
     loaded, loaded_card = load_backbone(str(path))
-    assert loaded_card["method"] == "simclr"
+    assert loaded_card["method"] == "simclr" and len(loaded_card["weights_sha256"]) == 64
     for a, b in zip(backbone.state_dict().values(), loaded.state_dict().values()):
         torch.testing.assert_close(a, b)
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(path.read_bytes())
     with pytest.raises(FileNotFoundError, match="card"):
-        (tmp_path / "backbone.json").unlink()
-        load_backbone(str(path))
+        load_backbone(str(copy))
 
 
-def test_features_carry_the_label_and_patient(ct_shards):
-    model, card = load_backbone("random:resnet18:3")
-    feats, labels, patients = extract(model, str(ct_shards), ["train"], "region", eval_transform(card, "ct", 32))
-    assert feats.shape == (len(labels), 512) and len(set(labels)) >= 2 and all(patients)
+def _records(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
-def test_knn_command_writes_records(ct_shards, tmp_path, capsys):
-    code = main(["knn", "--shards", str(ct_shards), "--label", "region", "--backbone", "random:resnet18:3",
-                 "--k", "5", "--image-size", "32", "--out", str(tmp_path), "--query-split", "train"])
-    assert code == 0
-    record = json.loads((tmp_path / "knn.jsonl").read_text().splitlines()[0])
-    assert record["k"] == 5 and 0.0 <= record["accuracy"] <= 1.0 and record["n_query"] > 0
-    # Queries from the bank's own split: each query finds itself first, so accuracy is high.
-    assert record["accuracy"] > 0.9
+def test_knn_probe_and_finetune_commands(ct_shards, exported, tmp_path, capsys):
+    path, _ = exported
+    common = ["--data", str(ct_shards), "--label", "region", "--backbone", "random:resnet18:3",
+              "--backbone", str(path), "--image-size", "32", "--n-boot", "100", "--out", str(tmp_path)]
+    assert main(["knn", *common, "--k", "5", "--k", "20", "--fraction", "0.5", "--fraction", "1"]) == 0
+    assert main(["probe", *common, "--epochs", "5", "--lr", "0.01", "--lr", "0.1", "--wd", "0"]) == 0
+    assert main(["finetune", *common, "--epochs", "2", "--truncate", "2", "--llrd", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "paired knn" in printed and "test accuracy" in printed
+    records = _records(tmp_path)
+    assert {r["task"] for r in records} == {"knn", "probe", "finetune"}
+    assert len([r for r in records if r["task"] == "knn"]) == 2 * 2 * 2            # backbones x fractions x k
+    assert {r["variant"] for r in records if r["task"] == "finetune"} == {"best_val", "final"}
+    for r in records:
+        acc = r["test"]["accuracy"]
+        assert acc["lower"] <= acc["value"] <= acc["upper"] and 0 <= acc["value"] <= 1
+        assert r["provenance"]["ctssl"] and r["backbone_card"]["source"] == r["backbone"]
+        assert r["dataset"]["fingerprint"] and r["input"]["size"] == 32
+    probe = next(r for r in records if r["task"] == "probe")
+    assert len(probe["selection"]["grid"]) == 2 and "logreg" in probe
+    half = [r for r in records if r["task"] == "knn" and r["fraction"] == 0.5]
+    full = [r for r in records if r["task"] == "knn" and r["fraction"] == 1]
+    assert max(r["n_train"] for r in half) < min(r["n_train"] for r in full)
+    comparisons = [json.loads(line) for line in (tmp_path / "comparisons.jsonl").read_text().splitlines()]
+    assert {c["task"] for c in comparisons} == {"knn", "probe", "finetune"}
+    assert all(c["baseline"] == "random:resnet18:3" and 0 <= c["p_value"] <= 1 for c in comparisons)
+
+    # A rerun finds every run done and recomputes nothing.
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
+    assert main(["knn", *common, "--k", "5", "--k", "20", "--fraction", "0.5", "--fraction", "1"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()} == stamps

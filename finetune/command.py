@@ -1,0 +1,45 @@
+"""Fine-tune backbones on a labelled dataset: the full network, or a truncated one (--truncate k
+keeps the first k ResNet stages / ViT blocks), optional layer-wise learning-rate decay, early
+stopping on validation. The best-validation and the final model are both reported on the test
+split (variants best_val and final), over --fraction x --seed, with patient-bootstrap CIs; one
+record per run in OUT/runs/, gathered in OUT/results.jsonl; paired comparisons against the first
+backbone in OUT/comparisons.jsonl.
+
+Example:
+  ctssl finetune --data runs/demo/shards-ct --label region --out runs/demo/eval \\
+      --backbone random:resnet18:3 --backbone runs/demo/simclr-ct/backbone.safetensors \\
+      --truncate 2 --llrd 0.7 --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from eval.options import add_eval_options
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_eval_options(parser)
+    parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (default 20)")
+    parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="head learning rate, AdamW (default 1e-3)")
+    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
+    parser.add_argument("--llrd", type=float, default=1.0, help="layer-wise learning-rate decay (default 1 = off)")
+    parser.add_argument("--truncate", type=int, default=0,
+                        help="keep the first k ResNet stages (1-4) or ViT blocks; 0 = full network (default)")
+    parser.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default 5)")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
+    parser.add_argument("--no-balanced", dest="balanced", action="store_false", help="plain (not class-weighted) loss")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ctssl.logs import setup_logging
+    from eval.options import eval_spec, finish
+    from finetune.finetune import FinetuneConfig
+    from finetune.protocol import finetune_runs
+
+    setup_logging(args.log_level)
+    cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         llrd=args.llrd, truncate=args.truncate, patience=args.patience, augment=args.augment,
+                         balanced=args.balanced)
+    return finish(args, finetune_runs(eval_spec(args), cfg, args.out))

@@ -1,0 +1,76 @@
+"""Fine-tuning swept over backbones x label fractions x seeds, with the records of ``eval.runs``.
+
+Inputs of each split are prepared once per backbone (its card decides windows and
+normalisation); every fraction and seed reuses them. Each training gives two records, variants
+``best_val`` (the epoch chosen on validation) and ``final`` (the last epoch), both on the test split.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eval.datasets import open_dataset
+from eval.inputs import input_spec, prepare
+from eval.protocols import EvalSpec, headline
+from eval.runs import RunStore, metrics_with_ci, provenance, run_id, subsample
+from eval.sources import load_backbone
+from finetune.finetune import FinetuneConfig, finetune, predict
+
+logger = logging.getLogger(__name__)
+VARIANTS = ("best_val", "final")
+
+
+def finetune_runs(spec: EvalSpec, cfg: FinetuneConfig, out: str | Path) -> list[dict]:
+    out, store = Path(out), RunStore(out)
+    data = open_dataset(spec.dataset, spec.label)
+    num_outputs = len(data.classes)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    records = []
+    for order, source in enumerate(spec.backbones):
+        backbone, card = load_backbone(source)
+        inputs = input_spec(card, data.kind, spec.image_size)
+        tensors = {}
+
+        def split_tensor(split):
+            if split not in tensors:
+                tensors[split] = torch.stack([prepare(s.image, inputs) for s in data.split(split)]).half()
+            return tensors[split]
+
+        for fraction in spec.fractions:
+            for seed in spec.seeds:
+                config = {**asdict(cfg), "seed": seed}
+                ids = {v: run_id(task="finetune", variant=v, source=source, weights=card.get("weights_sha256"),
+                                 dataset=data.fingerprint, label=data.label, fraction=fraction, seed=seed,
+                                 config=config, input=inputs.to_dict()) for v in VARIANTS}
+                if all(store.done(i) for i in ids.values()):
+                    records += [store.load(ids[v]) for v in VARIANTS]
+                    continue
+                train_y, val_y = data.targets("train"), data.targets("val")
+                idx = subsample(train_y, data.groups("train"), fraction, seed)
+                idx = idx[train_y[idx] >= 0] if not data.multilabel else idx
+                val_keep = np.ones(len(val_y), bool) if data.multilabel else val_y >= 0
+                result = finetune(backbone, card["backbone"], split_tensor("train")[idx], train_y[idx],
+                                  split_tensor("val")[val_keep], val_y[val_keep], num_outputs, cfg, seed,
+                                  data.multilabel, device)
+                test = data.split("test")
+                test_y, test_groups = data.targets("test"), data.groups("test")
+                for variant in VARIANTS:
+                    scores = predict(result[variant], split_tensor("test"), data.multilabel, device=device)
+                    metrics = metrics_with_ci(test_y, scores, test_groups, data.multilabel, spec.n_boot, seed)
+                    record = {"run_id": ids[variant], "task": "finetune", "variant": variant, "backbone": source,
+                              "backbone_order": order, "backbone_card": {k: v for k, v in card.items() if k != "config"},
+                              "dataset": data.describe(), "fraction": fraction, "seed": seed, "n_train": len(idx),
+                              "n_val": int(val_keep.sum()), "n_test": len(test), "config": config,
+                              "input": inputs.to_dict(), "test": metrics, "history": result["history"],
+                              "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
+                              "select": result["select"], "provenance": provenance()}
+                    store.save(record, [s.key for s in test], test_groups, test_y, scores)
+                    logger.info("finetune %s (%s) fraction %g seed %d: %s", source, variant, fraction, seed,
+                                headline(record))
+                    records.append(record)
+    return records
