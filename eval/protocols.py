@@ -34,6 +34,10 @@ class EvalSpec:
     cache: str = ""                 # feature cache folder; default OUT/features
     batch_size: int = 128
     n_boot: int = 1000
+    orders: list[int] = field(default_factory=list)   # backbone positions in a larger sweep; default 0, 1, ...
+
+    def order(self, position: int) -> int:
+        return self.orders[position] if self.orders else position
 
 
 def _features(spec: EvalSpec, data: Dataset, source: str, out: Path):
@@ -63,7 +67,8 @@ def probe_runs(spec: EvalSpec, cfg: ProbeConfig, out: str | Path, logreg: bool =
     data = open_dataset(spec.dataset, spec.label)
     num_classes = len(data.classes)
     records = []
-    for order, source in enumerate(spec.backbones):
+    for position, source in enumerate(spec.backbones):
+        order = spec.order(position)
         feats = _features(spec, data, source, out)
         for fraction in spec.fractions:
             for seed in spec.seeds:
@@ -110,7 +115,8 @@ def knn_runs(spec: EvalSpec, out: str | Path, ks=(10, 20, 100, 200), temperature
     if data.multilabel:
         raise ValueError("kNN voting needs single-label classes; use ctssl probe for multi-label tasks.")
     records = []
-    for order, source in enumerate(spec.backbones):
+    for position, source in enumerate(spec.backbones):
+        order = spec.order(position)
         feats = _features(spec, data, source, out)
         tr, te = feats["train"], feats["test"]
         for fraction in spec.fractions:

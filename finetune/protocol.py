@@ -31,7 +31,8 @@ def finetune_runs(spec: EvalSpec, cfg: FinetuneConfig, out: str | Path) -> list[
     num_outputs = len(data.classes)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     records = []
-    for order, source in enumerate(spec.backbones):
+    for position, source in enumerate(spec.backbones):
+        order = spec.order(position)
         backbone, card = load_backbone(source)
         inputs = input_spec(card, data.kind, spec.image_size)
         tensors = {}
