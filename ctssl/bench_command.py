@@ -11,6 +11,10 @@ run, prints a table and writes JSON.
       two-view SimCLR CT pipeline samples/s per core vs lightly's SimCLRTransform on PIL
   ctssl bench train [--out DIR]
       SimCLR ResNet-18 training images/s (CPU; GPU with bf16 + channels_last when present)
+  ctssl bench knn [--out DIR]
+      kNN queries/s: FAISS flat, streamed and IVF, torch brute force vs scikit-learn brute force
+  ctssl bench extract [--out DIR]
+      feature extraction images/s (ResNet-18/50, batched) vs one image at a time
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--slices", type=int, default=12_000_000, help="images in all (default 12000000)")
     scale.add_argument("--tasks", type=int, default=256, help="array tasks (default 256)")
     for name, text in (("loader", "view pipeline vs lightly's SimCLRTransform"),
-                       ("train", "training step images/s")):
+                       ("train", "training step images/s"), ("knn", "kNN search queries/s vs scikit-learn"),
+                       ("extract", "feature extraction images/s")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--out", default="runs/bench", help="work folder")
 
@@ -56,4 +61,10 @@ def run(args: argparse.Namespace) -> int:
         result = run_pretrain_bench(args.out, args.suite)
         print(format_table(result))
         print(f"written: {args.out}/pretrain-{args.suite}-bench.json")
+    elif args.suite in ("knn", "extract"):
+        from eval.bench import format_table, run_eval_bench
+
+        result = run_eval_bench(args.out, args.suite)
+        print(format_table(result))
+        print(f"written: {args.out}/eval-{args.suite}-bench.json")
     return 0

@@ -32,7 +32,7 @@ class EvalSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     image_size: int = 64
     cache: str = ""                 # feature cache folder; default OUT/features
-    batch_size: int = 128
+    batch_size: int = 0             # feature extraction batch; 0: 8 on CPU, 256 on GPU
     n_boot: int = 1000
     orders: list[int] = field(default_factory=list)   # backbone positions in a larger sweep; default 0, 1, ...
 
@@ -42,7 +42,7 @@ class EvalSpec:
 
 def _features(spec: EvalSpec, data: Dataset, source: str, out: Path):
     return cached_features(source, data, ["train", "val", "test"], spec.image_size, spec.cache or out / "features",
-                           spec.batch_size)
+                           spec.batch_size or None)
 
 
 def _record(task: str, source: str, order: int, feats, data: Dataset, fraction: float, seed: int, config: dict,

@@ -1,0 +1,160 @@
+"""Evaluation benchmarks.
+
+- ``knn``: weighted-kNN neighbour search, queries/s, on a bank of ``bank`` clustered random
+  features (dimension 512, unit norm) and ``queries`` queries, k = 20: FAISS exact flat search
+  (in memory, and streamed over a memory-mapped bank in chunks, as ``ctssl knn`` runs it for
+  banks larger than memory), FAISS IVF (approximate; 256 cells, 16 searched; with and without
+  building the index; its recall of the exact neighbours is reported), ctssl's torch brute force, against scikit-learn's ``NearestNeighbors(algorithm=
+  "brute", metric="cosine")`` measured in the same run.
+- ``extract``: frozen-feature extraction images/s (ResNet-18 and ResNet-50, CT slices prepared as
+  ``ctssl probe`` prepares them, 224x224, ``inference_mode``) at batch sizes 1, 8 and 64, the
+  best against one image at a time; on the GPU too when there is one. (On CPUs small batches
+  win: large batches' activations overflow the caches; the default batch is 8 on CPU.)
+
+Each figure is the median of ``repeats`` timed passes after a warm-up pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ctssl.atomic import atomic_write_text
+
+
+def _median_rate(fn, items: int, repeats: int) -> float:
+    from pretrain.bench import _median_rate as median_rate
+
+    return median_rate(fn, items, repeats)
+
+
+def clustered_features(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def bench_knn(bank: int = 200_000, queries: int = 2_000, dim: int = 512, k: int = 20, repeats: int = 3) -> dict:
+    from sklearn.neighbors import NearestNeighbors
+
+    from eval.knn import faiss_search, knn_predict
+
+    b = clustered_features(bank, dim, 100, 0)
+    q = clustered_features(queries, dim, 100, 1)
+    labels = torch.zeros(bank, dtype=torch.long)
+    rows = {}
+    exact = {}
+
+    def flat():
+        exact["idx"] = faiss_search(q, b, k)[1]
+
+    rows["faiss_flat"] = _median_rate(flat, queries, repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bank.npy"
+        np.save(path, b)
+        mapped = np.load(path, mmap_mode="r")
+        chunked = {}
+
+        def streamed():
+            chunked["idx"] = faiss_search(q, mapped, k, chunk_rows=bank // 8)[1]
+
+        rows["faiss_flat_streamed_8_chunks"] = _median_rate(streamed, queries, repeats)
+    approx = {}
+
+    def ivf():
+        approx["idx"] = faiss_search(q, b, k, index="ivf")[1]
+
+    rows["faiss_ivf_with_index_build"] = _median_rate(ivf, queries, repeats)
+    rows["faiss_ivf_search_only"] = _median_rate(_ivf_searcher(b, q, k), queries, repeats)
+    bt, qt = torch.from_numpy(b), torch.from_numpy(q)
+    rows["torch_brute_force"] = _median_rate(lambda: knn_predict(qt, bt, labels, 1, k), queries, repeats)
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="cosine").fit(b)
+    rows["sklearn_brute_cosine"] = _median_rate(lambda: nn.kneighbors(q), queries, repeats)
+    recall = np.mean([len(set(a) & set(e)) / k for a, e in zip(approx["idx"], exact["idx"])])
+    same = bool(np.array_equal(np.sort(chunked["idx"], 1), np.sort(exact["idx"], 1)))
+    base = rows["sklearn_brute_cosine"]
+    return {"bank": bank, "queries": queries, "dim": dim, "k": k, "threads": torch.get_num_threads(),
+            "queries_per_s": {name: round(rate, 1) for name, rate in rows.items()},
+            "vs_sklearn": {name: round(rate / base, 2) for name, rate in rows.items()},
+            "ivf_recall_at_k": round(float(recall), 4), "streamed_equals_in_memory": same}
+
+
+def _ivf_searcher(bank: np.ndarray, query: np.ndarray, k: int, nlist: int = 256, nprobe: int = 16):
+    """A built IVF index (as eval.knn.faiss_search builds it); returns its search alone."""
+    import faiss
+
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(bank.shape[1]), bank.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(bank[:: max(1, len(bank) // (100 * nlist))])
+    index.add(bank)
+    index.nprobe = nprobe
+    return lambda: index.search(query, k)
+
+
+def bench_extract(n: int = 64, size: int = 224, batches=(1, 8, 64), repeats: int = 3) -> dict:
+    from eval.inputs import input_spec, prepare
+    from eval.sources import load_backbone
+    from pretrain.bench import bench_shards
+    from shards.reader import iter_samples
+
+    out = Path(os.environ.get("CTSSL_BENCH_DIR", "runs/bench"))
+    slices = [s["hu"] for _, s in zip(range(n), iter_samples(bench_shards(out)))]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    rows = []
+    for name in ("resnet18", "resnet50"):
+        model, card = load_backbone(f"random:{name}:3")
+        spec = input_spec(card, "ct", size)
+        for device in devices:
+            model = model.to(device).eval()
+            rates = {}
+            for batch in batches:
+                @torch.inference_mode()
+                def extract():
+                    for start in range(0, len(slices), batch):
+                        x = torch.stack([prepare(s, spec) for s in slices[start:start + batch]]).to(device)
+                        model(x).cpu()
+
+                rates[batch] = _median_rate(extract, len(slices), repeats)
+            best = max(rates, key=rates.get)
+            rows.append({"backbone": name, "device": device, "image_size": size,
+                         "images_per_s_by_batch": {str(b): round(r, 1) for b, r in rates.items()},
+                         "best_batch": best, "best_vs_batch_1": round(rates[best] / rates[batches[0]], 2)})
+    return {"rows": rows, "threads": torch.get_num_threads()}
+
+
+def run_eval_bench(out: str | Path, which: str) -> dict:
+    from ctssl.machine import machine_info
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("CTSSL_BENCH_DIR", str(out))
+    start = time.perf_counter()
+    result = {"benchmark": f"eval-{which}", "machine": machine_info()}
+    result["results"] = bench_knn() if which == "knn" else bench_extract()
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    atomic_write_text(out / f"eval-{which}-bench.json", json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def format_table(result: dict) -> str:
+    r = result["results"]
+    if result["benchmark"] == "eval-knn":
+        lines = [f"kNN search: bank {r['bank']:,} x {r['dim']}, {r['queries']:,} queries, k = {r['k']} "
+                 f"({r['threads']} threads)"]
+        for name, rate in r["queries_per_s"].items():
+            lines.append(f"  {name:<30} {rate:>10.1f} queries/s  ({r['vs_sklearn'][name]:.2f}x scikit-learn)")
+        lines.append(f"  IVF recall@k of the exact neighbours: {r['ivf_recall_at_k']:.3f}; streamed search equals "
+                     f"in-memory: {r['streamed_equals_in_memory']}")
+        return "\n".join(lines)
+    lines = [f"feature extraction ({r['threads']} threads)"]
+    for row in r["rows"]:
+        rates = ", ".join(f"batch {b}: {v:.1f}" for b, v in row["images_per_s_by_batch"].items())
+        lines.append(f"  {row['backbone']} {row['image_size']}x{row['image_size']} on {row['device']}: {rates} "
+                     f"images/s (best {row['best_vs_batch_1']:.2f}x batch 1)")
+    return "\n".join(lines)
