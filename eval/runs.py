@@ -7,7 +7,8 @@ provenance, written so that runs can happen in any order, on any machine, and be
 config), so a rerun skips finished runs and a SLURM array task writes only its own files.
 ``collate(OUT)`` gathers every record into ``OUT/results.jsonl`` (sorted, rewritten atomically) and
 adds ``OUT/comparisons.jsonl``: paired bootstraps of each backbone against the first one on the
-same test samples (``eval.metrics.paired_bootstrap``, patients resampled).
+same test samples (``eval.metrics.paired_bootstrap``, patients resampled) and their prediction
+similarity (``eval.agreement``: who got which sample right, error consistency, Cohen's kappa).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from ctssl import __version__
 from ctssl.atomic import atomic_open, atomic_write_text
+from eval.agreement import prediction_similarity
 from eval.metrics import accuracy, balanced_accuracy, bootstrap_ci, macro_auroc, paired_bootstrap
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,8 +163,11 @@ def collate(out: str | Path, n_boot: int = 1000) -> tuple[Path, Path]:
                 keep = np.ones(len(a["targets"]), bool) if multilabel else a["targets"] >= 0
                 result = paired_bootstrap(fn, a["targets"][keep], a["scores"][keep], b["scores"][keep], n=n_boot,
                                           groups=a["groups"][keep])
+                agreement = None if multilabel else prediction_similarity(
+                    a["targets"][keep], a["scores"][keep].argmax(1), b["scores"][keep].argmax(1))
                 f.write(json.dumps({"task": key[0], "dataset": base["dataset"]["spec"], "label": key[2],
                                     "fraction": key[3], "seed": key[4], "variant": key[5], "metric": metric,
                                     "baseline": base["backbone"], "backbone": other["backbone"],
-                                    **{k: _finite(v) for k, v in result.items()}}, sort_keys=True) + "\n")
+                                    "agreement": agreement, **{k: _finite(v) for k, v in result.items()}},
+                                   sort_keys=True) + "\n")
     return results, comparisons

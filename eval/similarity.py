@@ -1,0 +1,178 @@
+"""Representation similarity between two sets of activations of the same N examples.
+
+All functions take ``x`` (N, p) and ``y`` (N, q) as numpy arrays (rows = examples).
+
+- ``linear_cka``: Kornblith et al. 2019, ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` on
+  column-centred features (equal to HSIC with linear kernels).
+- ``rbf_cka``: CKA with Gaussian kernels ``exp(-d^2 / (2 sigma^2))``, ``sigma = threshold x median``
+  pairwise distance (Kornblith et al.'s rule, threshold 1 by default), biased HSIC.
+- ``unbiased_cka``: CKA from the unbiased HSIC estimator of Song et al. 2012 (Nguyen et al. 2021),
+  which does not drift with N or feature count; ``minibatch_cka`` accumulates unbiased HSIC over
+  mini-batches (Nguyen et al.), for sets too large for one N x N kernel.
+- ``cca``: canonical correlations (QR + SVD of ``Q_x^T Q_y``, Björck & Golub), ``mean_cca`` their
+  mean; ``svcca``: CCA after keeping the top singular directions explaining 99% of each set's
+  variance (Raghu et al. 2017); ``pwcca``: correlations weighted by how much of ``x`` each canonical
+  variate accounts for (Morcos et al. 2018).
+
+Activations of a convolutional layer (N, C, H, W) are reduced by ``reduce_activations``: average
+pooled to at most ``spatial`` x ``spatial`` positions and flattened, then a fixed random subset of
+at most ``max_features`` features is kept (the subsampling of spatial positions and channels used
+in the literature to keep kernels and CCA tractable). CCA with nearly as many features as examples
+finds spurious perfect correlations, so ``cca_features`` keeps at most N / 10 features (a fixed
+random subset; Raghu et al. recommend many more datapoints than neurons).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _center(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x - x.mean(0, keepdims=True)
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = _center(x), _center(y)
+    cross = np.linalg.norm(y.T @ x) ** 2
+    return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def _gram_rbf(x: np.ndarray, threshold: float) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    sq = np.sum(x * x, 1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0)
+    median = np.median(np.sqrt(d2[np.triu_indices(len(x), 1)]))
+    sigma = threshold * median if median > 0 else 1.0
+    return np.exp(-d2 / (2 * sigma ** 2))
+
+
+def _center_gram(k: np.ndarray) -> np.ndarray:
+    return k - k.mean(0, keepdims=True) - k.mean(1, keepdims=True) + k.mean()
+
+
+def _cka_from_grams(k: np.ndarray, l: np.ndarray) -> float:
+    kc, lc = _center_gram(k), _center_gram(l)
+    return float(np.sum(kc * lc) / (np.linalg.norm(kc) * np.linalg.norm(lc)))
+
+
+def rbf_cka(x: np.ndarray, y: np.ndarray, threshold: float = 1.0) -> float:
+    return _cka_from_grams(_gram_rbf(x, threshold), _gram_rbf(y, threshold))
+
+
+def unbiased_hsic(k: np.ndarray, l: np.ndarray) -> float:
+    """Song et al. 2012's unbiased HSIC of two Gram matrices (n >= 4)."""
+    n = k.shape[0]
+    if n < 4:
+        raise ValueError(f"Unbiased HSIC needs at least 4 examples, got {n}.")
+    k = k.copy()
+    l = l.copy()
+    np.fill_diagonal(k, 0)
+    np.fill_diagonal(l, 0)
+    ones = np.ones(n)
+    term1 = np.sum(k * l)
+    term2 = (ones @ k @ ones) * (ones @ l @ ones) / ((n - 1) * (n - 2))
+    term3 = 2 * (ones @ k @ l @ ones) / (n - 2)
+    return float((term1 + term2 - term3) / (n * (n - 3)))
+
+
+def unbiased_cka(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    k, l = x @ x.T, y @ y.T
+    return float(unbiased_hsic(k, l) / np.sqrt(unbiased_hsic(k, k) * unbiased_hsic(l, l)))
+
+
+def minibatch_cka(x: np.ndarray, y: np.ndarray, batch: int = 256, seed: int = 0) -> float:
+    """Linear CKA from unbiased HSIC summed over shuffled mini-batches (Nguyen et al. 2021)."""
+    n = len(x)
+    order = np.random.default_rng(seed).permutation(n)
+    xy = xx = yy = 0.0
+    for start in range(0, n - 3, batch):
+        idx = order[start:start + batch]
+        if len(idx) < 4:
+            break
+        xb, yb = np.asarray(x[idx], np.float64), np.asarray(y[idx], np.float64)
+        k, l = xb @ xb.T, yb @ yb.T
+        xy += unbiased_hsic(k, l)
+        xx += unbiased_hsic(k, k)
+        yy += unbiased_hsic(l, l)
+    return float(xy / np.sqrt(xx * yy))
+
+
+def cca(x: np.ndarray, y: np.ndarray, eps: float = 1e-10) -> np.ndarray:
+    """Canonical correlations, descending, min(rank x, rank y) of them."""
+    qx = _orthonormal_basis(_center(x), eps)
+    qy = _orthonormal_basis(_center(y), eps)
+    return np.clip(np.linalg.svd(qx.T @ qy, compute_uv=False), 0.0, 1.0)
+
+
+def _orthonormal_basis(x: np.ndarray, eps: float) -> np.ndarray:
+    """An orthonormal basis of x's column space (rank-revealing via SVD)."""
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    return u[:, s > eps * max(s[0], 1e-300)] if len(s) else u
+
+
+def mean_cca(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(cca(x, y)))
+
+
+def _svd_reduce(x: np.ndarray, keep: float) -> np.ndarray:
+    x = _center(x)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    energy = np.cumsum(s ** 2) / np.sum(s ** 2)
+    dims = int(np.searchsorted(energy, keep) + 1)
+    return u[:, :dims] * s[:dims]
+
+
+def svcca(x: np.ndarray, y: np.ndarray, keep: float = 0.99) -> float:
+    return mean_cca(_svd_reduce(x, keep), _svd_reduce(y, keep))
+
+
+def pwcca(x: np.ndarray, y: np.ndarray, eps: float = 1e-10) -> float:
+    """Projection-weighted CCA of Morcos et al.: canonical variates of ``x`` weighted by how much
+    of ``x``'s neurons they account for (sum of absolute correlations with x's columns)."""
+    xc, yc = _center(x), _center(y)
+    qx = _orthonormal_basis(xc, eps)
+    qy = _orthonormal_basis(yc, eps)
+    u, rho, _ = np.linalg.svd(qx.T @ qy, full_matrices=False)
+    rho = np.clip(rho, 0.0, 1.0)
+    variates = qx @ u[:, : len(rho)]                      # canonical variates of x (N, d), unit norm
+    weights = np.abs(variates.T @ xc).sum(1)              # alpha_i = sum_j |<h_i, x_j>|
+    return float(np.sum(weights * rho) / np.sum(weights))
+
+
+def reduce_activations(a: np.ndarray, spatial: int = 2, max_features: int = 4096, seed: int = 0) -> np.ndarray:
+    """(N, C, H, W) or (N, T, D) or (N, D) activations -> (N, F) with F <= max_features."""
+    import torch
+    import torch.nn.functional as F
+
+    a = np.asarray(a)
+    if a.ndim == 4:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        t = F.adaptive_avg_pool2d(t, (min(spatial, a.shape[2]), min(spatial, a.shape[3])))
+        a = t.flatten(1).numpy()
+    elif a.ndim == 3:                                     # tokens: mean over tokens
+        a = a.mean(1)
+    if a.shape[1] > max_features:
+        keep = np.sort(np.random.default_rng(seed).choice(a.shape[1], max_features, replace=False))
+        a = a[:, keep]
+    return a
+
+
+def cca_features(a: np.ndarray, seed: int = 0, ratio: int = 10) -> np.ndarray:
+    """At most N / ``ratio`` features (a fixed random subset), so CCA is not spuriously high."""
+    limit = max(1, a.shape[0] // ratio)
+    if a.shape[1] <= limit:
+        return a
+    keep = np.sort(np.random.default_rng(seed).choice(a.shape[1], limit, replace=False))
+    return a[:, keep]
+
+
+MEASURES = {
+    "linear_cka": linear_cka,
+    "rbf_cka": rbf_cka,
+    "unbiased_cka": unbiased_cka,
+    "mean_cca": lambda x, y: mean_cca(cca_features(x), cca_features(y)),
+    "svcca": lambda x, y: svcca(cca_features(x), cca_features(y)),
+    "pwcca": lambda x, y: pwcca(cca_features(x), cca_features(y)),
+}

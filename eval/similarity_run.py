@@ -1,0 +1,77 @@
+"""``ctssl similarity``: activations of two backbones on the same images, every measure of
+``eval.similarity`` between every pair of layers, a JSON record and heat maps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ctssl.atomic import atomic_write_text
+from eval.datasets import open_dataset
+from eval.inputs import input_spec, prepare
+from eval.layers import collect
+from eval.runs import provenance
+from eval.similarity import MEASURES, reduce_activations
+from eval.sources import load_backbone
+
+logger = logging.getLogger(__name__)
+
+
+def _slug(source: str) -> str:
+    stem = Path(source).parent.name if source.endswith((".safetensors", ".pt")) else source
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-")[:40]
+
+
+def run_similarity(data: str, a: str, b: str, out: str | Path, split: str = "test", samples: int = 500,
+                   image_size: int = 64, spatial: int = 2, max_features: int = 4096, measures=None,
+                   name: str | None = None, label: str = "region") -> dict:
+    dataset = open_dataset(data, label)
+    pool = dataset.split(split)
+    picks = np.linspace(0, len(pool) - 1, min(samples, len(pool))).round().astype(int)
+    images = [pool[i].image for i in picks]
+    measures = measures or list(MEASURES)
+    unknown = set(measures) - set(MEASURES)
+    if unknown:
+        raise ValueError(f"Unknown measure(s) {sorted(unknown)}. Valid measures are {list(MEASURES)}.")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    acts, cards = [], []
+    for source in (a, b):
+        model, card = load_backbone(source)
+        spec = input_spec(card, dataset.kind, image_size)
+        x = torch.stack([prepare(im, spec) for im in images])
+        acts.append(collect(model, x, lambda v: reduce_activations(v, spatial, max_features), device=device))
+        cards.append({k: v for k, v in card.items() if k != "config"})
+    layers_a, layers_b = list(acts[0]), list(acts[1])
+    matrices = {}
+    for measure in measures:
+        fn = MEASURES[measure]
+        matrix = []
+        for la in layers_a:
+            row = []
+            for lb in layers_b:
+                value = fn(acts[0][la], acts[1][lb])
+                row.append(None if not np.isfinite(value) else round(float(value), 5))
+            matrix.append(row)
+        matrices[measure] = matrix
+        logger.info("%s done", measure)
+    name = name or f"{_slug(a)}_vs_{_slug(b)}"
+    folder = Path(out) / "similarity"
+    record = {"name": name, "a": a, "b": b, "card_a": cards[0], "card_b": cards[1], "dataset": dataset.describe(),
+              "split": split, "n_images": len(images), "image_size": image_size, "spatial": spatial,
+              "max_features": max_features, "layers_a": layers_a, "layers_b": layers_b,
+              "features_per_layer": {"a": {k: int(v.shape[1]) for k, v in acts[0].items()},
+                                     "b": {k: int(v.shape[1]) for k, v in acts[1].items()}},
+              "matrices": matrices, "provenance": provenance()}
+    path = folder / f"{name}.json"
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    from eval.plots import heatmaps
+
+    record["figure"] = str(heatmaps(record, folder / f"{name}.png"))
+    record["json"] = str(path)
+    atomic_write_text(path, json.dumps({k: v for k, v in record.items() if k != "json"}, indent=1) + "\n")
+    return record
