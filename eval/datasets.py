@@ -7,7 +7,10 @@ One spec string names a dataset; ``open_dataset(spec, label)`` reads it into a `
 a ctssl shard folder (``manifest.json``)  CT (``.hu``) or natural-image shards; ``label`` is a key of
                                        the samples' labels (``ctssl ingest --labels``), or
                                        ``a+b+c`` for a multi-label task of 0/1 columns; splits and
-                                       patients come from ingest (patient-level already)
+                                       patients come from ingest (patient-level already);
+                                       ``FOLDER@key=value`` keeps the samples whose metadata has
+                                       that value (e.g. ``@manufacturer=SIEMENS``, ``@source=nifti``:
+                                       one scanner or one source format as a domain)
 ``imagefolder:ROOT``                   ``ROOT/{train,val,test}/CLASS/*.png|jpg``
 ``FILE.csv``                           columns ``path,label`` and optionally ``split`` and
                                        ``patient``; paths relative to the CSV; without ``split``
@@ -59,6 +62,9 @@ class Dataset:
                              f"'{name}' (splits with samples: {[s for s in self.samples if self.samples[s]]}).")
         return self.samples[name]
 
+    def has(self, split: str) -> bool:
+        return bool(self.samples.get(split))
+
     def targets(self, split: str) -> np.ndarray:
         """(N,) class indices or (N, C) 0/1 for multi-label."""
         samples = self.split(split)
@@ -85,7 +91,10 @@ def open_dataset(spec: str, label: str = "region") -> Dataset:
     elif spec.endswith(".npz"):
         data = _medmnist(spec, Path(spec), label)
     else:
-        data = _shards(spec, Path(spec), label)
+        path, _, where = spec.partition("@")
+        if where and "=" not in where:
+            raise ValueError(f"Filter '@{where}' in '{spec}' must be @key=value.")
+        data = _shards(spec, Path(path), label, tuple(where.split("=", 1)) if where else None)
     if not data.multilabel:
         # Classes are those of the training split; others are counted as unseen where used.
         data.classes = sorted({s.target for s in data.samples.get("train", [])} or
@@ -101,7 +110,7 @@ def _hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _shards(spec: str, path: Path, label: str) -> Dataset:
+def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = None) -> Dataset:
     from pretrain.loader import decode
     from shards.manifest import MANIFEST_NAME
     from shards.reader import iter_shard, shard_paths
@@ -118,6 +127,8 @@ def _shards(spec: str, path: Path, label: str) -> Dataset:
             for raw in iter_shard(shard, decode=False):
                 image, meta = decode(raw)
                 kind = kind or ("ct" if "hu" in raw else "image")
+                if where and str(meta.get(where[0], (meta.get("labels") or {}).get(where[0]))) != where[1]:
+                    continue
                 labels = {**(meta.get("labels") or {}), **({"class": meta["class"]} if "class" in meta else {})}
                 if columns:
                     if any(c not in labels for c in columns):
@@ -128,7 +139,8 @@ def _shards(spec: str, path: Path, label: str) -> Dataset:
                 else:
                     continue
                 samples[split].append(Sample(image, target, str(meta.get("patient") or raw["key"]), raw["key"]))
-    return Dataset(spec, label, kind or "ct", _hash_file(manifest), samples,
+    fingerprint = _hash_file(manifest) + (f"@{where[0]}={where[1]}" if where else "")
+    return Dataset(spec, label, kind or "ct", fingerprint, samples,
                    classes=columns or [], multilabel=bool(columns))
 
 

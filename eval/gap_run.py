@@ -1,0 +1,116 @@
+"""``ctssl gap``: the domain gap between two datasets in each backbone's feature space.
+
+For every backbone: features of both datasets (cached, ``eval.features``); on equal-size samples
+of one split (default test, at most ``max_samples`` each): the domain classifier and proxy
+A-distance, MMD^2 (Gaussian kernel, median-heuristic bandwidth), Frechet distance, kNN domain
+purity (``eval.gap``); the cross-domain probe gap when both datasets carry labels of common
+classes (logistic regression trained on one domain's training split, tested on both domains' test
+splits, both directions); a t-SNE of the pooled sample coloured by domain and by label.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ctssl.atomic import atomic_write_text
+from eval.datasets import open_dataset
+from eval.features import cached_features
+from eval.gap import balanced, domain_classifier, frechet_distance, knn_purity, mmd2
+from eval.runs import provenance
+from eval.similarity_run import _slug
+
+logger = logging.getLogger(__name__)
+
+
+def _probe_transfer(src, dst, src_test, dst_test, data_src, data_dst) -> dict | None:
+    """Logistic regression trained on src's train split; accuracy on src's and dst's held-out
+    splits (test, else val), over the classes both share; None when fewer than 2 are shared."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if data_src.multilabel or data_dst.multilabel or src_test is None or dst_test is None:
+        return None
+    shared = sorted(set(data_src.classes) & set(data_dst.classes))
+    if len(shared) < 2:
+        return None
+
+    def subset(feats, classes):
+        names = np.array([classes[t] if t >= 0 else "" for t in feats.targets])
+        keep = np.isin(names, shared)
+        return np.asarray(feats.features)[keep], names[keep]
+
+    xtr, ytr = subset(src["train"], data_src.classes)
+    xin, yin = subset(src[src_test], data_src.classes)
+    xout, yout = subset(dst[dst_test], data_dst.classes)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
+    clf.fit(xtr, ytr)
+    in_domain, cross = float(np.mean(clf.predict(xin) == yin)), float(np.mean(clf.predict(xout) == yout))
+    return {"classes": shared, "in_domain_accuracy": round(in_domain, 5), "cross_domain_accuracy": round(cross, 5),
+            "gap": round(in_domain - cross, 5), "n_train": len(ytr), "n_in": len(yin), "n_cross": len(yout)}
+
+
+def run_gap(a: str, b: str, backbones: list[str], out: str | Path, label: str = "region", label_b: str | None = None,
+            split: str = "test", max_samples: int = 1000, image_size: int = 64, cache: str = "", k: int = 10,
+            embed: bool = True, name: str | None = None, seed: int = 0) -> dict:
+    data_a, data_b = open_dataset(a, label), open_dataset(b, label_b or label)
+    # A dataset without the split (an ImageFolder with train and val only) uses val, then train.
+    use = {id(d): next(s for s in (split, "val", "train") if d.has(s)) for d in (data_a, data_b)}
+    held_out = {id(d): next((s for s in ("test", "val") if d.has(s)), None) for d in (data_a, data_b)}
+    cache = cache or str(Path(out) / "features")
+    rows = []
+    folder = Path(out) / "gap"
+    name = name or f"{_slug(a)}_vs_{_slug(b)}"
+    for source in backbones:
+        fa, fb = (cached_features(source, d, sorted({"train", use[id(d)]} | ({held_out[id(d)]} - {None})),
+                                  image_size, cache) for d in (data_a, data_b))
+        sa, sb = use[id(data_a)], use[id(data_b)]
+        x, y = balanced(fa[sa].features, fb[sb].features, max_samples, seed)
+        value, sigma = mmd2(x, y)
+        row = {"backbone": source, "n_per_domain": len(x), "feature_dim": int(x.shape[1]),
+               "domain_classifier": domain_classifier(x, y, seed=seed),
+               "mmd2": {"value": round(value, 6), "kernel": "gaussian", "sigma": round(sigma, 5),
+                        "bandwidth_rule": "median pairwise distance of the pooled sample"},
+               "frechet_distance": round(frechet_distance(x, y), 5), "knn_purity": knn_purity(x, y, k),
+               "probe_transfer": {
+                   "a_to_b": _probe_transfer(fa, fb, held_out[id(data_a)], held_out[id(data_b)], data_a, data_b),
+                   "b_to_a": _probe_transfer(fb, fa, held_out[id(data_b)], held_out[id(data_a)], data_b, data_a)}}
+        if embed:
+            row["figure"] = str(_embedding(fa[sa], fb[sb], data_a, data_b, source, seed,
+                                           folder / f"{name}-{_slug(source)}.png", min(max_samples, 400)))
+        logger.info("gap %s: proxy A-distance %.3f, MMD2 %.4f, Frechet %.2f, kNN purity %.3f", source,
+                    row["domain_classifier"]["proxy_a_distance"], value, row["frechet_distance"],
+                    row["knn_purity"]["purity"])
+        rows.append(row)
+    record = {"name": name, "a": data_a.describe(), "b": data_b.describe(), "split": {"a": use[id(data_a)],
+              "b": use[id(data_b)]}, "image_size": image_size,
+              "rows": rows, "provenance": provenance()}
+    path = folder / f"{name}.json"
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    record["json"] = str(path)
+    return record
+
+
+def _embedding(fa, fb, data_a, data_b, source, seed, path, per_domain):
+    from sklearn.manifold import TSNE
+
+    from eval.plots import embedding
+
+    rng = np.random.default_rng(seed)
+    ia = np.sort(rng.choice(len(fa.targets), min(per_domain, len(fa.targets)), replace=False))
+    ib = np.sort(rng.choice(len(fb.targets), min(per_domain, len(fb.targets)), replace=False))
+    x = np.concatenate([np.asarray(fa.features)[ia], np.asarray(fb.features)[ib]])
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    points = TSNE(n_components=2, perplexity=min(30, max(5, len(x) // 4)), init="pca",
+                  random_state=seed).fit_transform(x)
+
+    def names(feats, data, idx):
+        return [data.classes[t] if not data.multilabel and t >= 0 else "?" for t in feats.targets[idx]]
+
+    domains = ["A"] * len(ia) + ["B"] * len(ib)
+    return embedding(points, domains, names(fa, data_a, ia) + names(fb, data_b, ib), path,
+                     f"t-SNE of {source} features\nA = {data_a.spec}\nB = {data_b.spec}")
