@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune.command", "fine-tune full or truncated backbones (early stopping, LLRD)"),
     "similarity": ("eval.similarity_command", "layer-wise CKA / CCA similarity of two backbones"),
     "gap": ("eval.gap_command", "domain gap between two datasets in a backbone's feature space"),
+    "confounders": ("eval.confounders_command", "shortcut experiment: confounder in positives, anti-correlated test"),
     "sweep": ("eval.sweep_command", "evaluation sweeps (tasks x backbones x fractions x seeds) as array jobs"),
     "bench": ("ctssl.bench_command", "rerunnable benchmarks, each against a baseline measured in the same run"),
 }

@@ -65,3 +65,17 @@ def natural_shards(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain") / "natural"
     images_to_shards(Path(cfg.out) / "natural-standin", out, shard_size_mb=0.01)
     return out
+
+
+@pytest.fixture(scope="session")
+def eval_shards(corpus, tmp_path_factory):
+    """Labelled CT shards for the evaluation tests: 4 / 2 / 2 patients in train / val / test,
+    so that the held-out splits hold more than one patient and more than one region."""
+    from data.ingest import SplitFractions
+
+    cfg, _ = corpus
+    out = tmp_path_factory.mktemp("eval") / "ct"
+    os.environ.setdefault("CTSSL_SALT", "pretrain-test-salt-0123456789")
+    run_ingest(IngestConfig(sources=[cfg.out], out=str(out), image_size=32, splits=SplitFractions(0.5, 0.25, 0.25),
+                            labels=[str(Path(cfg.out) / "labels" / "slices.csv")]))
+    return out

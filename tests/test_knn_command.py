@@ -46,9 +46,9 @@ def _records(out):
     return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
 
 
-def test_knn_probe_and_finetune_commands(ct_shards, exported, tmp_path, capsys):
+def test_knn_probe_and_finetune_commands(eval_shards, exported, tmp_path, capsys):
     path, _ = exported
-    common = ["--data", str(ct_shards), "--label", "region", "--backbone", "random:resnet18:3",
+    common = ["--data", str(eval_shards), "--label", "region", "--backbone", "random:resnet18:3",
               "--backbone", str(path), "--image-size", "32", "--n-boot", "100", "--out", str(tmp_path)]
     assert main(["knn", *common, "--k", "5", "--k", "20", "--fraction", "0.5", "--fraction", "1"]) == 0
     assert main(["probe", *common, "--epochs", "5", "--lr", "0.01", "--lr", "0.1", "--wd", "0"]) == 0

@@ -33,9 +33,9 @@ def _metrics(out: Path) -> dict:
     return {(r["task"], r["backbone"], r.get("variant", ""), r["seed"]): r["test"] for r in records}
 
 
-def test_sweep_array_any_order_and_report(slurm, ct_shards, tmp_path):
+def test_sweep_array_any_order_and_report(slurm, eval_shards, tmp_path):
     out = tmp_path / "sweep"
-    config = _sweep(tmp_path / "sweep.yaml", ct_shards, out)
+    config = _sweep(tmp_path / "sweep.yaml", eval_shards, out)
     assert subprocess.run([*CTSSL, "sweep", "plan", "--config", str(config), "--count"], capture_output=True,
                           text=True, check=True).stdout.strip() == "4"
     # Two jobs out of order on this machine; the report names the two that have not run.
