@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "similarity": ("eval.similarity_command", "layer-wise CKA / CCA similarity of two backbones"),
     "gap": ("eval.gap_command", "domain gap between two datasets in a backbone's feature space"),
     "confounders": ("eval.confounders_command", "shortcut experiment: confounder in positives, anti-correlated test"),
+    "report": ("eval.report_command", "one self-contained HTML report and a Markdown summary of all results"),
     "sweep": ("eval.sweep_command", "evaluation sweeps (tasks x backbones x fractions x seeds) as array jobs"),
     "bench": ("ctssl.bench_command", "rerunnable benchmarks, each against a baseline measured in the same run"),
 }

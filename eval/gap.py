@@ -5,7 +5,9 @@
   median pairwise distance of the pooled sample (the median heuristic), reported with the value.
   Near 0 (it can be slightly negative) for one distribution, growing with the shift.
 - ``frechet_distance``: ``||mu_x - mu_y||^2 + Tr(S_x + S_y - 2 (S_x S_y)^{1/2})``, the 2-Wasserstein
-  distance between Gaussians with the features' means and covariances (as FID computes it).
+  distance between Gaussians with the features' means and covariances (as FID computes it). With
+  fewer samples than feature dimensions the covariances are rank-deficient and the estimate is
+  biased (``ctssl gap`` notes it); compare values only at equal sample sizes.
 - ``domain_classifier``: a logistic regression told to separate the domains, 5-fold
   cross-validated accuracy on equal-size samples; proxy A-distance ``2 (1 - 2 err)`` (Ben-David
   et al. 2007): 0 = indistinguishable, 2 = perfectly separable.
@@ -44,7 +46,11 @@ def mmd2(x: np.ndarray, y: np.ndarray, sigma: float | None = None) -> tuple[floa
 
 
 def frechet_from_moments(mu1, s1, mu2, s2) -> float:
-    covmean = linalg.sqrtm(np.asarray(s1) @ np.asarray(s2))
+    import warnings
+
+    with warnings.catch_warnings():       # a singular product is handled below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(np.asarray(s1) @ np.asarray(s2))
     if not np.isfinite(covmean).all():            # near-singular product: regularise as FID does
         offset = np.eye(len(s1)) * 1e-6
         covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))

@@ -76,6 +76,8 @@ def run_gap(a: str, b: str, backbones: list[str], out: str | Path, label: str = 
                "mmd2": {"value": round(value, 6), "kernel": "gaussian", "sigma": round(sigma, 5),
                         "bandwidth_rule": "median pairwise distance of the pooled sample"},
                "frechet_distance": round(frechet_distance(x, y), 5), "knn_purity": knn_purity(x, y, k),
+               "frechet_note": (f"{len(x)} samples per domain < {x.shape[1]} dimensions: rank-deficient covariances, "
+                                "biased estimate; compare only at equal sample sizes") if len(x) <= x.shape[1] else "",
                "probe_transfer": {
                    "a_to_b": _probe_transfer(fa, fb, held_out[id(data_a)], held_out[id(data_b)], data_a, data_b),
                    "b_to_a": _probe_transfer(fb, fa, held_out[id(data_b)], held_out[id(data_a)], data_b, data_a)}}

@@ -73,13 +73,10 @@ def _report(cfg) -> int:
     results, comparisons = collate(cfg.out, cfg.n_boot)
     missing = missing_jobs(cfg)
     print(f"results: {results}\ncomparisons: {comparisons}")
-    try:
-        from eval.report import write_report
-    except ImportError:
-        write_report = None
-    if write_report is not None:
-        html, markdown = write_report(cfg.out)
-        print(f"report: {html}\nsummary: {markdown}")
+    from eval.report import write_report
+
+    html, markdown = write_report(cfg.out)
+    print(f"report: {html}\nsummary: {markdown}")
     if missing:
         print(f"{len(missing)} job(s) not finished: indexes {[j['index'] for j in missing]}; rerun them with "
               "ctssl sweep task --index I (or resubmit those array indexes)")
