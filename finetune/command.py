@@ -30,6 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default 5)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
     parser.add_argument("--no-balanced", dest="balanced", action="store_false", help="plain (not class-weighted) loss")
+    parser.add_argument("--save-model", action="store_true",
+                        help="export the best-validation backbone to OUT/models/<run_id>/backbone.safetensors "
+                             "(full networks; e.g. for ctssl similarity before vs after fine-tuning)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,5 +44,5 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          llrd=args.llrd, truncate=args.truncate, patience=args.patience, augment=args.augment,
-                         balanced=args.balanced)
+                         balanced=args.balanced, save_model=args.save_model)
     return finish(args, finetune_runs(eval_spec(args), cfg, args.out))

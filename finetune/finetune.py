@@ -50,6 +50,7 @@ class FinetuneConfig:
     balanced: bool = True
     select: str = "auto"           # as ctssl probe
     recalibrate_bn: bool = True    # BatchNorm statistics recomputed on the training inputs before evaluating
+    save_model: bool = False       # export the best-validation backbone (full networks only)
 
 
 class Classifier(nn.Module):
@@ -57,6 +58,9 @@ class Classifier(nn.Module):
 
     def __init__(self, backbone: nn.Module, name: str, truncate: int, num_outputs: int):
         super().__init__()
+        # The whole backbone (sharing its parameters with ``features``), for export when untruncated;
+        # not a submodule, so its parameters are not registered twice.
+        object.__setattr__(self, "backbone", backbone if not truncate else None)
         if name.startswith("resnet"):
             stages = [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
             keep = truncate or 4

@@ -60,6 +60,15 @@ def finetune_runs(spec: EvalSpec, cfg: FinetuneConfig, out: str | Path) -> list[
                                   data.multilabel, device)
                 test = data.split("test")
                 test_y, test_groups = data.targets("test"), data.groups("test")
+                if cfg.save_model and cfg.truncate == 0:
+                    from pretrain.checkpoint import export_backbone
+
+                    folder = out / "models" / ids["best_val"]
+                    folder.mkdir(parents=True, exist_ok=True)
+                    export_backbone(result["best_val"], folder, {
+                        **{k: v for k, v in card.items() if k not in ("source", "weights_sha256")},
+                        "method": f"{card.get('method')} + fine-tuned ({data.label}, fraction {fraction:g}, seed {seed})",
+                        "finetuned_from": source, "finetune": config, "best_epoch": result["best_epoch"]})
                 for variant in VARIANTS:
                     scores = predict(result[variant], split_tensor("test"), data.multilabel, device=device)
                     metrics = metrics_with_ci(test_y, scores, test_groups, data.multilabel, spec.n_boot, seed)

@@ -53,12 +53,18 @@ def test_knn_probe_and_finetune_commands(eval_shards, exported, tmp_path, capsys
     assert main(["knn", *common, "--k", "5", "--k", "20", "--fraction", "0.5", "--fraction", "1"]) == 0
     assert main(["probe", *common, "--epochs", "5", "--lr", "0.01", "--lr", "0.1", "--wd", "0"]) == 0
     assert main(["finetune", *common, "--epochs", "2", "--truncate", "2", "--llrd", "0.5"]) == 0
+    assert main(["finetune", *common, "--epochs", "1", "--seed", "1", "--save-model"]) == 0
+    exports = sorted((tmp_path / "models").glob("*/backbone.safetensors"))
+    assert len(exports) == 2                                   # one per backbone, full network only
+    tuned, card = load_backbone(str(exports[0]))
+    assert "fine-tuned" in card["method"] and card["finetuned_from"] in ("random:resnet18:3", str(path))
     printed = capsys.readouterr().out
     assert "paired knn" in printed and "test accuracy" in printed
     records = _records(tmp_path)
     assert {r["task"] for r in records} == {"knn", "probe", "finetune"}
     assert len([r for r in records if r["task"] == "knn"]) == 2 * 2 * 2            # backbones x fractions x k
     assert {r["variant"] for r in records if r["task"] == "finetune"} == {"best_val", "final"}
+    assert {r["config"]["truncate"] for r in records if r["task"] == "finetune"} == {0, 2}
     for r in records:
         acc = r["test"]["accuracy"]
         assert acc["lower"] <= acc["value"] <= acc["upper"] and 0 <= acc["value"] <= 1
