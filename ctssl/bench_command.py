@@ -15,6 +15,9 @@ run, prints a table and writes JSON.
       kNN queries/s: FAISS flat, streamed and IVF, torch brute force vs scikit-learn brute force
   ctssl bench extract [--out DIR]
       feature extraction images/s (ResNet-18/50, batched) vs one image at a time
+  ctssl bench all [--out DIR] [--skip SUITE]
+      every suite above (plan-scale at 1.2M slices), one table: OUT/bench-suite.md and .json
+      (the table docs/benchmarks.md reproduces)
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--series", type=int, default=100_000, help="series in the index (default 100000)")
     scale.add_argument("--slices", type=int, default=12_000_000, help="images in all (default 12000000)")
     scale.add_argument("--tasks", type=int, default=256, help="array tasks (default 256)")
+    suite = sub.add_parser("all", help="every suite, one table (bench-suite.md / .json)")
+    suite.add_argument("--out", default="runs/bench", help="work folder")
+    suite.add_argument("--skip", action="append", default=[], help="suite to leave out (repeatable)")
+    suite.add_argument("--scale-slices", type=int, default=1_200_000, help="plan-scale size (default 1200000)")
     for name, text in (("loader", "view pipeline vs lightly's SimCLRTransform"),
                        ("train", "training step images/s"), ("knn", "kNN search queries/s vs scikit-learn"),
                        ("extract", "feature extraction images/s")):
@@ -61,6 +68,13 @@ def run(args: argparse.Namespace) -> int:
         result = run_pretrain_bench(args.out, args.suite)
         print(format_table(result))
         print(f"written: {args.out}/pretrain-{args.suite}-bench.json")
+    elif args.suite == "all":
+        from ctssl.bench_suite import markdown, run_suite
+
+        result = run_suite(args.out, scale_series=max(1, args.scale_slices // 120), scale_slices=args.scale_slices,
+                           skip=tuple(args.skip))
+        print(markdown(result))
+        print(f"written: {args.out}/bench-suite.md, {args.out}/bench-suite.json")
     elif args.suite in ("knn", "extract"):
         from eval.bench import format_table, run_eval_bench
 

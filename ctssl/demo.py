@@ -1,15 +1,16 @@
 """`ctssl demo`: the study in miniature, on the embedded synthetic data.
 
-Runs the pipeline's stages as a user would run them one by one (the same sequence is in the
-README): synthetic CT corpus and natural-image stand-in -> CT shards (ingest) and natural-image
-shards -> SimCLR pretraining on each -> weighted kNN of body region on held-out patients for
-random init, CT-pretrained and natural-pretrained backbones -> a Markdown summary. Each stage
-writes into ``OUT/`` and is skipped when its output is complete, so a rerun resumes.
+Runs the pipeline's stages as a user would run them one by one (the same sequence of commands is
+in the README): synthetic CT corpus and natural-image stand-in -> CT shards (ingest) and
+natural-image shards -> SimCLR on CT, DINO on CT, SimCLR on natural images -> kNN, linear probe
+(two label fractions) and fine-tuning of body region on held-out patients for random init and the
+three pretrained backbones -> layer-wise similarity of CT- vs natural-pretrained features -> domain
+gap between the CT and natural corpora -> the confounder (shortcut) experiment -> the HTML report.
+Each stage writes into ``OUT/`` and is skipped when its output is complete, so a rerun resumes.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -22,6 +23,7 @@ from ctssl.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
+STAGES = 10
 
 
 @dataclass
@@ -29,95 +31,139 @@ class DemoSize:
     patients: int
     matrix: int
     image_size: int        # ingest output
-    view_size: int         # pretraining views
+    view_size: int         # pretraining views and evaluation inputs
     ct_epochs: int
+    dino_epochs: int
     natural_epochs: int
     batch_size: int
+    natural_per_class: tuple[int, int]
+    natural_size: int
+    finetune_epochs: int
+    samples: int           # similarity / gap images
 
 
-FULL = DemoSize(patients=24, matrix=128, image_size=128, view_size=64, ct_epochs=3, natural_epochs=12, batch_size=32)
-QUICK = DemoSize(patients=8, matrix=64, image_size=48, view_size=32, ct_epochs=1, natural_epochs=2, batch_size=16)
+FULL = DemoSize(patients=24, matrix=128, image_size=128, view_size=64, ct_epochs=3, dino_epochs=2, natural_epochs=12,
+                batch_size=32, natural_per_class=(48, 16), natural_size=96, finetune_epochs=8, samples=400)
+QUICK = DemoSize(patients=8, matrix=64, image_size=48, view_size=32, ct_epochs=1, dino_epochs=1, natural_epochs=2,
+                 batch_size=16, natural_per_class=(8, 4), natural_size=32, finetune_epochs=2, samples=80)
 
 
-def _stage(name: str, done: bool, fn) -> None:
+def _stage(number: int, name: str, done: bool, fn) -> None:
+    label = f"{number}/{STAGES} {name}"
     if done:
-        logger.info("[%s] already complete, skipped", name)
+        logger.info("[%s] already complete, skipped", label)
         return
     start = time.perf_counter()
-    logger.info("[%s] ...", name)
+    logger.info("[%s] ...", label)
     fn()
-    logger.info("[%s] done in %.1f s", name, time.perf_counter() - start)
+    logger.info("[%s] done in %.1f s", label, time.perf_counter() - start)
 
 
-def _pretrain(shards: Path, out: Path, size: DemoSize, epochs: int, label: str) -> None:
+def _pretrain(shards: Path, out: Path, size: DemoSize, method: str, epochs: int, label: str) -> None:
     cmd = [sys.executable, str(REPO / "pretrain" / "main.py"), "--shards", str(shards), "--out", str(out),
-           "--method", "simclr", "--backbone", "resnet18", "--epochs", str(epochs),
+           "--method", method, "--backbone", "resnet18", "--epochs", str(epochs),
            "--batch-size", str(size.batch_size), "--set", f"data.image_size={size.view_size}",
-           "--set", "data.num_workers=1", "--set", f"monitor.knn_label={label}",
-           "--set", "monitor.log_every=10", "--set", "method.simclr.hidden_dim=512"]
+           "--set", "data.num_workers=1", "--set", f"monitor.knn_label={label}", "--set", "monitor.log_every=10"]
+    if method == "simclr":
+        cmd += ["--set", "method.simclr.hidden_dim=512"]
+    else:  # a DINO small enough for two CPU cores: two local crops, a 1024-way head
+        cmd += ["--set", "method.dino.local_crops=2", "--set", f"method.dino.local_size={size.view_size // 2}",
+                "--set", "method.dino.hidden_dim=512", "--set", "method.dino.bottleneck_dim=128",
+                "--set", "method.dino.output_dim=1024"]
     subprocess.run(cmd, check=True)
 
 
 def run_demo(out: str | Path, quick: bool = False) -> dict:
     from data.ingest import IngestConfig, SplitFractions, run_ingest
     from data.synth import NaturalConfig, SynthConfig, run_synth
+    from eval.confounders import ConfounderConfig, run_confounders
+    from eval.gap_run import run_gap
+    from eval.probe import ProbeConfig
+    from eval.protocols import EvalSpec, knn_runs, probe_runs
+    from eval.report import write_report
+    from eval.runs import collate
+    from eval.similarity_run import run_similarity
+    from finetune.finetune import FinetuneConfig
+    from finetune.protocol import finetune_runs
     from shards.from_images import images_to_shards
 
     size = QUICK if quick else FULL
     out = Path(out)
-    corpus, ct, natural = out / "synth", out / "shards-ct", out / "shards-natural"
+    corpus, ct, natural, evaluation = out / "synth", out / "shards-ct", out / "shards-natural", out / "eval"
     os.environ.setdefault("CTSSL_SALT", "ctssl-demo-salt-not-secret-0001")  # demo data only
     start = time.perf_counter()
-    _stage("1/6 synthetic CT corpus and natural-image stand-in", (corpus / "synth-summary.json").exists(),
-           lambda: run_synth(SynthConfig(out=str(corpus), patients=size.patients, matrix=size.matrix,
-                                         workers=2, natural=NaturalConfig(
-                                             train_per_class=48 if not quick else 8,
-                                             val_per_class=16 if not quick else 4,
-                                             size=96 if not quick else 32))))
-    _stage("2/6 ingest CT to shards", (ct / "manifest.json").exists(),
+    _stage(1, "synthetic CT corpus and natural-image stand-in", (corpus / "synth-summary.json").exists(),
+           lambda: run_synth(SynthConfig(out=str(corpus), patients=size.patients, matrix=size.matrix, workers=2,
+                                         natural=NaturalConfig(train_per_class=size.natural_per_class[0],
+                                                               val_per_class=size.natural_per_class[1],
+                                                               size=size.natural_size))))
+    _stage(2, "ingest CT to shards", (ct / "manifest.json").exists(),
            lambda: run_ingest(IngestConfig(sources=[str(corpus)], out=str(ct), image_size=size.image_size,
                                            labels=[str(corpus / "labels" / "slices.csv")],
-                                           splits=SplitFractions(0.6, 0.2, 0.2), workers=2)))
-    _stage("3/6 natural images to shards", (natural / "manifest.json").exists(),
+                                           # quick: 4 / 2 / 2 patients, so the test split has two
+                                           splits=SplitFractions(0.5, 0.25, 0.25) if quick else
+                                           SplitFractions(0.6, 0.2, 0.2), workers=2)))
+    _stage(3, "natural images to shards", (natural / "manifest.json").exists(),
            lambda: images_to_shards(corpus / "natural-standin", natural))
-    _stage("4/6 SimCLR pretraining on CT", (out / "simclr-ct" / "backbone.safetensors").exists(),
-           lambda: _pretrain(ct, out / "simclr-ct", size, size.ct_epochs, "region"))
-    _stage("5/6 SimCLR pretraining on natural images", (out / "simclr-natural" / "backbone.safetensors").exists(),
-           lambda: _pretrain(natural, out / "simclr-natural", size, size.natural_epochs, "class"))
-    results = _knn_table(out, ct, size)
-    summary = _write_summary(out, results, time.perf_counter() - start, quick)
-    return {"out": str(out), "summary": str(summary), "knn": results}
+    runs = {"SimCLR on CT": (ct, out / "simclr-ct", "simclr", size.ct_epochs, "region"),
+            "DINO on CT": (ct, out / "dino-ct", "dino", size.dino_epochs, "region"),
+            "SimCLR on natural images": (natural, out / "simclr-natural", "simclr", size.natural_epochs, "class")}
+    for number, (name, (shards, folder, method, epochs, label)) in zip((4, 5, 6), runs.items()):
+        _stage(number, f"{name} pretraining", (folder / "backbone.safetensors").exists(),
+               lambda shards=shards, folder=folder, method=method, epochs=epochs, label=label:
+               _pretrain(shards, folder, size, method, epochs, label))
+    backbones = {"random init": "random:resnet18:3",
+                 **{name: str(spec[1] / "backbone.safetensors") for name, spec in runs.items()}}
+    names = {source: name for name, source in backbones.items()}
+    spec = EvalSpec(dataset=str(ct), backbones=list(backbones.values()), label="region", fractions=[0.1, 1.0],
+                    seeds=[0], image_size=size.view_size, n_boot=500)
+
+    def downstream():
+        knn_runs(spec, evaluation, ks=[20])
+        probe_runs(spec, ProbeConfig(epochs=100 if not quick else 30), evaluation)
+        tuned = EvalSpec(**{**spec.__dict__, "fractions": [0.1 if not quick else 1.0]})
+        finetune_runs(tuned, FinetuneConfig(epochs=size.finetune_epochs, patience=3), evaluation)
+        collate(evaluation, 500)
+
+    # Protocol runs skip what is done; the stage is complete when every run record exists.
+    _stage(7, "kNN, linear probe and fine-tuning of body region", False, downstream)
+    ct_simclr, natural_simclr = backbones["SimCLR on CT"], backbones["SimCLR on natural images"]
+    _stage(8, "representation similarity: CT- vs natural-pretrained", (evaluation / "similarity" /
+           "ct_vs_natural.json").exists(),
+           lambda: run_similarity(str(ct), ct_simclr, natural_simclr, evaluation, samples=size.samples,
+                                  image_size=size.view_size, name="ct_vs_natural"))
+    _stage(9, "domain gap: CT slices vs natural images", (evaluation / "gap" / "ct_vs_natural.json").exists(),
+           lambda: run_gap(str(ct), str(natural), list(backbones.values()), evaluation, label="region",
+                           label_b="class", max_samples=size.samples, image_size=size.view_size, name="ct_vs_natural"))
+    _stage(10, "confounder experiment: an 'L' tag on thorax slices", (evaluation / "confounders" /
+           "tag-thorax.json").exists(),
+           lambda: run_confounders(str(ct), [backbones["random init"], natural_simclr, ct_simclr], "region",
+                                   ConfounderConfig(confounder="tag", positive="thorax", fractions=[0.0, 0.5, 1.0],
+                                                    image_size=size.view_size, n_boot=300), evaluation,
+                                   name="tag-thorax", probe_cfg=ProbeConfig(epochs=50 if not quick else 20)))
+    html, _ = write_report(evaluation, "ctssl demo: CT vs natural-image pretraining on the synthetic corpus")
+    summary = _write_summary(out, evaluation, names, time.perf_counter() - start, quick, html)
+    return {"out": str(out), "summary": str(summary), "report": str(html)}
 
 
-def _knn_table(out: Path, ct: Path, size: DemoSize) -> list[dict]:
-    """6/6: kNN of body region (bank: train patients; queries: val and test patients)."""
-    from eval.knn_eval import evaluate_knn
+def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, quick: bool, html: Path) -> Path:
+    """OUT/summary.md: the headline table with readable backbone names, and where the report is."""
+    from eval.report import _load_jsonl, headline
 
-    logger.info("[6/6 kNN evaluation of body region on held-out patients] ...")
-    backbones = [("random init", "random:resnet18:3"),
-                 ("SimCLR on natural images", str(out / "simclr-natural" / "backbone.safetensors")),
-                 ("SimCLR on CT", str(out / "simclr-ct" / "backbone.safetensors"))]
-    rows = []
-    for name, source in backbones:
-        (record,) = evaluate_knn(source, str(ct), "region", ks=(20,), image_size=size.view_size)
-        rows.append({**record, "backbone": name, "source": source})
-    atomic_write_text(out / "knn.json", json.dumps(rows, indent=1) + "\n")
-    return rows
-
-
-def _write_summary(out: Path, rows: list[dict], seconds: float, quick: bool) -> Path:
+    records = _load_jsonl(evaluation / "results.jsonl")
     lines = ["# ctssl demo" + (" (--quick)" if quick else ""), "",
-             "Body-region kNN (k = 20, T = 0.07) on frozen ResNet-18 features; bank: training "
-             "patients, queries: validation and test patients of the synthetic CT corpus.", "",
-             "| backbone | accuracy | balanced accuracy | bank | queries |", "| --- | --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r['backbone']} | {r['accuracy']:.3f} | {r['balanced_accuracy']:.3f} | "
-                     f"{r['n_bank']} | {r['n_query']} |")
-    lines += ["", f"Total time: {seconds:.0f} s. Outputs: `synth/`, `shards-ct/`, `shards-natural/`, "
-              "`simclr-ct/`, `simclr-natural/` (checkpoints, metrics.jsonl, backbone.safetensors), "
-              "`knn.json`.", "",
-              "Not yet part of the demo: linear probe, fine-tuning, representation similarity, domain "
-              "gap and the HTML report (later stages)."]
+             "Body region (head / thorax / abdomen / pelvis) of held-out patients of the synthetic CT corpus, "
+             "from frozen or fine-tuned ResNet-18 features; accuracy on the test patients with its 95% "
+             "patient-bootstrap CI.", ""]
+    for table in headline(records):
+        lines += ["| backbone | " + " | ".join(table["columns"]) + " |", "|" + " --- |" * (len(table["columns"]) + 1)]
+        for backbone, cells in table["rows"]:
+            lines.append(f"| {names.get(backbone, backbone)} | " + " | ".join(cells) + " |")
+    lines += ["", f"Report (tables, paired tests, data-efficiency curves, CKA heat maps, domain gap, confounders, "
+              f"provenance): `{html}`", "",
+              f"Total time: {seconds:.0f} s. Outputs: `synth/`, `shards-ct/`, `shards-natural/`, `simclr-ct/`, "
+              "`dino-ct/`, `simclr-natural/` (checkpoints, metrics, backbone.safetensors), `eval/` (runs, "
+              "results.jsonl, comparisons.jsonl, similarity/, gap/, confounders/, report.html, report.md)."]
     path = out / "summary.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

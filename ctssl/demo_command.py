@@ -1,11 +1,13 @@
-"""Run the study in miniature on the embedded synthetic data and print where the summary is.
+"""Run the study in miniature on the embedded synthetic data and print where the report is.
 
 Stages (each skipped when already complete, so a rerun resumes): synthetic CT corpus and
-natural-image stand-in; CT shards; natural-image shards; SimCLR pretraining on each; body-region
-kNN of random-init, natural- and CT-pretrained backbones on held-out patients; OUT/summary.md.
+natural-image stand-in; CT shards; natural-image shards; SimCLR and DINO on CT, SimCLR on
+natural images; kNN, linear probe and fine-tuning of body region on held-out patients for random
+init and the three pretrained backbones; CKA/CCA similarity; domain gap; the confounder
+experiment; OUT/eval/report.html and OUT/summary.md.
 
-  ctssl demo                 # about 4 minutes on 2 CPU cores
-  ctssl demo --quick         # about 1 minute; what the tests run
+  ctssl demo                 # about 9 minutes on 2 CPU cores
+  ctssl demo --quick         # about 2 minutes; what the tests run
 """
 
 from __future__ import annotations
@@ -33,5 +35,5 @@ def run(args: argparse.Namespace) -> int:
     result = run_demo(args.out, args.quick)
     print()
     print(Path(result["summary"]).read_text())
-    print(f"summary: {result['summary']}")
+    print(f"summary: {result['summary']}\nreport: {result['report']}")
     return 0

@@ -126,10 +126,10 @@ def run_confounders(data: str, backbones: list[str], label: str, cfg: Confounder
                                     cache or Path(out) / "features")
             feats = {s: np.asarray(clean[s].features) for s in split}
             # Confounded versions of every positive (train, val) and every negative (test), once.
-            tagged = {s: compute_features(model, confounded([x for x, p in zip(split[s], positive[s]) if p],
-                                                            [True] * int(positive[s].sum())), spec)
+            tagged = {s: compute_features(model, [inject(x.image, cfg.confounder, x.key)
+                                                  for x, p in zip(split[s], positive[s]) if p], spec)
                       for s in ("train", "val")}
-            test_anti = compute_features(model, anti_test, spec)
+            test_anti = compute_features(model, [x.image for x in anti_test], spec)
         for fraction in cfg.fractions:
             chosen = {s: confounded_set([x.key for x in split[s]], positive[s], fraction, cfg.seed) for s in ("train", "val")}
             if cfg.mode == "probe":

@@ -14,14 +14,22 @@ a ctssl shard folder (``manifest.json``)  CT (``.hu``) or natural-image shards; 
 ``imagefolder:ROOT``                   ``ROOT/{train,val,test}/CLASS/*.png|jpg``
 ``FILE.csv``                           columns ``path,label`` and optionally ``split`` and
                                        ``patient``; paths relative to the CSV; without ``split``
-                                       the split is a keyed hash of the patient (70/15/15), so a
-                                       patient's images never cross splits
+                                       the split is a hash of the patient's pseudonym (70/15/15),
+                                       so a patient's images never cross splits
 ``FILE.npz``                           MedMNIST (``{train,val,test}_images``/``_labels``); labels
                                        (N, 1) are classes, (N, C > 1) multi-label (ChestMNIST)
 =====================================  ===========================================================
 
+Privacy: file names and patient IDs of ImageFolder and CSV datasets may carry identifiers, so
+sample keys and patients are keyed pseudonyms (``data.pseudonym``, HMAC-SHA256) under a key
+derived from the dataset's own content (its listing or CSV bytes): stable for that dataset,
+irreversible without it; nothing outside the dataset ever holds a raw path or ID.
+
 Images are kept as they are stored: int16 HU arrays for CT shards, PIL images or uint8 arrays
-otherwise (``eval.inputs`` prepares them for a backbone). ``Dataset.fingerprint`` identifies the
+otherwise (``eval.inputs`` prepares them for a backbone). Shard datasets are opened from the
+samples' JSON metadata alone; ``iter_images`` streams a split's images for feature extraction and
+``split`` loads them into memory only where a command needs them all (fine-tuning, similarity,
+confounders). ``Dataset.fingerprint`` identifies the
 content (manifest or file hash) for caches and provenance.
 """
 
@@ -31,6 +39,7 @@ import csv
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -40,7 +49,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 @dataclass
 class Sample:
-    image: object                  # np.ndarray (int16 HU or uint8) or PIL.Image
+    image: object                  # np.ndarray (int16 HU or uint8) or PIL.Image; None until loaded (shards)
     target: object                 # class name (str) or tuple of 0/1 (multi-label)
     group: str                     # patient pseudonym (or the sample's own key)
     key: str
@@ -55,26 +64,45 @@ class Dataset:
     samples: dict[str, list[Sample]]
     classes: list[str] = field(default_factory=list)   # class names, or label columns if multi-label
     multilabel: bool = False
+    # Shard datasets are opened from the samples' metadata only; this streams a split's images in
+    # sample order, so feature extraction never holds a whole corpus in memory.
+    stream: Callable[[str], Iterator[object]] | None = None
 
-    def split(self, name: str) -> list[Sample]:
+    def entries(self, name: str) -> list[Sample]:
+        """The split's samples (targets, patients, keys); images may not be loaded."""
         if name not in self.samples or not self.samples[name]:
             raise ValueError(f"Dataset '{self.spec}' has no samples with label '{self.label}' in split "
                              f"'{name}' (splits with samples: {[s for s in self.samples if self.samples[s]]}).")
         return self.samples[name]
+
+    def split(self, name: str) -> list[Sample]:
+        """The split's samples with their images loaded (kept in memory from then on)."""
+        samples = self.entries(name)
+        if samples[0].image is None:
+            for sample, image in zip(samples, self.stream(name), strict=True):
+                sample.image = image
+        return samples
+
+    def iter_images(self, name: str) -> Iterator[object]:
+        """The split's images in sample order, streamed when not loaded."""
+        samples = self.entries(name)
+        if samples[0].image is None:
+            return self.stream(name)
+        return (s.image for s in samples)
 
     def has(self, split: str) -> bool:
         return bool(self.samples.get(split))
 
     def targets(self, split: str) -> np.ndarray:
         """(N,) class indices or (N, C) 0/1 for multi-label."""
-        samples = self.split(split)
+        samples = self.entries(split)
         if self.multilabel:
             return np.asarray([s.target for s in samples], dtype=np.int64)
         index = {c: i for i, c in enumerate(self.classes)}
         return np.asarray([index.get(s.target, -1) for s in samples], dtype=np.int64)
 
     def groups(self, split: str) -> np.ndarray:
-        return np.asarray([s.group for s in self.split(split)])
+        return np.asarray([s.group for s in self.entries(split)])
 
     def describe(self) -> dict:
         return {"spec": self.spec, "label": self.label, "kind": self.kind, "fingerprint": self.fingerprint,
@@ -111,6 +139,8 @@ def _hash_file(path: Path) -> str:
 
 
 def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = None) -> Dataset:
+    import json
+
     from pretrain.loader import decode
     from shards.manifest import MANIFEST_NAME
     from shards.reader import iter_shard, shard_paths
@@ -120,28 +150,38 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
         raise FileNotFoundError(f"'{spec}' is not a shard folder (no {MANIFEST_NAME}), imagefolder:ROOT, "
                                 ".csv or .npz dataset.")
     columns = label.split("+") if "+" in label else None
+
+    def target_of(meta: dict):
+        """The sample's target, or None when it is filtered out or lacks the label."""
+        if where and str(meta.get(where[0], (meta.get("labels") or {}).get(where[0]))) != where[1]:
+            return None
+        labels = {**(meta.get("labels") or {}), **({"class": meta["class"]} if "class" in meta else {})}
+        if columns:
+            return None if any(c not in labels for c in columns) else tuple(int(float(labels[c]) > 0) for c in columns)
+        value = labels.get(label)
+        return None if value in (None, "") else str(value)
+
+    # Metadata only (the JSON member); images are decoded when streamed.
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     kind = None
     for split in SPLITS:
         for shard in shard_paths(manifest, split):
             for raw in iter_shard(shard, decode=False):
-                image, meta = decode(raw)
                 kind = kind or ("ct" if "hu" in raw else "image")
-                if where and str(meta.get(where[0], (meta.get("labels") or {}).get(where[0]))) != where[1]:
-                    continue
-                labels = {**(meta.get("labels") or {}), **({"class": meta["class"]} if "class" in meta else {})}
-                if columns:
-                    if any(c not in labels for c in columns):
-                        continue
-                    target = tuple(int(float(labels[c]) > 0) for c in columns)
-                elif label in labels and labels[label] not in (None, ""):
-                    target = str(labels[label])
-                else:
-                    continue
-                samples[split].append(Sample(image, target, str(meta.get("patient") or raw["key"]), raw["key"]))
+                meta = json.loads(raw["json"])
+                target = target_of(meta)
+                if target is not None:
+                    samples[split].append(Sample(None, target, str(meta.get("patient") or raw["key"]), raw["key"]))
+
+    def stream(split: str) -> Iterator[object]:
+        for shard in shard_paths(manifest, split):
+            for raw in iter_shard(shard, decode=False):
+                if target_of(json.loads(raw["json"])) is not None:
+                    yield decode(raw)[0]
+
     fingerprint = _hash_file(manifest) + (f"@{where[0]}={where[1]}" if where else "")
-    return Dataset(spec, label, kind or "ct", fingerprint, samples,
-                   classes=columns or [], multilabel=bool(columns))
+    return Dataset(spec, label, kind or "ct", fingerprint, samples, classes=columns or [], multilabel=bool(columns),
+                   stream=stream)
 
 
 def _load_image(path: Path):
@@ -153,20 +193,25 @@ def _load_image(path: Path):
 
 
 def _imagefolder(spec: str, root: Path) -> Dataset:
+    from data.pseudonym import pseudonym
+
     if not root.is_dir():
         raise FileNotFoundError(f"ImageFolder root '{root}' does not exist.")
-    samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    files = {split: [(class_dir.name, file) for class_dir in sorted(p for p in (root / split).glob("*") if p.is_dir())
+                     for file in sorted(class_dir.iterdir()) if file.suffix.lower() in IMAGE_SUFFIXES]
+             for split in SPLITS}
     digest = hashlib.sha256()
-    for split in SPLITS:
-        for class_dir in sorted(p for p in (root / split).glob("*") if p.is_dir()):
-            for file in sorted(class_dir.iterdir()):
-                if file.suffix.lower() not in IMAGE_SUFFIXES:
-                    continue
-                key = f"{split}/{class_dir.name}/{file.name}"
-                digest.update(key.encode() + str(file.stat().st_size).encode())
-                samples[split].append(Sample(_load_image(file), class_dir.name, key, key))
-    if not any(samples.values()):
+    for split, entries in files.items():
+        for name, file in entries:
+            digest.update(f"{split}/{name}/{file.name}:{file.stat().st_size}".encode())
+    if not any(files.values()):
         raise ValueError(f"No images under '{root}/{{train,val,test}}/CLASS/'.")
+    key = digest.digest()
+    samples = {split: [] for split in SPLITS}
+    for split, entries in files.items():
+        for name, file in entries:
+            k = pseudonym(key, "image", f"{split}/{name}/{file.name}")
+            samples[split].append(Sample(_load_image(file), name, k, k))   # each image its own group
     return Dataset(spec, "class", "image", digest.hexdigest(), samples)
 
 
@@ -181,6 +226,9 @@ def split_of(group: str, fractions=(0.7, 0.15, 0.15)) -> str:
 def _csv(spec: str, path: Path) -> Dataset:
     if not path.is_file():
         raise FileNotFoundError(f"CSV dataset '{path}' does not exist.")
+    from data.pseudonym import pseudonym
+
+    key = bytes.fromhex(_hash_file(path))
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
@@ -192,11 +240,11 @@ def _csv(spec: str, path: Path) -> Dataset:
             file = (path.parent / row["path"]).resolve()
             if not file.is_file():
                 raise FileNotFoundError(f"'{file}' listed in '{path}' does not exist.")
-            group = row.get("patient") or row["path"]
+            group = pseudonym(key, "patient", row.get("patient") or row["path"])
             split = row.get("split") or split_of(group)
             if split not in samples:
                 raise ValueError(f"Unknown split '{split}' in '{path}' (valid: {list(SPLITS)}).")
-            samples[split].append(Sample(_load_image(file), row["label"], group, row["path"]))
+            samples[split].append(Sample(_load_image(file), row["label"], group, pseudonym(key, "image", row["path"])))
     return Dataset(spec, "label", "image", _hash_file(path), samples)
 
 

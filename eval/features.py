@@ -5,9 +5,10 @@ cache folder is ``CACHE/<key>/`` where ``key`` hashes everything the numbers dep
 backbone source and the SHA-256 of its weights, the dataset's content fingerprint and label, the
 input spec (windows, size, normalisation) and the ctssl version. Inside: ``<split>.npy`` (float32
 (N, D), read memory-mapped, so a bank larger than memory is never loaded whole),
-``<split>.json`` (keys, patients, targets) and ``provenance.json``. Each file is written under a
-temporary name and renamed, so an interrupted extraction is redone, never half-read; a rerun
-finds the cache and extracts nothing.
+``<split>.json`` (keys, patients, targets) and ``provenance.json``. Images are streamed from the
+dataset and features written batch by batch into a memory-mapped file under a temporary name,
+renamed when complete: memory stays flat for any corpus size, an interrupted extraction is redone,
+never half-read, and a rerun finds the cache and extracts nothing.
 
 Extraction is batched, in ``torch.inference_mode``, on the GPU when there is one.
 """
@@ -17,16 +18,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
 
 from ctssl import __version__
-from ctssl.atomic import atomic_open, atomic_write_text
-from eval.datasets import Dataset, Sample
+from ctssl.atomic import TMP_MARK, atomic_write_text
+from eval.datasets import Dataset
 from eval.inputs import InputSpec, input_spec, prepare
 from eval.sources import load_backbone
 
@@ -52,17 +55,43 @@ def default_batch(device: str) -> int:
 
 
 @torch.inference_mode()
-def compute_features(model: torch.nn.Module, samples: list[Sample], spec: InputSpec, batch: int | None = None,
-                     device: str | None = None) -> np.ndarray:
-    """(N, D) float32 features of ``samples`` in order."""
+def compute_features(model: torch.nn.Module, images: Iterable, spec: InputSpec, batch: int | None = None,
+                     device: str | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """(N, D) float32 features of ``images`` (any iterable, consumed once, in order). With ``out``
+    (e.g. a memory-mapped (N, D) array) rows are written there batch by batch, so nothing grows
+    in memory; otherwise they are returned as one array."""
     device = device or default_device()
     batch = batch or default_batch(device)
     model = model.to(device).eval()
-    out = []
-    for start in range(0, len(samples), batch):
-        x = torch.stack([prepare(s.image, spec) for s in samples[start:start + batch]]).to(device)
-        out.append(model(x).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    parts, row, pending = [], 0, []
+
+    def flush():
+        nonlocal row
+        feats = model(torch.stack(pending).to(device)).float().cpu().numpy()
+        if out is not None:
+            out[row:row + len(feats)] = feats
+        else:
+            parts.append(feats)
+        row += len(feats)
+        pending.clear()
+
+    for image in images:
+        pending.append(prepare(image, spec))
+        if len(pending) == batch:
+            flush()
+    if pending:
+        flush()
+    if out is not None:
+        if row != len(out):
+            raise RuntimeError(f"expected {len(out)} images, got {row}")
+        return out
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def feature_dim(model: torch.nn.Module, spec: InputSpec, device: str) -> int:
+    with torch.inference_mode():
+        x = torch.zeros(1, spec.in_chans, spec.size, spec.size, device=device)
+        return int(model.to(device).eval()(x).shape[1])
 
 
 def cache_key(source: str, card: dict, dataset: Dataset, spec: InputSpec) -> str:
@@ -82,16 +111,23 @@ def cached_features(source: str, dataset: Dataset, splits, size: int, cache: str
     result = {}
     for split in splits:
         array, meta = folder / f"{split}.npy", folder / f"{split}.json"
-        samples = dataset.split(split)
+        samples = dataset.entries(split)
         if not (array.exists() and meta.exists()):
             start = time.perf_counter()
-            feats = compute_features(model, samples, spec, batch, device)
+            device = device or default_device()
+            # Rows go straight into a memory-mapped .npy under a temporary name, renamed when full.
+            tmp = array.with_name(f"{array.name}{TMP_MARK}{os.getpid()}.npy")   # concurrent jobs: own names
+            folder.mkdir(parents=True, exist_ok=True)
+            feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                              shape=(len(samples), feature_dim(model, spec, device)))
+            compute_features(model, dataset.iter_images(split), spec, batch, device, out=feats)
+            feats.flush()
+            del feats
+            os.replace(tmp, array)
             seconds = time.perf_counter() - start
-            with atomic_open(array) as f:
-                np.save(f, feats)
             atomic_write_text(meta, json.dumps({"keys": [s.key for s in samples], "groups": [s.group for s in samples],
-                                                "seconds": round(seconds, 3), "device": device or default_device()}))
-            logger.info("features %s/%s: %d x %d in %.1f s (%.0f images/s)", source, split, *feats.shape, seconds,
+                                                "seconds": round(seconds, 3), "device": device}))
+            logger.info("features %s/%s: %d images in %.1f s (%.0f images/s)", source, split, len(samples), seconds,
                         len(samples) / max(seconds, 1e-9))
         info = json.loads(meta.read_text())
         if info["keys"] != [s.key for s in samples]:

@@ -51,6 +51,16 @@ def heatmaps(record: dict, path: str | Path) -> Path:
     return save(fig, path)
 
 
+def _finish_lines(fig, ax, xlabel: str, ylabel: str, title: str, path: str | Path) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return save(fig, path)
+
+
 def efficiency_curves(series: dict, metric: str, path: str | Path, title: str) -> Path:
     """``series``: {backbone: [(fraction, mean, lower, upper), ...]} -> metric vs label fraction."""
     plt = _pyplot()
@@ -61,13 +71,7 @@ def efficiency_curves(series: dict, metric: str, path: str | Path, title: str) -
         ax.plot(f, [p[1] for p in points], marker="o", label=name)
         ax.fill_between(f, [p[2] for p in points], [p[3] for p in points], alpha=0.15)
     ax.set_xscale("log")
-    ax.set_xlabel("fraction of training patients with labels")
-    ax.set_ylabel(metric)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    return save(fig, path)
+    return _finish_lines(fig, ax, "fraction of training patients with labels", metric, title, path)
 
 
 def embedding(points: np.ndarray, domains: list[str], labels: list[str], path: str | Path, title: str) -> Path:
@@ -97,10 +101,4 @@ def confounder_curves(rows: list[dict], metric: str, path: str | Path, title: st
         line, = ax.plot(f, [r["clean"][metric]["value"] for r in mine], marker="o", label=f"{backbone} clean")
         ax.plot(f, [r["confounded"][metric]["value"] for r in mine], marker="x", linestyle="--",
                 color=line.get_color(), label=f"{backbone} anti-correlated")
-    ax.set_xlabel("fraction of positive training images carrying the confounder")
-    ax.set_ylabel(metric)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    return save(fig, path)
+    return _finish_lines(fig, ax, "fraction of positive training images carrying the confounder", metric, title, path)

@@ -31,9 +31,9 @@ def run_similarity(data: str, a: str, b: str, out: str | Path, split: str = "tes
                    image_size: int = 64, spatial: int = 2, max_features: int = 4096, measures=None,
                    name: str | None = None, label: str = "region") -> dict:
     dataset = open_dataset(data, label)
-    pool = dataset.split(split)
-    picks = np.linspace(0, len(pool) - 1, min(samples, len(pool))).round().astype(int)
-    images = [pool[i].image for i in picks]
+    count = len(dataset.entries(split))
+    picks = set(np.linspace(0, count - 1, min(samples, count)).round().astype(int).tolist())
+    images = [image for i, image in enumerate(dataset.iter_images(split)) if i in picks]
     measures = measures or list(MEASURES)
     unknown = set(measures) - set(MEASURES)
     if unknown:

@@ -1,4 +1,5 @@
-"""`ctssl demo --quick`: the whole existing pipeline on the embedded data, and a resuming rerun."""
+"""`ctssl demo --quick`: the whole pipeline on the embedded data, down to the report, and a
+resuming rerun."""
 
 from __future__ import annotations
 
@@ -6,20 +7,34 @@ import json
 
 from ctssl.cli import main
 
+BACKBONES = ["random init", "SimCLR on CT", "DINO on CT", "SimCLR on natural images"]
+
 
 def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "| SimCLR on CT |" in printed and str(out / "summary.md") in printed
-    rows = json.loads((out / "knn.json").read_text())
-    assert [r["backbone"] for r in rows] == ["random init", "SimCLR on natural images", "SimCLR on CT"]
-    assert all(0.0 <= r["accuracy"] <= 1.0 and r["n_query"] > 0 for r in rows)
-    for stage in ("shards-ct/manifest.json", "shards-natural/manifest.json",
-                  "simclr-ct/backbone.safetensors", "simclr-natural/backbone.safetensors"):
+    for name in BACKBONES:
+        assert f"| {name} |" in printed
+    assert str(out / "eval" / "report.html") in printed and str(out / "summary.md") in printed
+    for stage in ("shards-ct/manifest.json", "shards-natural/manifest.json", "simclr-ct/backbone.safetensors",
+                  "dino-ct/backbone.safetensors", "simclr-natural/backbone.safetensors",
+                  "eval/similarity/ct_vs_natural.json", "eval/gap/ct_vs_natural.json",
+                  "eval/confounders/tag-thorax.json", "eval/report.md"):
         assert (out / stage).exists(), stage
-    # A rerun finds every stage complete and only re-evaluates.
-    before = (out / "simclr-ct" / "backbone.safetensors").stat().st_mtime_ns
+    records = [json.loads(line) for line in (out / "eval" / "results.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in records} == {"knn", "probe", "finetune"}
+    assert len({r["backbone"] for r in records}) == 4 and {r["fraction"] for r in records} >= {0.1, 1.0}
+    assert all(0.0 <= r["test"]["accuracy"]["value"] <= 1.0 for r in records)
+    page = (out / "eval" / "report.html").read_text()
+    for section in ("Downstream results", "Data efficiency", "Representation similarity", "Domain gap",
+                    "Shortcut robustness", "Provenance"):
+        assert section in page
+
+    # A rerun finds every stage complete and recomputes nothing.
+    before = {p: p.stat().st_mtime_ns for p in (out / "eval" / "runs").iterdir()}
+    pretrained = (out / "simclr-ct" / "backbone.safetensors").stat().st_mtime_ns
     assert main(["demo", "--quick", "--out", str(out)]) == 0
-    assert (out / "simclr-ct" / "backbone.safetensors").stat().st_mtime_ns == before
+    assert (out / "simclr-ct" / "backbone.safetensors").stat().st_mtime_ns == pretrained
+    assert {p: p.stat().st_mtime_ns for p in (out / "eval" / "runs").iterdir()} == before
     assert "already complete" in (out / "demo.log").read_text()

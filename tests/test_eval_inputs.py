@@ -43,6 +43,10 @@ def test_imagefolder_and_csv_datasets(tmp_path):
         for sample in data.samples[split]:
             assert split_of(sample.group) == split
     assert sum(len(v) for v in data.samples.values()) == 60
+    # Patients stay together and only pseudonyms leave the dataset: no raw ID or file name.
+    groups = {s.group for v in data.samples.values() for s in v}
+    assert len(groups) == 30 and not any(g.startswith("P") or "png" in g for g in groups)
+    assert all("p0_" not in s.key for v in data.samples.values() for s in v)
     with pytest.raises(ValueError, match="lacks column"):
         (tmp_path / "bad.csv").write_text("file,y\n")
         open_dataset(str(tmp_path / "bad.csv"))

@@ -39,9 +39,14 @@ class DINO(nn.Module):
     def forward(self, views: list[torch.Tensor], epoch: int = 0):
         with torch.no_grad():
             teacher_out = [self.teacher_head(self.teacher_backbone(v)) for v in views[:2]]
-        student_out = [self.head(self.backbone(v)) for v in views]
+        features = [self.backbone(v) for v in views]
+        student_out = [self.head(f) for f in features]
         loss = self.criterion(teacher_out, student_out, epoch=epoch)
-        return loss, {"loss": loss.detach(), "embedding_std": std_of_l2_normalized(student_out[0].detach())}
+        # Collapse is watched on the head's bottleneck (L2-normalised before the prototype layer):
+        # the prototype scores are peaked by design, so their spread says little about collapse.
+        with torch.no_grad():
+            bottleneck = self.head.layers(features[0].detach())
+        return loss, {"loss": loss.detach(), "embedding_std": std_of_l2_normalized(bottleneck)}
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:

@@ -1,0 +1,105 @@
+"""``ctssl bench all``: every benchmark suite in one run, one table of headline figures (each with
+its baseline measured in the same run), written as JSON and as the Markdown table that
+docs/benchmarks.md reproduces.
+
+Suites: ingest (vs a naive pydicom + PNG16 baseline), plan-scale (SLURM plan/merge at 1.2M
+slices by default; ``--scale-slices`` for 12M), loader (vs lightly's SimCLRTransform on PIL),
+train (SimCLR ResNet-18 steps), knn (FAISS vs scikit-learn), extract (batched vs one image).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ctssl.atomic import atomic_write_text
+
+
+def _rows_ingest(r: dict) -> list[list[str]]:
+    return [["ingest 512→256, one core", f"{r['ingest_slices_per_s_per_core']:,.0f} slices/s",
+             f"naive pydicom + PNG16 {r['naive_baseline_slices_per_s_per_core']:,.1f}/s",
+             f"{r['ingest_vs_baseline']:.1f}x"],
+            ["ingest, JPEG 2000 input, one core", f"{r['ingest_jpeg2000_slices_per_s_per_core']:,.0f} slices/s", "", ""],
+            ["shard decode, one core", f"{r['shard_decode_slices_per_s_per_core']:,.0f} slices/s",
+             f"bare dcmread + LUT {r['read_only_slices_per_s_per_core']:,.0f}/s",
+             f"{r['shard_decode_slices_per_s_per_core'] / r['read_only_slices_per_s_per_core']:.1f}x"],
+            ["shard size", f"{r['shard_bytes_per_slice']:,} bytes/slice", "", ""]]
+
+
+def _rows_scale(r: dict) -> list[list[str]]:
+    return [[f"SLURM ingest plan, {r['slices']:,} slices / {r['tasks']} tasks",
+             f"{r['plan']['seconds']:.0f} s, {r['plan']['peak_rss_mb']:.0f} MB peak", "", ""],
+            [f"SLURM ingest merge, {r['slices']:,} slices", f"{r['merge']['seconds']:.1f} s, "
+             f"{r['merge']['peak_rss_mb']:.0f} MB peak", "", ""]]
+
+
+def _rows_loader(r: dict) -> list[list[str]]:
+    return [["two-view SimCLR CT views 224², one core", f"{r['ctssl_ct_two_view_samples_per_s']:,.0f} samples/s",
+             f"lightly SimCLRTransform on PIL {r['lightly_simclr_transform_pil_samples_per_s']:,.0f}/s",
+             f"{r['ctssl_vs_lightly']:.1f}x"],
+            ["WebDataset loader end to end, one core", f"{r['webdataset_loader_samples_per_s']:,.0f} samples/s", "", ""]]
+
+
+def _rows_train(r: dict) -> list[list[str]]:
+    return [[f"SimCLR ResNet-18 step {row['image_size']}², batch {row['batch']}, {row['device']}",
+             f"{row['images_per_s']:,.1f} images/s", "", ""] for row in r["rows"]]
+
+
+def _rows_knn(r: dict) -> list[list[str]]:
+    q, base = r["queries_per_s"], r["queries_per_s"]["sklearn_brute_cosine"]
+    label = f"kNN k={r['k']}, bank {r['bank']:,}x{r['dim']}"
+    rows = [[f"{label}: FAISS {name.removeprefix('faiss_').replace('_', ' ')}", f"{rate:,.0f} queries/s",
+             f"scikit-learn brute force {base:,.0f}/s", f"{rate / base:.2f}x"]
+            for name, rate in q.items() if name.startswith("faiss")]
+    rows[-1][1] += f" (recall@k {r['ivf_recall_at_k']:.3f})" if "ivf" in rows[-1][0] else ""
+    return rows
+
+
+def _rows_extract(r: dict) -> list[list[str]]:
+    out = []
+    for row in r["rows"]:
+        best = row["best_batch"]
+        out.append([f"feature extraction {row['backbone']} 224², {row['device']}",
+                    f"{row['images_per_s_by_batch'][str(best)]:,.1f} images/s (batch {best})",
+                    f"one at a time {row['images_per_s_by_batch']['1']:,.1f}/s", f"{row['best_vs_batch_1']:.2f}x"])
+    return out
+
+
+def run_suite(out: str | Path, scale_series: int = 10_000, scale_slices: int = 1_200_000,
+              skip: tuple[str, ...] = ()) -> dict:
+    from ctssl.machine import machine_info
+    from data.ingest_bench import run_ingest_bench
+    from data.ingest_scale_bench import run_scale_bench
+    from eval.bench import run_eval_bench
+    from pretrain.bench import run_pretrain_bench
+
+    out = Path(out)
+    suites = {
+        "ingest": (lambda: run_ingest_bench(out)["results"], _rows_ingest),
+        "plan-scale": (lambda: run_scale_bench(out, scale_series, scale_slices, 256), _rows_scale),
+        "loader": (lambda: run_pretrain_bench(out, "loader")["results"], _rows_loader),
+        "train": (lambda: run_pretrain_bench(out, "train")["results"], _rows_train),
+        "knn": (lambda: run_eval_bench(out, "knn")["results"], _rows_knn),
+        "extract": (lambda: run_eval_bench(out, "extract")["results"], _rows_extract),
+    }
+    result = {"benchmark": "suite", "machine": machine_info(), "suites": {}, "rows": []}
+    for name, (run, rows) in suites.items():
+        if name in skip:
+            continue
+        start = time.perf_counter()
+        data = run()
+        result["suites"][name] = {"seconds": round(time.perf_counter() - start, 1), "results": data}
+        result["rows"] += [[f"`ctssl bench {name}`", *row] for row in rows(data)]
+    atomic_write_text(out / "bench-suite.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "bench-suite.md", markdown(result))
+    return result
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; Python {m['python']}, "
+             f"torch {m['torch']}; {m['date']}.", "",
+             "| suite | what | figure | baseline (same run) | ratio |", "| --- | --- | --- | --- | --- |"]
+    lines += ["| " + " | ".join(row) + " |" for row in result["rows"]]
+    return "\n".join(lines) + "\n"
