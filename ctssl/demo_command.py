@@ -6,7 +6,7 @@ natural images; kNN, linear probe and fine-tuning of body region on held-out pat
 init and the three pretrained backbones; CKA/CCA similarity; domain gap; the confounder
 experiment; OUT/eval/report.html and OUT/summary.md.
 
-  ctssl demo                 # about 9 minutes on 2 CPU cores
+  ctssl demo                 # about 10 minutes on 2 CPU cores
   ctssl demo --quick         # about 2 minutes; what the tests run
 """
 

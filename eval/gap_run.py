@@ -1,7 +1,9 @@
 """``ctssl gap``: the domain gap between two datasets in each backbone's feature space.
 
-For every backbone: features of both datasets (cached, ``eval.features``); on equal-size samples
-of one split (default test, at most ``max_samples`` each): the domain classifier and proxy
+For every backbone: features of both datasets (cached, ``eval.features``), L2-normalised (feature
+scales differ between backbones by orders of magnitude; on the unit sphere MMD and Frechet values
+compare across backbones); on equal-size samples of one split (default test, at most
+``max_samples`` each): the domain classifier and proxy
 A-distance, MMD^2 (Gaussian kernel, median-heuristic bandwidth), Frechet distance, kNN domain
 purity (``eval.gap``); the cross-domain probe gap when both datasets carry labels of common
 classes (logistic regression trained on one domain's training split, tested on both domains' test
@@ -70,6 +72,8 @@ def run_gap(a: str, b: str, backbones: list[str], out: str | Path, label: str = 
                                   image_size, cache) for d in (data_a, data_b))
         sa, sb = use[id(data_a)], use[id(data_b)]
         x, y = balanced(fa[sa].features, fb[sb].features, max_samples, seed)
+        # L2-normalised, so that distances compare across backbones whose feature scales differ.
+        x, y = (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for v in (x, y))
         value, sigma = mmd2(x, y)
         row = {"backbone": source, "n_per_domain": len(x), "feature_dim": int(x.shape[1]),
                "domain_classifier": domain_classifier(x, y, seed=seed),
