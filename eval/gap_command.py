@@ -42,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
         transfer = r["probe_transfer"]["a_to_b"]
         gap = "n/a" if transfer is None else f"{transfer['gap']:+.3f}"
         print(f"{r['backbone'][-48:]:<48} {r['domain_classifier']['proxy_a_distance']:7.3f} {r['mmd2']['value']:8.4f} "
-              f"{r['frechet_distance']:9.2f} {r['knn_purity']['purity']:7.3f} {gap:>15}")
+              f"{r['frechet_distance']:9.3f} {r['knn_purity']['purity']:7.3f} {gap:>15}")
     print(f"written: {record['json']}")
     return 0

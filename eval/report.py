@@ -235,7 +235,7 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
                 t = r["probe_transfer"]["a_to_b"]
                 rows.append([_short(r["backbone"]), _fmt(r["domain_classifier"]["accuracy"]),
                              _fmt(r["domain_classifier"]["proxy_a_distance"]),
-                             f"{r['mmd2']['value']:.4f} ({r['mmd2']['sigma']:.2f})", f"{r['frechet_distance']:.1f}",
+                             f"{r['mmd2']['value']:.4f} ({r['mmd2']['sigma']:.2f})", f"{r['frechet_distance']:.3f}",
                              f"{r['knn_purity']['purity']:.3f} ({r['knn_purity']['chance']:.3f})",
                              "n/a (no shared classes)" if t is None else
                              f"{t['gap']:+.3f} ({t['in_domain_accuracy']:.3f} → {t['cross_domain_accuracy']:.3f})"])
