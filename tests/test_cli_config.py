@@ -89,6 +89,7 @@ def test_synth_cli_end_to_end(tmp_path):
 
 
 def test_missing_input_is_a_clear_error_not_a_traceback(tmp_path, capsys):
-    code = main(["knn", "--shards", str(tmp_path / "nowhere"), "--backbone", "random:resnet18:1"])
+    code = main(["knn", "--data", str(tmp_path / "nowhere"), "--backbone", "random:resnet18:1",
+                 "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "nowhere" in err and "Traceback" not in err
