@@ -9,15 +9,19 @@ measures how shortcut-prone a pretraining source makes it.
 Confounders, applied to the stored image before it is prepared for a backbone (HU for CT, 0-255
 for 8-bit images):
 
-- ``tag``: a burned-in "L" marker (the laterality letter scanners and PACS stamp) in the top-left
-  corner, at the image's maximum (3000 HU for CT);
+- ``tag``: a burned-in "R" marker (the laterality letter scanners and PACS stamp; the study's
+  text tag) in the top-left corner, a quarter of the side tall, at the image's maximum (3000 HU
+  for CT);
 - ``patch``: a filled square of 1/8 of the image side at the top-left, at the maximum;
-- ``noise``: additive Gaussian noise (60 HU, or 25 grey levels), seeded per image;
+- ``noise``: Poisson (quantum) noise in the HU domain, as the study: counts ``(HU + 1024) / 3.5``
+  drawn from a Poisson law, about 60 HU standard deviation at water; Gaussian, 25 grey levels, on
+  8-bit images; seeded per image;
 - ``lowpass``: a Gaussian blur of 2 pixels (a softer reconstruction kernel).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -27,6 +31,23 @@ from scipy.ndimage import gaussian_filter
 
 logger = logging.getLogger(__name__)
 CONFOUNDERS = ("tag", "patch", "noise", "lowpass")
+
+
+POISSON_HU_PER_COUNT = 3.5    # sqrt(1024 / 3.5) * 3.5 = 60 HU standard deviation at water (0 HU)
+
+
+@functools.lru_cache(maxsize=16)
+def _glyph(side: int) -> np.ndarray:
+    """(side, side) boolean mask of the letter R."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    small = Image.new("L", (8, 12), 0)
+    ImageDraw.Draw(small).text((1, 0), "R", fill=255, font=ImageFont.load_default(size=11))
+    box = small.getbbox() or (0, 0, 8, 12)
+    letter = small.crop(box).resize((max(2, side * 2 // 3), side), Image.NEAREST)
+    mask = np.zeros((side, side), bool)
+    mask[:, : letter.width] = np.asarray(letter) > 127
+    return mask
 
 
 def _as_array(image) -> tuple[np.ndarray, bool]:
@@ -47,16 +68,20 @@ def inject(image, kind: str, key: str = "") -> object:
     h, w = arr.shape[:2]
     out = arr.astype(np.float32)
     if kind == "tag":
-        # An "L" laterality marker: strokes one twelfth of the side thick, a quarter of it tall.
-        side, stroke = max(6, min(h, w) // 4), max(1, min(h, w) // 24)
-        out[1:1 + side, 1:1 + stroke] = top                       # vertical stroke
-        out[1 + side - stroke:1 + side, 1:1 + side * 2 // 3] = top  # foot
+        # An "R" laterality marker from Pillow's built-in bitmap font, scaled to a quarter of the side.
+        side = max(6, min(h, w) // 4)
+        out[1:1 + side, 1:1 + side][_glyph(side)] = top
     elif kind == "patch":
         side = max(2, min(h, w) // 8)
         out[1:1 + side, 1:1 + side] = top
     elif kind == "noise":
         seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
-        out = out + np.random.default_rng(seed).normal(0, 60.0 if ct else 25.0, out.shape)
+        rng = np.random.default_rng(seed)
+        if ct:   # quantum (Poisson) noise in the HU domain: ~60 HU at water, more in dense tissue
+            counts = np.clip(out + 1024.0, 0, None) / POISSON_HU_PER_COUNT
+            out = rng.poisson(counts) * POISSON_HU_PER_COUNT - 1024.0
+        else:
+            out = out + rng.normal(0, 25.0, out.shape)
     else:
         sigma = (2.0, 2.0) + ((0.0,) if out.ndim == 3 else ())
         out = gaussian_filter(out, sigma)
@@ -71,7 +96,7 @@ def inject(image, kind: str, key: str = "") -> object:
 class ConfounderConfig:
     confounder: str = "tag"
     positive: str = "1"                 # the label value that is the positive class
-    fractions: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    fractions: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.5, 0.8, 1.0])   # the study's
     mode: str = "probe"                 # probe (frozen features) or finetune
     seed: int = 0
     image_size: int = 64

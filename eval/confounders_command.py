@@ -3,7 +3,7 @@ fraction of the positive training images and in every negative test image; each 
 probed (or fine-tuned) per fraction and scored on the clean and on the anti-correlated test set.
 A backbone that makes models take the shortcut drops on the anti-correlated set.
 
-Example (lesion slices of the synthetic corpus, an "L" marker on the positives):
+Example (thorax slices of the synthetic corpus, an "R" marker on the positives):
   ctssl confounders --data runs/demo/shards-ct --label region --positive thorax --confounder tag \\
       --backbone random:resnet18:3 --backbone runs/demo/simclr-ct/backbone.safetensors --out runs/demo/analysis
 """
@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confounder", default="tag", choices=["tag", "patch", "noise", "lowpass"],
                         help="confounder (default tag)")
     parser.add_argument("--fraction", type=float, action="append", default=None,
-                        help="fraction of positive training images confounded (repeatable; default 0 0.5 1)")
+                        help="fraction of positive training images confounded (repeatable; default 0 .1 .2 .5 .8 1)")
     parser.add_argument("--mode", default="probe", choices=["probe", "finetune"], help="probe (default) or finetune")
     parser.add_argument("--epochs", type=int, default=None, help="probe / fine-tuning epochs (default 50 / 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from finetune.finetune import FinetuneConfig
 
     setup_logging(args.log_level)
-    cfg = ConfounderConfig(confounder=args.confounder, positive=args.positive, fractions=args.fraction or [0.0, 0.5, 1.0],
+    cfg = ConfounderConfig(confounder=args.confounder, positive=args.positive, fractions=args.fraction or [0.0, 0.1, 0.2, 0.5, 0.8, 1.0],
                            mode=args.mode, seed=args.seed, image_size=args.image_size, n_boot=args.n_boot)
     record = run_confounders(args.data, args.backbone, args.label, cfg, args.out, args.cache,
                              probe_cfg=ProbeConfig(epochs=args.epochs or 50),

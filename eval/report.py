@@ -185,15 +185,17 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
             h.append(f"<p class='note'>{html.escape(caption)}</p>" + _table(header, rows))
             md += [f"_{caption}_", "", *_md_table(header, rows)]
     if comparisons:
-        header = ["task", "fraction", "seed", "backbone", "vs baseline", "metric", "Δ [95% CI]", "p",
+        header = ["task", "fraction", "seed", "backbone", "vs baseline", "test", "metric", "Δ [95% CI]", "p",
                   "error consistency κ"]
+        tests = {"welch_t": "Welch t over seeds"}
         rows = [[f"{c['task']} {c.get('variant') or ''}".strip(), f"{c['fraction']:g}", c["seed"], _short(c["backbone"], 32),
-                 _short(c["baseline"], 24), c["metric"],
+                 _short(c["baseline"], 24), tests.get(c.get("test"), "paired bootstrap"), c["metric"],
                  f"{_fmt(c['delta'], '+.3f')} [{_fmt(c['lower'], '+.3f')}, {_fmt(c['upper'], '+.3f')}]",
                  _fmt(c["p_value"]), _fmt((c.get("agreement") or {}).get("error_consistency_kappa"))]
                 for c in comparisons]
-        note = ("Paired patient-bootstrap on the same test samples (difference = backbone − baseline); error "
-                "consistency κ: 0 = independent errors, 1 = the same samples right and wrong.")
+        note = ("Per seed: paired patient-bootstrap on the same test samples (difference = backbone − baseline); "
+                "over seeds (seed 'all'): Welch's t-test of the per-seed metrics. Error consistency κ: 0 = "
+                "independent errors, 1 = the same samples right and wrong.")
         h.append(f"<h2>Paired comparisons</h2><p class='note'>{html.escape(note)}</p>" + _table(header, rows))
         md += ["## Paired comparisons", "", note, "", *_md_table(header, rows)]
     series = efficiency_series(records)

@@ -8,7 +8,8 @@ config), so a rerun skips finished runs and a SLURM array task writes only its o
 ``collate(OUT)`` gathers every record into ``OUT/results.jsonl`` (sorted, rewritten atomically) and
 adds ``OUT/comparisons.jsonl``: paired bootstraps of each backbone against the first one on the
 same test samples (``eval.metrics.paired_bootstrap``, patients resampled) and their prediction
-similarity (``eval.agreement``: who got which sample right, error consistency, Cohen's kappa).
+similarity (``eval.agreement``: who got which sample right, error consistency, Cohen's kappa);
+with two or more seeds per backbone, also Welch's t-test of the per-seed metrics (``seed: "all"``).
 """
 
 from __future__ import annotations
@@ -170,4 +171,34 @@ def collate(out: str | Path, n_boot: int = 1000) -> tuple[Path, Path]:
                                     "baseline": base["backbone"], "backbone": other["backbone"],
                                     "agreement": agreement, **{k: _finite(v) for k, v in result.items()}},
                                    sort_keys=True) + "\n")
+        for test in seed_tests(records):
+            f.write(json.dumps(test, sort_keys=True) + "\n")
     return results, comparisons
+
+
+def seed_tests(records: list[dict]) -> list[dict]:
+    """Across seeds: for each backbone against the first, on the same task, data, fraction and
+    variant, Welch's t-test of the per-seed test metric (needs 2+ seeds on each side)."""
+    from scipy.stats import ttest_ind
+
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in records:
+        key = (r["task"], r["dataset"]["fingerprint"], r["dataset"]["label"], r["fraction"], r.get("variant", ""))
+        groups.setdefault(key, {}).setdefault(r["backbone"], []).append(r)
+    out = []
+    for key, by_backbone in groups.items():
+        ordered = sorted(by_backbone.items(), key=lambda item: item[1][0]["backbone_order"])
+        base_name, base = ordered[0]
+        metric = "accuracy" if "accuracy" in base[0]["test"] else "auroc"
+        a = [r["test"][metric]["value"] for r in base if r["test"][metric]["value"] is not None]
+        for name, runs in ordered[1:]:
+            b = [r["test"][metric]["value"] for r in runs if r["test"][metric]["value"] is not None]
+            if len(a) < 2 or len(b) < 2:
+                continue
+            t, p = ttest_ind(b, a, equal_var=False)
+            out.append({"task": key[0], "dataset": base[0]["dataset"]["spec"], "label": key[2], "fraction": key[3],
+                        "variant": key[4], "seed": "all", "test": "welch_t", "metric": metric,
+                        "baseline": base_name, "backbone": name, "n_seeds": [len(a), len(b)],
+                        "delta": _finite(float(np.mean(b) - np.mean(a))), "lower": None, "upper": None,
+                        "t": _finite(float(t)), "p_value": _finite(float(p)), "agreement": None})
+    return out

@@ -1,5 +1,7 @@
 """``ctssl similarity``: activations of two backbones on the same images, every measure of
-``eval.similarity`` between every pair of layers, a JSON record and heat maps."""
+``eval.similarity`` between every pair of layers, a JSON record and heat maps; for two networks
+of one architecture (e.g. before and after fine-tuning), also RBF CKA of their first
+convolutions' weights."""
 
 from __future__ import annotations
 
@@ -27,6 +29,24 @@ def _slug(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-")[:40]
 
 
+def weight_similarity(a: torch.nn.Module, b: torch.nn.Module, max_layers: int = 8) -> dict[str, float]:
+    """RBF CKA (median-distance bandwidth) between the convolution WEIGHTS of two networks of one
+    architecture, layer by layer from the input (the RadNet-12M study's "feature reuse": how much
+    of a pretrained layer survives fine-tuning). Each filter (out-channel) is one example of
+    in x k x k features; layers with fewer than 4 filters are skipped."""
+    from eval.similarity import rbf_cka
+
+    convs_a = [(n, m) for n, m in a.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    convs_b = dict((n, m) for n, m in b.named_modules() if isinstance(m, torch.nn.Conv2d))
+    out = {}
+    for name, conv in convs_a[:max_layers]:
+        wa = conv.weight.detach().flatten(1).double().numpy()
+        wb = convs_b[name].weight.detach().flatten(1).double().numpy()
+        if wa.shape == wb.shape and wa.shape[0] >= 4:
+            out[name] = round(float(rbf_cka(wa, wb)), 5)
+    return out
+
+
 def run_similarity(data: str, a: str, b: str, out: str | Path, split: str = "test", samples: int = 500,
                    image_size: int = 64, spatial: int = 2, max_features: int = 4096, measures=None,
                    name: str | None = None, label: str = "region") -> dict:
@@ -39,9 +59,10 @@ def run_similarity(data: str, a: str, b: str, out: str | Path, split: str = "tes
     if unknown:
         raise ValueError(f"Unknown measure(s) {sorted(unknown)}. Valid measures are {list(MEASURES)}.")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    acts, cards = [], []
+    acts, cards, models = [], [], []
     for source in (a, b):
         model, card = load_backbone(source)
+        models.append(model)
         spec = input_spec(card, dataset.kind, image_size)
         x = torch.stack([prepare(im, spec) for im in images])
         acts.append(collect(model, x, lambda v: reduce_activations(v, spatial, max_features), device=device))
@@ -61,12 +82,13 @@ def run_similarity(data: str, a: str, b: str, out: str | Path, split: str = "tes
         logger.info("%s done", measure)
     name = name or f"{_slug(a)}_vs_{_slug(b)}"
     folder = Path(out) / "similarity"
+    weights = weight_similarity(models[0], models[1]) if cards[0]["backbone"] == cards[1]["backbone"] else {}
     record = {"name": name, "a": a, "b": b, "card_a": cards[0], "card_b": cards[1], "dataset": dataset.describe(),
               "split": split, "n_images": len(images), "image_size": image_size, "spatial": spatial,
               "max_features": max_features, "layers_a": layers_a, "layers_b": layers_b,
               "features_per_layer": {"a": {k: int(v.shape[1]) for k, v in acts[0].items()},
                                      "b": {k: int(v.shape[1]) for k, v in acts[1].items()}},
-              "matrices": matrices, "provenance": provenance()}
+              "matrices": matrices, "weight_rbf_cka": weights, "provenance": provenance()}
     path = folder / f"{name}.json"
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     from eval.plots import heatmaps

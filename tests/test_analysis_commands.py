@@ -6,6 +6,8 @@ import json
 import re
 from html.parser import HTMLParser
 
+import pytest
+
 from ctssl.cli import main
 
 
@@ -18,6 +20,14 @@ def test_similarity_gap_and_report(eval_shards, natural_shards, tmp_path, capsys
     assert set(record["matrices"]) == {"linear_cka", "rbf_cka", "unbiased_cka", "mean_cca", "svcca", "pwcca"}
     cka = record["matrices"]["linear_cka"]
     assert all(0 <= v <= 1 for row in cka for v in row) and (out / "similarity" / "seed0_vs_seed1.png").exists()
+    # Same architecture: RBF CKA of the first convolutions' weights (feature reuse); a network
+    # with itself gives exactly 1.
+    assert "conv1" in record["weight_rbf_cka"] and all(0 <= v <= 1 for v in record["weight_rbf_cka"].values())
+    from eval.similarity_run import weight_similarity
+    from eval.sources import load_backbone
+
+    model, _ = load_backbone("random:resnet18:3")
+    assert all(v == pytest.approx(1.0) for v in weight_similarity(model, model).values())
 
     assert main(["gap", "--a", str(eval_shards), "--b", str(natural_shards), "--label-b", "class",
                  "--backbone", "random:resnet18:3", "--max-samples", "40", "--image-size", "32",

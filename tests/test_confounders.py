@@ -21,8 +21,13 @@ def test_confounders_change_only_what_they_should():
     assert tag.dtype == np.int16 and tag.max() == 3000 and changed[:20, :20].any() and not changed[20:, 20:].any()
     patch = inject(hu, "patch")
     assert (patch[1:9, 1:9] == 3000).all() and (patch[9:, 9:] == hu[9:, 9:]).all()
-    noise = inject(hu, "noise", key="a")
-    assert 50 < np.std(noise.astype(float) - hu) < 70 and np.array_equal(noise, inject(hu, "noise", key="a"))
+    # Poisson (quantum) noise in HU: about 60 HU at water, less in air, unbiased, seeded per key.
+    water = np.zeros((64, 64), np.int16)
+    noisy = inject(water, "noise", key="a").astype(float)
+    assert 55 < noisy.std() < 65 and abs(noisy.mean()) < 5
+    assert inject(hu, "noise", key="a")[:8, :8].std() < noisy.std()
+    assert np.array_equal(inject(water, "noise", key="a"), inject(water, "noise", key="a"))
+    assert not np.array_equal(inject(water, "noise", key="a"), inject(water, "noise", key="b"))
     blurred = inject(hu, "lowpass")
     assert blurred[32, 32] == 40 and -1000 < blurred[16, 32] < 40          # edges soften, flat areas stay
     grey = Image.fromarray(np.full((28, 28), 100, np.uint8))
