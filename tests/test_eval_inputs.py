@@ -134,3 +134,30 @@ def test_subsample_draws_patients_and_keeps_every_class():
     assert not np.array_equal(idx, subsample(targets, groups, 0.1, seed=2))
     np.testing.assert_array_equal(idx, subsample(targets, groups, 0.1, seed=1))
     assert len(subsample(targets, groups, 1.0, seed=0)) == 500
+
+
+def test_imagenet_file_and_ctssl_checkpoint_sources(tmp_path):
+    """imagenet:NAME:FILE takes torchvision's state dict (fc dropped); a checkpoint .pt is read
+    with the run's config.yaml for the architecture."""
+    from omegaconf import OmegaConf
+    from torchvision.models import resnet18
+
+    reference = resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet18-imagenet.pth")
+    model, card = load_backbone(f"imagenet:resnet18:{tmp_path / 'resnet18-imagenet.pth'}")
+    torch.testing.assert_close(model.layer2[1].conv1.weight, reference.layer2[1].conv1.weight)
+    assert card["method"] == "supervised ImageNet" and card["mean"] == [0.485, 0.456, 0.406]
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    backbone, _ = build_backbone("resnet18", 1)
+    torch.save({"backbone": backbone.state_dict(), "step": 7}, run / "checkpoints" / "last.pt")
+    OmegaConf.save({"model": {"backbone": "resnet18"}, "method": {"name": "dino"},
+                    "data": {"shards": "s", "windows": ["lung"]},
+                    "resolved": {"in_chans": 1, "data_kind": "ct"}}, run / "config.yaml")
+    model, card = load_backbone(str(run / "checkpoints" / "last.pt"))
+    assert card["method"] == "dino" and card["in_chans"] == 1 and card["data"]["windows"] == ["lung"]
+    torch.testing.assert_close(model.conv1.weight, backbone.conv1.weight)
+    with pytest.raises(ValueError, match="must be .safetensors"):
+        (tmp_path / "weights.bin").write_bytes(b"0")
+        load_backbone(str(tmp_path / "weights.bin"))
