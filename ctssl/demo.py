@@ -81,7 +81,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     from eval.probe import ProbeConfig
     from eval.protocols import EvalSpec, knn_runs, probe_runs
     from eval.report import write_report
-    from eval.runs import collate
+    from eval.runs import collate, save_names
     from eval.similarity_run import run_similarity
     from finetune.finetune import FinetuneConfig
     from finetune.protocol import finetune_runs
@@ -115,6 +115,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     backbones = {"random init": "random:resnet18:3",
                  **{name: str(spec[1] / "backbone.safetensors") for name, spec in runs.items()}}
     names = {source: name for name, source in backbones.items()}
+    save_names(evaluation, list(names), list(names.values()))
     spec = EvalSpec(dataset=str(ct), backbones=list(backbones.values()), label="region", fractions=[0.1, 1.0],
                     seeds=[0], image_size=size.view_size, n_boot=500)
 

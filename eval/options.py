@@ -13,6 +13,8 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", action="append", required=True,
                         help="random:NAME:IN_CHANS, imagenet:NAME:FILE, radimagenet:FILE, a backbone.safetensors "
                              "or a checkpoint .pt (repeatable; the first is the baseline of paired comparisons)")
+    parser.add_argument("--name", action="append", default=None,
+                        help="readable name of each --backbone, in the same order (repeatable; for the report)")
     parser.add_argument("--label", default="region",
                         help="label key in the shards (default region); a+b+c for multi-label")
     parser.add_argument("--fraction", type=float, action="append", default=None,
@@ -27,7 +29,9 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
 
 def eval_spec(args: argparse.Namespace):
     from eval.protocols import EvalSpec
+    from eval.runs import save_names
 
+    save_names(args.out, args.backbone, args.name)
     return EvalSpec(dataset=args.data, backbones=args.backbone, label=args.label, fractions=args.fraction or [1.0],
                     seeds=args.seed or [0], image_size=args.image_size, cache=args.cache, n_boot=args.n_boot)
 

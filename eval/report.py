@@ -55,6 +55,7 @@ def _short(source: str, width: int = 42) -> str:
     return source if len(source) <= width else "…" + source[-(width - 1):]
 
 
+
 def _cell(records: list[dict], metric: str) -> tuple[str, float | None]:
     values = [r["test"][metric]["value"] for r in records if r["test"][metric]["value"] is not None]
     if not values:
@@ -102,7 +103,7 @@ def headline(records: list[dict]) -> dict:
     return tables
 
 
-def efficiency_series(records: list[dict]) -> dict:
+def efficiency_series(records: list[dict], label=_short) -> dict:
     """{(dataset, label, task): {backbone: [(fraction, mean, low, high)]}} where there are 2+ fractions."""
     out = {}
     groups = defaultdict(list)
@@ -123,7 +124,7 @@ def efficiency_series(records: list[dict]) -> dict:
                     low, high = mine[0]["test"][metric]["lower"], mine[0]["test"][metric]["upper"]
                 else:
                     low, high = min(values), max(values)
-                series[_short(b, 36)].append((f, float(np.mean(values)), low if low is not None else values[0],
+                series[label(b, 36)].append((f, float(np.mean(values)), low if low is not None else values[0],
                                               high if high is not None else values[0]))
         out[key + (metric,)] = dict(series)
     return out
@@ -160,6 +161,12 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
     from eval.runs import git_commit
 
     out = Path(out)
+    # Readable backbone names (OUT/names.json, from --name or the demo); otherwise shortened sources.
+    names = json.loads((out / "names.json").read_text()) if (out / "names.json").exists() else {}
+
+    def label(source: str, width: int = 42) -> str:
+        return names.get(source) or _short(source, width)
+
     records = _load_jsonl(out / "results.jsonl")
     comparisons = _load_jsonl(out / "comparisons.jsonl")
     similarity = _load_folder(out / "similarity")
@@ -181,15 +188,15 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
             caption = (f"{t['dataset']} — label '{t['label']}', {t['metric']} on the test split (one seed: "
                        "95% patient-bootstrap CI; several: mean ± SD over seeds); ★ best per column")
             header = ["backbone", *t["columns"]]
-            rows = [[_short(b), *cells] for b, cells in t["rows"]]
+            rows = [[label(b), *cells] for b, cells in t["rows"]]
             h.append(f"<p class='note'>{html.escape(caption)}</p>" + _table(header, rows))
             md += [f"_{caption}_", "", *_md_table(header, rows)]
     if comparisons:
         header = ["task", "fraction", "seed", "backbone", "vs baseline", "test", "metric", "Δ [95% CI]", "p",
                   "error consistency κ"]
         tests = {"welch_t": "Welch t over seeds"}
-        rows = [[f"{c['task']} {c.get('variant') or ''}".strip(), f"{c['fraction']:g}", c["seed"], _short(c["backbone"], 32),
-                 _short(c["baseline"], 24), tests.get(c.get("test"), "paired bootstrap"), c["metric"],
+        rows = [[f"{c['task']} {c.get('variant') or ''}".strip(), f"{c['fraction']:g}", c["seed"], label(c["backbone"], 32),
+                 label(c["baseline"], 24), tests.get(c.get("test"), "paired bootstrap"), c["metric"],
                  f"{_fmt(c['delta'], '+.3f')} [{_fmt(c['lower'], '+.3f')}, {_fmt(c['upper'], '+.3f')}]",
                  _fmt(c["p_value"]), _fmt((c.get("agreement") or {}).get("error_consistency_kappa"))]
                 for c in comparisons]
@@ -198,13 +205,13 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
                 "independent errors, 1 = the same samples right and wrong.")
         h.append(f"<h2>Paired comparisons</h2><p class='note'>{html.escape(note)}</p>" + _table(header, rows))
         md += ["## Paired comparisons", "", note, "", *_md_table(header, rows)]
-    series = efficiency_series(records)
+    series = efficiency_series(records, label)
     if series:
         h.append("<h2>Data efficiency</h2>")
         md += ["## Data efficiency", ""]
-        for i, ((spec, label, task, metric), data) in enumerate(series.items()):
+        for i, ((spec, target, task, metric), data) in enumerate(series.items()):
             path = efficiency_curves(data, metric, out / "figures" / f"efficiency-{i}.png",
-                                     f"{task} — {label} ({Path(spec).name})")
+                                     f"{task} — {target} ({Path(spec).name})")
             h.append(_img(path))
             md += [f"![{task} data efficiency](figures/{path.name})", ""]
     if similarity:
@@ -235,7 +242,7 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
             rows = []
             for r in g["rows"]:
                 t = r["probe_transfer"]["a_to_b"]
-                rows.append([_short(r["backbone"]), _fmt(r["domain_classifier"]["accuracy"]),
+                rows.append([label(r["backbone"]), _fmt(r["domain_classifier"]["accuracy"]),
                              _fmt(r["domain_classifier"]["proxy_a_distance"]),
                              f"{r['mmd2']['value']:.4f} ({r['mmd2']['sigma']:.2f})", f"{r['frechet_distance']:.3f}",
                              f"{r['knn_purity']['purity']:.3f} ({r['knn_purity']['chance']:.3f})",
@@ -254,7 +261,7 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
             text = (f"confounder '{c['config']['confounder']}' in a fraction of the positive ({c['label']} = "
                     f"{c['positive']}) training images and in every negative test image; {c['config']['mode']}")
             header = ["backbone", "fraction", "clean AUROC", "anti-correlated AUROC", "drop"]
-            rows = [[_short(r["backbone"]), f"{r['fraction']:g}", _fmt(r["clean"]["auroc"]["value"]),
+            rows = [[label(r["backbone"]), f"{r['fraction']:g}", _fmt(r["clean"]["auroc"]["value"]),
                      _fmt(r["confounded"]["auroc"]["value"]), _fmt(r["drop"]["auroc"], "+.3f")] for r in c["rows"]]
             h.append(f"<p class='note'>{html.escape(text)}</p>" + _table(header, rows))
             md += [text, "", *_md_table(header, rows)]
@@ -268,8 +275,8 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
         for r in g["rows"]:
             cards.setdefault(r["backbone"], {})
     if cards or records:
-        header = ["backbone", "method", "architecture", "pretraining data", "steps", "weights SHA-256"]
-        rows = [[b, c.get("method", ""), f"{c.get('backbone', '')} ({c.get('in_chans', '')} ch)",
+        header = ["backbone", "source", "method", "architecture", "pretraining data", "steps", "weights SHA-256"]
+        rows = [[names.get(b, ""), b, c.get("method", ""), f"{c.get('backbone', '')} ({c.get('in_chans', '')} ch)",
                  (c.get("data") or {}).get("shards") or "", c.get("steps", ""), (c.get("weights_sha256") or "")[:16]]
                 for b, c in cards.items()]
         datasets = {r["dataset"]["fingerprint"]: r["dataset"] for r in records}

@@ -133,6 +133,17 @@ class RunStore:
         return [json.loads(p.read_text()) for p in sorted(self.folder.glob("*.json"))]
 
 
+def save_names(out: str | Path, sources: list[str], names: list[str] | None) -> None:
+    """Readable names of backbone sources for the report, merged into OUT/names.json."""
+    if not names:
+        return
+    if len(names) != len(sources):
+        raise ValueError(f"{len(names)} --name for {len(sources)} --backbone; give one name per backbone, in order.")
+    path = Path(out) / "names.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    atomic_write_text(path, json.dumps({**known, **dict(zip(sources, names))}, indent=1) + "\n")
+
+
 def _comparison_key(r: dict) -> tuple:
     return (r["task"], r["dataset"]["fingerprint"], r["dataset"]["label"], r["fraction"], r["seed"],
             r.get("variant", ""))

@@ -35,6 +35,7 @@ class SweepConfig:
     data: str = ""                        # dataset spec (eval.datasets)
     label: str = "region"
     backbones: list[str] = field(default_factory=list)   # the first is the baseline of comparisons
+    names: list[str] = field(default_factory=list)       # readable names of the backbones (report), optional
     tasks: list[str] = field(default_factory=lambda: list(TASKS))
     fractions: list[float] = field(default_factory=lambda: [1.0])
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -64,7 +65,10 @@ def jobs(cfg: SweepConfig) -> list[dict]:
 
 
 def write_plan(cfg: SweepConfig) -> Path:
+    from eval.runs import save_names
+
     validate(cfg)
+    save_names(cfg.out, cfg.backbones, cfg.names)
     path = Path(cfg.out) / "sweep.json"
     atomic_write_text(path, json.dumps({"config": to_dict(cfg), "jobs": jobs(cfg)}, indent=1) + "\n")
     return path

@@ -40,7 +40,7 @@ def test_similarity_gap_and_report(eval_shards, natural_shards, tmp_path, capsys
     assert row["probe_transfer"]["a_to_b"] is None          # no class in common: no probe gap
 
     assert main(["knn", "--data", str(eval_shards), "--backbone", "random:resnet18:3", "--backbone",
-                 "random:resnet18:3:1", "--k", "10", "--fraction", "0.5", "--fraction", "1", "--image-size", "32",
+                 "random:resnet18:3:1", "--name", "random seed 0", "--name", "random seed 1", "--k", "10", "--fraction", "0.5", "--fraction", "1", "--image-size", "32",
                  "--n-boot", "50", "--out", str(out)]) == 0
     capsys.readouterr()
     assert main(["report", "--out", str(out), "--n-boot", "50"]) == 0
@@ -53,4 +53,5 @@ def test_similarity_gap_and_report(eval_shards, natural_shards, tmp_path, capsys
     assert page.count('src="data:image/png;base64,') >= 3 and not re.search(r'(src|href)="(https?:)?//', page)
     HTMLParser().feed(page)
     summary = (out / "report.md").read_text()
-    assert "| random:resnet18:3 |" in summary and "proxy A-dist." in summary
+    # Readable names where given (--name); the gap table reuses them for the same source.
+    assert "| random seed 0 |" in summary and "| random seed 1 |" in summary and "proxy A-dist." in summary
