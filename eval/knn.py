@@ -7,6 +7,7 @@ non-parametric instance discrimination"; Caron et al. 2021, DINO, ``knn_classifi
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -55,9 +56,7 @@ def knn_accuracy(query, query_labels, bank, bank_labels, num_classes, k=20, temp
     return float((scores.argmax(1) == query_labels.to(scores.device)).float().mean())
 
 
-def _normalised(rows) -> "np.ndarray":
-    import numpy as np
-
+def _normalised(rows) -> np.ndarray:
     rows = rows.detach().float().cpu().numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows, np.float32)
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
@@ -73,7 +72,6 @@ def faiss_search(query, bank, k: int, index: str = "flat", nlist: int = 256, npr
     cells trained on a sample of up to 100 points per cell, ``nprobe`` searched) holds the bank
     in memory and trades exactness for speed. FAISS's GPU index is used when available."""
     import faiss
-    import numpy as np
 
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")

@@ -75,3 +75,16 @@ def test_faiss_flat_equals_bruteforce_and_ivf_exhaustive_too(k):
     torch.testing.assert_close(flat.double(), brute.double(), rtol=1e-4, atol=1e-4)
     ivf = faiss_knn_predict(query, bank, labels, 6, k, index="ivf", nlist=8, nprobe=8)  # all cells
     assert (ivf.argmax(1) == brute.argmax(1)).all()
+
+
+@pytest.mark.parametrize("k", [1, 20, 100])
+def test_streamed_flat_search_over_a_memory_map_equals_bruteforce(k, tmp_path):
+    """Chunks of 37 rows (the last one, 19 rows, smaller than k), merged top-k: exact."""
+    rng = np.random.default_rng(k)
+    bank, query = rng.normal(size=(500, 32)).astype(np.float32), rng.normal(size=(60, 32)).astype(np.float32)
+    np.save(tmp_path / "bank.npy", bank)
+    mapped = np.load(tmp_path / "bank.npy", mmap_mode="r")
+    labels = torch.tensor(rng.integers(0, 6, 500))
+    brute = knn_predict(torch.tensor(query), torch.tensor(bank), labels, 6, k)
+    streamed = faiss_knn_predict(query, mapped, labels, 6, k, chunk_rows=37)
+    torch.testing.assert_close(streamed.double(), brute.double(), rtol=1e-4, atol=1e-4)
