@@ -38,3 +38,17 @@ def apply_window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
 def to_uint8(hu: np.ndarray, level: float, width: float) -> np.ndarray:
     """Windowed HU as 8-bit grey levels, for pictures only (never for training data)."""
     return np.rint(apply_window(hu, level, width) * 255.0).astype(np.uint8)
+
+
+def stack_windows(x, windows: list[tuple[float, float]]):
+    """(1, H, W) HU, a numpy array or a torch tensor -> (C, H, W) in [0, 1] of the same kind: one
+    window (level, width) per channel. The one windowing of every model input (training views,
+    evaluation inputs)."""
+    low = np.array([level - width / 2.0 for level, width in windows], np.float32).reshape(-1, 1, 1)
+    width = np.array([width for _, width in windows], np.float32).reshape(-1, 1, 1)
+    if isinstance(x, np.ndarray):
+        out = (x - low) / width
+        return np.clip(out, 0.0, 1.0, out=out)
+    import torch
+
+    return ((x - torch.from_numpy(low)) / torch.from_numpy(width)).clamp_(0, 1)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.windowing import get_window
+from data.windowing import get_window, stack_windows
 from eval.datasets import image_to_array
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -67,8 +67,7 @@ def prepare(image, spec: InputSpec) -> torch.Tensor:
         x = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None]
         x = F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", align_corners=False,
                           antialias=x.shape[-1] > spec.size or x.shape[-2] > spec.size)[0]
-        lows, widths = zip(*[(level - width / 2, width) for level, width in map(get_window, spec.windows)])
-        x = ((x - torch.tensor(lows).view(-1, 1, 1)) / torch.tensor(widths).view(-1, 1, 1)).clamp(0, 1)
+        x = stack_windows(x, [get_window(name) for name in spec.windows])
     else:
         x = torch.from_numpy(image_to_array(image))
         if x.shape[0] == 1 and spec.in_chans > 1:

@@ -18,7 +18,7 @@ from scipy.ndimage import gaussian_filter
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from data.windowing import get_window
+from data.windowing import get_window, stack_windows
 
 RATIO = (3 / 4, 4 / 3)
 
@@ -69,17 +69,11 @@ class CTViews:
 
     def _window(self, hu: torch.Tensor, jitter: float) -> torch.Tensor:
         """(1, H, W) HU -> (C, H, W): one (jittered) window per channel, then normalised."""
-        levels, widths = [], []
-        for level, width in self.windows:
-            if jitter:
-                level = level + random.uniform(-jitter, jitter) * width
-                width = width * random.uniform(1 - jitter, 1 + jitter)
-            levels.append(level - width / 2)
-            widths.append(width)
-        low = torch.tensor(levels).view(-1, 1, 1)
-        width = torch.tensor(widths).view(-1, 1, 1)
-        x = ((hu - low) / width).clamp_(0, 1)
-        return x.sub_(self.mean).div_(self.std)
+        windows = self.windows
+        if jitter:
+            windows = [(level + random.uniform(-jitter, jitter) * width, width * random.uniform(1 - jitter, 1 + jitter))
+                       for level, width in windows]
+        return stack_windows(hu, windows).sub_(self.mean).div_(self.std)
 
     def view(self, hu: torch.Tensor, size: int, scale) -> torch.Tensor:
         a = self.aug
