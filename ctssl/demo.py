@@ -149,9 +149,9 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
 
 def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, quick: bool, html: Path) -> Path:
     """OUT/summary.md: the headline table with readable backbone names, and where the report is."""
-    from eval.report import _load_jsonl, headline
+    from eval.report import load_jsonl, headline
 
-    records = _load_jsonl(evaluation / "results.jsonl")
+    records = load_jsonl(evaluation / "results.jsonl")
     lines = ["# ctssl demo" + (" (--quick)" if quick else ""), "",
              "Body region (head / thorax / abdomen / pelvis) of held-out patients of the synthetic CT corpus, "
              "from frozen or fine-tuned ResNet-18 features; accuracy on the test patients with its 95% "

@@ -26,12 +26,7 @@ import numpy as np
 import torch
 
 from ctssl.atomic import atomic_write_text
-
-
-def _median_rate(fn, items: int, repeats: int) -> float:
-    from pretrain.bench import _median_rate as median_rate
-
-    return median_rate(fn, items, repeats)
+from pretrain.bench import _median_rate
 
 
 def clustered_features(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:

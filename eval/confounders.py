@@ -122,8 +122,7 @@ def run_confounders(data: str, backbones: list[str], label: str, cfg: Confounder
     from eval.features import cached_features, compute_features
     from eval.inputs import input_spec
     from eval.probe import ProbeConfig
-    from eval.runs import metrics_with_ci, provenance
-    from eval.similarity_run import _slug
+    from eval.runs import metrics_with_ci, provenance, slug
     from eval.sources import load_backbone
 
     if cfg.mode not in ("probe", "finetune"):
@@ -174,7 +173,7 @@ def run_confounders(data: str, backbones: list[str], label: str, cfg: Confounder
             logger.info("confounder %s, %s, fraction %.2f: clean AUROC %s, anti-correlated AUROC %s", cfg.confounder,
                         source, fraction, row["clean"]["auroc"]["value"], row["confounded"]["auroc"]["value"])
             rows.append(row)
-    name = name or f"{cfg.confounder}-{_slug(data)}"
+    name = name or f"{cfg.confounder}-{slug(data)}"
     folder = Path(out) / "confounders"
     record = {"name": name, "dataset": dataset.describe(), "label": label, "positive": cfg.positive,
               "config": {**cfg.__dict__}, "rows": rows, "provenance": provenance()}

@@ -22,8 +22,7 @@ from ctssl.atomic import atomic_write_text
 from eval.datasets import open_dataset
 from eval.features import cached_features
 from eval.gap import balanced, domain_classifier, frechet_distance, knn_purity, mmd2
-from eval.runs import provenance
-from eval.similarity_run import _slug
+from eval.runs import provenance, slug
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +65,7 @@ def run_gap(a: str, b: str, backbones: list[str], out: str | Path, label: str = 
     cache = cache or str(Path(out) / "features")
     rows = []
     folder = Path(out) / "gap"
-    name = name or f"{_slug(a)}_vs_{_slug(b)}"
+    name = name or f"{slug(a)}_vs_{slug(b)}"
     for source in backbones:
         fa, fb = (cached_features(source, d, sorted({"train", use[id(d)]} | ({held_out[id(d)]} - {None})),
                                   image_size, cache) for d in (data_a, data_b))
@@ -87,7 +86,7 @@ def run_gap(a: str, b: str, backbones: list[str], out: str | Path, label: str = 
                    "b_to_a": _probe_transfer(fb, fa, held_out[id(data_b)], held_out[id(data_a)], data_b, data_a)}}
         if embed:
             row["figure"] = str(_embedding(fa[sa], fb[sb], data_a, data_b, source, seed,
-                                           folder / f"{name}-{_slug(source)}.png", min(max_samples, 400)))
+                                           folder / f"{name}-{slug(source)}.png", min(max_samples, 400)))
         logger.info("gap %s: proxy A-distance %.3f, MMD2 %.4f, Frechet %.2f, kNN purity %.3f", source,
                     row["domain_classifier"]["proxy_a_distance"], value, row["frechet_distance"],
                     row["knn_purity"]["purity"])

@@ -30,7 +30,7 @@ from ctssl import __version__
 from ctssl.atomic import atomic_write_text
 
 
-def _load_jsonl(path: Path) -> list[dict]:
+def load_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
@@ -167,8 +167,8 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
     def label(source: str, width: int = 42) -> str:
         return names.get(source) or _short(source, width)
 
-    records = _load_jsonl(out / "results.jsonl")
-    comparisons = _load_jsonl(out / "comparisons.jsonl")
+    records = load_jsonl(out / "results.jsonl")
+    comparisons = load_jsonl(out / "comparisons.jsonl")
     similarity = _load_folder(out / "similarity")
     gaps = _load_folder(out / "gap")
     confounders = _load_folder(out / "confounders")

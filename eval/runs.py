@@ -18,6 +18,7 @@ import datetime as dt
 import functools
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,12 @@ def provenance() -> dict:
 
     return {"ctssl": __version__, "git_commit": git_commit(), "command": sys.argv,
             "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info()}
+
+
+def slug(source: str) -> str:
+    """A short file-name-safe name of a backbone or dataset source (its run folder for exports)."""
+    stem = Path(source).parent.name if source.endswith((".safetensors", ".pt")) else source
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-")[:40]
 
 
 def run_id(**identity) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +16,11 @@ from ctssl.atomic import atomic_write_text
 from eval.datasets import open_dataset
 from eval.inputs import input_spec, prepare
 from eval.layers import collect
-from eval.runs import provenance
+from eval.runs import provenance, slug
 from eval.similarity import MEASURES, reduce_activations
 from eval.sources import load_backbone
 
 logger = logging.getLogger(__name__)
-
-
-def _slug(source: str) -> str:
-    stem = Path(source).parent.name if source.endswith((".safetensors", ".pt")) else source
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-")[:40]
 
 
 def weight_similarity(a: torch.nn.Module, b: torch.nn.Module, max_layers: int = 8) -> dict[str, float]:
@@ -80,7 +74,7 @@ def run_similarity(data: str, a: str, b: str, out: str | Path, split: str = "tes
             matrix.append(row)
         matrices[measure] = matrix
         logger.info("%s done", measure)
-    name = name or f"{_slug(a)}_vs_{_slug(b)}"
+    name = name or f"{slug(a)}_vs_{slug(b)}"
     folder = Path(out) / "similarity"
     weights = weight_similarity(models[0], models[1]) if cards[0]["backbone"] == cards[1]["backbone"] else {}
     record = {"name": name, "a": a, "b": b, "card_a": cards[0], "card_b": cards[1], "dataset": dataset.describe(),

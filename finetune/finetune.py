@@ -78,8 +78,7 @@ class Classifier(nn.Module):
             backbone.blocks = backbone.blocks[:keep]
             self.features = backbone
             dim = backbone.num_features
-            embed = [m for m in (backbone.patch_embed,) if m is not None]
-            self.groups = [nn.ModuleList(embed), *backbone.blocks]
+            self.groups = [backbone.patch_embed, *backbone.blocks]
             self._vit_extra = [p for n, p in backbone.named_parameters()
                                if n.startswith(("cls_token", "pos_embed", "reg_token"))]
         else:

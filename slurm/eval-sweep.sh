@@ -8,8 +8,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 : "${CTSSL_SWEEP:?set CTSSL_SWEEP to the sweep YAML file}"
 ctssl=${CTSSL:-ctssl}
-$ctssl sweep plan --config "$CTSSL_SWEEP" >/dev/null
-count=$($ctssl sweep plan --config "$CTSSL_SWEEP" --count)
+count=$($ctssl sweep plan --config "$CTSSL_SWEEP" --count)   # also writes the plan (OUT/sweep.json)
 array="0-$((count - 1))${CTSSL_ARRAY_LIMIT:+%${CTSSL_ARRAY_LIMIT}}"
 tasks=$(sbatch --parsable --array="$array" "$@" "$here/eval-sweep.sbatch")
 report=$(sbatch --parsable --dependency="afterany:${tasks}" "$here/eval-report.sbatch")
