@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ctssl.atomic import atomic_open
-from data.windowing import to_uint8
+from ctssl.core.atomic import atomic_open
+from ctssl.data.windowing import to_uint8
 
 
 @dataclass

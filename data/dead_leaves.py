@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ctssl.atomic import atomic_open
+from ctssl.core.atomic import atomic_open
 
 CLASSES = ("disks", "squares", "triangles", "bars")
 

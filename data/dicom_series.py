@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 
-from data.dicom_headers import FrameRecord
-from data.hounsfield import Rescale, padding_mask, rescale_or_fallback, to_hu
+from ctssl.data.dicom_headers import FrameRecord
+from ctssl.data.hounsfield import Rescale, padding_mask, rescale_or_fallback, to_hu
 
 MIN_GROUP = 2
 POSITION_TOL_MM = 0.01

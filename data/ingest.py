@@ -30,18 +30,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ctssl.atomic import TMP_MARK, atomic_write_text
-from ctssl.config import ConfigError, to_dict
-from data.dicom_headers import read_records
-from data.dicom_series import DicomSeries, FrameLoader
-from data.hounsfield import HU_CEILING, HU_FLOOR
-from data.labels import LabelTable, SeriesLabels
-from data.nifti_volume import NiftiError, load_nifti
-from data.pseudonym import pseudonym
-from data.slicing import air_fraction, resize_slice, thin_positions
-from shards.encoding import encode_hu
-from shards.manifest import MANIFEST_NAME
-from shards.writer import ShardWriter
+from ctssl.core.atomic import TMP_MARK, atomic_write_text
+from ctssl.core.config import ConfigError, to_dict
+from ctssl.data.dicom_headers import read_records
+from ctssl.data.dicom_series import DicomSeries, FrameLoader
+from ctssl.data.hounsfield import HU_CEILING, HU_FLOOR
+from ctssl.data.labels import LabelTable, SeriesLabels
+from ctssl.data.nifti_volume import NiftiError, load_nifti
+from ctssl.data.pseudonym import pseudonym
+from ctssl.data.slicing import air_fraction, resize_slice, thin_positions
+from ctssl.shards.encoding import encode_hu
+from ctssl.shards.manifest import MANIFEST_NAME
+from ctssl.shards.writer import ShardWriter
 
 logger = logging.getLogger(__name__)
 
@@ -413,7 +413,7 @@ def task_paths(out: Path, task: int) -> tuple[Path, Path]:
 def run_task(out: str | Path, task: int, workers: int = 1) -> dict:
     """Run task ``task`` of the plan in ``out``; a finished task is a no-op, a failed or
     preempted one resumes after its last closed shard. Returns the task's done record."""
-    from data.ingest_plan import load_plan, task_items
+    from ctssl.data.ingest_plan import load_plan, task_items
 
     out = Path(out)
     plan = load_plan(out)
@@ -469,8 +469,8 @@ def run_ingest(cfg: IngestConfig) -> dict:
 
     Returns the report dict (also written to ``OUT/ingest-report.json``).
     """
-    from data.ingest_merge import merge
-    from data.ingest_plan import build_plan
+    from ctssl.data.ingest_merge import merge
+    from ctssl.data.ingest_plan import build_plan
 
     validate(cfg)
     out = Path(cfg.out)

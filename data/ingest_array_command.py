@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from data.ingest_command import add_ingest_options
+    from ctssl.data.ingest_command import add_ingest_options
 
     sub = parser.add_subparsers(dest="phase", metavar="PHASE", required=True)
     plan = sub.add_parser("plan", help="scan headers and assign series to N tasks")
@@ -46,13 +46,13 @@ def _env_int(name: str) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctssl.config import ConfigError
-    from ctssl.logs import setup_logging
+    from ctssl.core.config import ConfigError
+    from ctssl.core.logs import setup_logging
 
-    log = logging.getLogger("data.ingest")
+    log = logging.getLogger("ctssl.data.ingest")
     if args.phase == "plan":
-        from data.ingest_command import resolve_ingest_config
-        from data.ingest_plan import build_plan
+        from ctssl.data.ingest_command import resolve_ingest_config
+        from ctssl.data.ingest_plan import build_plan
 
         cfg = resolve_ingest_config(args)
         setup_logging(args.log_level, Path(cfg.out) / "logs" / "plan.log")
@@ -62,13 +62,13 @@ def run(args: argparse.Namespace) -> int:
               f"in {cfg.out}/plan/")
         return 0
     if args.phase == "task":
-        from data.ingest import run_task
+        from ctssl.data.ingest import run_task
 
         task = args.task_index if args.task_index is not None else _env_int("SLURM_ARRAY_TASK_ID")
         if task is None:
             raise ConfigError("No task index: pass --task-index or run inside a SLURM array job.")
         setup_logging(args.log_level, Path(args.out) / "logs" / f"task-{task:05d}.log")
-        from data.ingest_plan import load_plan
+        from ctssl.data.ingest_plan import load_plan
 
         # Only an explicit --num-tasks is checked: resubmitting a few failed indices
         # (--array=3,17) gives a smaller SLURM_ARRAY_TASK_COUNT on purpose.
@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
         log.info("task %d done: %d shard(s) in total; this run wrote %s slices", task,
                  len(record["shards"]), info.get("slices_written", 0))
         return 0
-    from data.ingest_command import log_report
-    from data.ingest_merge import IncompleteIngest, merge
+    from ctssl.data.ingest_command import log_report
+    from ctssl.data.ingest_merge import IncompleteIngest, merge
 
     setup_logging(args.log_level, Path(args.out) / "logs" / "merge.log")
     try:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ctssl.atomic import atomic_write_text
-from ctssl.machine import machine_info
+from ctssl.core.atomic import atomic_write_text
+from ctssl.core.machine import machine_info
 
 # Catalogue studies of data.synth_study: 0, 4, 5 are written uncompressed, 1 as JPEG 2000.
 UNCOMPRESSED = (0, 4, 5)
@@ -36,7 +36,7 @@ JPEG2000 = (1,)
 
 
 def _corpus(root: Path, matrix: int) -> Path:
-    from data.synth import SynthConfig, generate_study, make_plan
+    from ctssl.data.synth import SynthConfig, generate_study, make_plan
 
     cfg = SynthConfig(out=str(root), patients=max(UNCOMPRESSED + JPEG2000) + 1, matrix=matrix, seed=0)
     for index in UNCOMPRESSED + JPEG2000:
@@ -47,7 +47,7 @@ def _corpus(root: Path, matrix: int) -> Path:
 
 
 def _files(root: Path, indices) -> list[Path]:
-    from data.dicom_headers import looks_like_dicom
+    from ctssl.data.dicom_headers import looks_like_dicom
 
     files = []
     for index in indices:
@@ -82,7 +82,7 @@ def naive_baseline(files: list[Path], out: Path | None) -> tuple[int, float]:
 
 
 def _ingest(sources: list[Path], out: Path) -> tuple[int, float]:
-    from data.ingest import IngestConfig, SplitFractions, run_ingest
+    from ctssl.data.ingest import IngestConfig, SplitFractions, run_ingest
 
     start = time.perf_counter()
     report = run_ingest(IngestConfig(sources=[str(s) for s in sources], out=str(out), image_size=256,
@@ -91,10 +91,10 @@ def _ingest(sources: list[Path], out: Path) -> tuple[int, float]:
 
 
 def _decode(shards: Path, repeats: int = 3) -> tuple[int, float, list[np.ndarray]]:
-    from shards.reader import iter_shard, shard_paths
+    from ctssl.shards.reader import iter_shard, shard_paths
 
     raw = [s for p in shard_paths(shards) for s in iter_shard(p, decode=False)]
-    from shards.encoding import decode_hu
+    from ctssl.shards.encoding import decode_hu
 
     start = time.perf_counter()
     for _ in range(repeats):
@@ -109,7 +109,7 @@ def _encodings(images: list[np.ndarray]) -> list[dict]:
     import zstandard
     from PIL import Image
 
-    from shards.encoding import decode_hu, encode_hu
+    from ctssl.shards.encoding import decode_hu, encode_hu
 
     zc, zd = zstandard.ZstdCompressor(level=3), zstandard.ZstdDecompressor()
 

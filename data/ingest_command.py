@@ -47,8 +47,8 @@ def add_ingest_options(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_ingest_config(args: argparse.Namespace):
-    from ctssl.config import resolve_config
-    from data.ingest import IngestConfig
+    from ctssl.core.config import resolve_config
+    from ctssl.data.ingest import IngestConfig
 
     options = {"sources": list(args.sources) or None, "out": args.out, "image_size": args.image_size,
                "min_slice_spacing": args.min_slice_spacing, "max_air_fraction": args.max_air_fraction,
@@ -60,7 +60,7 @@ def resolve_ingest_config(args: argparse.Namespace):
 
 def log_report(report: dict, out: str) -> None:
     summary = report["summary"]
-    log = logging.getLogger("data.ingest")
+    log = logging.getLogger("ctssl.data.ingest")
     log.info("series written %d, skipped %d; slices written %d %s", summary["series_written"],
              summary["series_skipped"], summary["slices_written"], summary["slices_per_split"])
     for reason, count in summary["skip_reasons"].items():
@@ -78,16 +78,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctssl.logs import setup_logging
-    from data.ingest import run_ingest
-    from data.pseudonym import SaltError
+    from ctssl.core.logs import setup_logging
+    from ctssl.data.ingest import run_ingest
+    from ctssl.data.pseudonym import SaltError
 
     cfg = resolve_ingest_config(args)
     setup_logging(args.log_level, Path(cfg.out) / "ingest.log")
     try:
         report = run_ingest(cfg)
     except (SaltError, FileNotFoundError) as err:
-        logging.getLogger("data.ingest").error("%s", err)
+        logging.getLogger("ctssl.data.ingest").error("%s", err)
         return 2
     log_report(report, cfg.out)
     return 0

@@ -11,10 +11,10 @@ from collections import Counter
 from pathlib import Path
 
 from ctssl import __version__
-from ctssl.atomic import atomic_write_text
-from data.ingest import REPORT_NAME, task_paths
-from data.ingest_plan import PLAN_DIR, PLAN_REPORT_NAME, load_plan
-from shards.manifest import build_manifest, write_manifest
+from ctssl.core.atomic import atomic_write_text
+from ctssl.data.ingest import REPORT_NAME, task_paths
+from ctssl.data.ingest_plan import PLAN_DIR, PLAN_REPORT_NAME, load_plan
+from ctssl.shards.manifest import build_manifest, write_manifest
 
 
 class IncompleteIngest(RuntimeError):

@@ -36,9 +36,9 @@ from typing import Iterable, Iterator
 from tqdm import tqdm
 
 from ctssl import __version__
-from ctssl.atomic import atomic_write_text
-from ctssl.config import ConfigError
-from data.pseudonym import assign_splits
+from ctssl.core.atomic import atomic_write_text
+from ctssl.core.config import ConfigError
+from ctssl.data.pseudonym import assign_splits
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def read_batches(path: Path) -> Iterator:
 
 def scan_to_partitions(paths: list[Path], workers: int, folder: Path, partitions: int) -> list[tuple[str, str]]:
     """Read DICOM headers into partition files; returns (path, reason) of unreadable files."""
-    from data.ingest import read_records_safe
+    from ctssl.data.ingest import read_records_safe
 
     folder.mkdir(parents=True, exist_ok=True)
     appender = PickleAppender([folder / f"part-{p:05d}.records" for p in range(partitions)])
@@ -142,7 +142,7 @@ def assign_tasks(summaries: Iterable[tuple[str, int]], num_tasks: int) -> tuple[
 def group_partitions(partition_files: list[Path], planner, roots, items_folder: Path):
     """Group each partition into items (written to ``items_folder``); returns the summaries
     [(series_id, frames, items file, patient)] and the frame-level skips {(path, reason): count}."""
-    from data.dicom_series import group_series
+    from ctssl.data.dicom_series import group_series
 
     summaries: list[tuple[str, int, str]] = []
     skips: dict[tuple[str, str], int] = defaultdict(int)
@@ -182,10 +182,10 @@ def route_items(summaries, assignment: dict[str, int], splits: dict[str, str], g
 
 def build_plan(cfg, num_tasks: int, workers: int = 1) -> dict:
     """Scan, group, assign and route; writes ``OUT/plan/`` atomically and returns plan.json."""
-    from data.dicom_headers import discover
-    from data.ingest import Planner, config_dict, validate
-    from data.labels import LabelTable
-    from data.pseudonym import load_salt
+    from ctssl.data.dicom_headers import discover
+    from ctssl.data.ingest import Planner, config_dict, validate
+    from ctssl.data.labels import LabelTable
+    from ctssl.data.pseudonym import load_salt
 
     validate(cfg)
     if num_tasks < 1:

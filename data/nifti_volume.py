@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
-from data.hounsfield import HU_CEILING, HU_FLOOR
+from ctssl.data.hounsfield import HU_CEILING, HU_FLOOR
 
 
 class NiftiError(ValueError):

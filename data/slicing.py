@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from data.hounsfield import HU_FLOOR
+from ctssl.data.hounsfield import HU_FLOOR
 
 
 def resize_slice(hu: np.ndarray, spacing: tuple[float, float], size: int,

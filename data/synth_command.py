@@ -33,9 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctssl.config import resolve_config
-    from ctssl.logs import setup_logging
-    from data.synth import SynthConfig, run_synth
+    from ctssl.core.config import resolve_config
+    from ctssl.core.logs import setup_logging
+    from ctssl.data.synth import SynthConfig, run_synth
 
     options = {"out": args.out, "patients": args.patients, "seed": args.seed,
                "matrix": args.matrix, "workers": args.workers,
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(SynthConfig, args.config, args.overrides, options)
     setup_logging(args.log_level, Path(cfg.out) / "synth.log")
     summary = run_synth(cfg)
-    log = logging.getLogger("data.synth")
+    log = logging.getLogger("ctssl.data.synth")
     run_info = summary["this_run"]
     log.info("wrote %d studies (%d DICOM, %d NIfTI), %d series, %d axial slices (%d with lesions), "
              "%d natural stand-in images", summary["studies"], summary["dicom_studies"],

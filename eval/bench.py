@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctssl.atomic import atomic_write_text
-from pretrain.bench import _median_rate
+from ctssl.core.atomic import atomic_write_text
+from ctssl.pretrain.bench import _median_rate
 
 
 def clustered_features(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
@@ -39,7 +39,7 @@ def clustered_features(n: int, dim: int, clusters: int, seed: int) -> np.ndarray
 def bench_knn(bank: int = 200_000, queries: int = 2_000, dim: int = 512, k: int = 20, repeats: int = 3) -> dict:
     from sklearn.neighbors import NearestNeighbors
 
-    from eval.knn import faiss_search, knn_predict
+    from ctssl.eval.knn import faiss_search, knn_predict
 
     b = clustered_features(bank, dim, 100, 0)
     q = clustered_features(queries, dim, 100, 1)
@@ -93,10 +93,10 @@ def _ivf_searcher(bank: np.ndarray, query: np.ndarray, k: int, nlist: int = 256,
 
 
 def bench_extract(n: int = 64, size: int = 224, batches=(1, 8, 64), repeats: int = 3) -> dict:
-    from eval.inputs import input_spec, prepare
-    from eval.sources import load_backbone
-    from pretrain.bench import bench_shards
-    from shards.reader import iter_samples
+    from ctssl.eval.inputs import input_spec, prepare
+    from ctssl.eval.sources import load_backbone
+    from ctssl.pretrain.bench import bench_shards
+    from ctssl.shards.reader import iter_samples
 
     out = Path(os.environ.get("CTSSL_BENCH_DIR", "runs/bench"))
     slices = [s["hu"] for _, s in zip(range(n), iter_samples(bench_shards(out)))]
@@ -124,7 +124,7 @@ def bench_extract(n: int = 64, size: int = 224, batches=(1, 8, 64), repeats: int
 
 
 def run_eval_bench(out: str | Path, which: str) -> dict:
-    from ctssl.machine import machine_info
+    from ctssl.core.machine import machine_info
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

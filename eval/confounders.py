@@ -117,13 +117,13 @@ def run_confounders(data: str, backbones: list[str], label: str, cfg: Confounder
     import json
     from pathlib import Path
 
-    from ctssl.atomic import atomic_write_text
-    from eval.datasets import Sample, open_dataset
-    from eval.features import cached_features, compute_features
-    from eval.inputs import input_spec
-    from eval.probe import ProbeConfig
-    from eval.runs import metrics_with_ci, provenance, slug
-    from eval.sources import load_backbone
+    from ctssl.core.atomic import atomic_write_text
+    from ctssl.eval.datasets import Sample, open_dataset
+    from ctssl.eval.features import cached_features, compute_features
+    from ctssl.eval.inputs import input_spec
+    from ctssl.eval.probe import ProbeConfig
+    from ctssl.eval.runs import metrics_with_ci, provenance, slug
+    from ctssl.eval.sources import load_backbone
 
     if cfg.mode not in ("probe", "finetune"):
         raise ValueError(f"Unknown mode '{cfg.mode}'. Valid modes are ['probe', 'finetune'].")
@@ -177,7 +177,7 @@ def run_confounders(data: str, backbones: list[str], label: str, cfg: Confounder
     folder = Path(out) / "confounders"
     record = {"name": name, "dataset": dataset.describe(), "label": label, "positive": cfg.positive,
               "config": {**cfg.__dict__}, "rows": rows, "provenance": provenance()}
-    from eval.plots import confounder_curves
+    from ctssl.eval.plots import confounder_curves
 
     record["figure"] = str(confounder_curves(rows, "auroc", folder / f"{name}.png",
                                              f"confounder '{cfg.confounder}' on {label} = {cfg.positive}"))
@@ -195,7 +195,7 @@ def _probe(feats, tagged, test_anti, split, positive, chosen, probe_cfg, seed):
     """Binary linear probe on features where the chosen positives carry the confounder."""
     from dataclasses import replace
 
-    from eval.probe import predict, standardise, train_probe
+    from ctssl.eval.probe import predict, standardise, train_probe
 
     def with_confounder(s):
         x = feats[s].copy()
@@ -214,8 +214,8 @@ def _probe(feats, tagged, test_anti, split, positive, chosen, probe_cfg, seed):
 def _finetune(model, card, spec, split, positive, chosen, anti_test, confounded, finetune_cfg, seed):
     import torch
 
-    from eval.inputs import prepare
-    from finetune.finetune import FinetuneConfig, finetune, predict
+    from ctssl.eval.inputs import prepare
+    from ctssl.finetune.finetune import FinetuneConfig, finetune, predict
 
     def tensor(samples):
         return torch.stack([prepare(s.image, spec) for s in samples]).half()

@@ -32,10 +32,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctssl.logs import setup_logging
-    from eval.confounders import ConfounderConfig, run_confounders
-    from eval.probe import ProbeConfig
-    from finetune.finetune import FinetuneConfig
+    from ctssl.core.logs import setup_logging
+    from ctssl.eval.confounders import ConfounderConfig, run_confounders
+    from ctssl.eval.probe import ProbeConfig
+    from ctssl.finetune.finetune import FinetuneConfig
 
     setup_logging(args.log_level)
     cfg = ConfounderConfig(confounder=args.confounder, positive=args.positive, fractions=args.fraction or [0.0, 0.1, 0.2, 0.5, 0.8, 1.0],

@@ -141,9 +141,9 @@ def _hash_file(path: Path) -> str:
 def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = None) -> Dataset:
     import json
 
-    from pretrain.loader import decode
-    from shards.manifest import MANIFEST_NAME
-    from shards.reader import iter_shard, shard_paths
+    from ctssl.pretrain.loader import decode
+    from ctssl.shards.manifest import MANIFEST_NAME
+    from ctssl.shards.reader import iter_shard, shard_paths
 
     manifest = path / MANIFEST_NAME if path.is_dir() else path
     if not manifest.is_file():
@@ -193,7 +193,7 @@ def _load_image(path: Path):
 
 
 def _imagefolder(spec: str, root: Path) -> Dataset:
-    from data.pseudonym import pseudonym
+    from ctssl.data.pseudonym import pseudonym
 
     if not root.is_dir():
         raise FileNotFoundError(f"ImageFolder root '{root}' does not exist.")
@@ -226,7 +226,7 @@ def split_of(group: str, fractions=(0.7, 0.15, 0.15)) -> str:
 def _csv(spec: str, path: Path) -> Dataset:
     if not path.is_file():
         raise FileNotFoundError(f"CSV dataset '{path}' does not exist.")
-    from data.pseudonym import pseudonym
+    from ctssl.data.pseudonym import pseudonym
 
     key = bytes.fromhex(_hash_file(path))
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from ctssl import __version__
-from ctssl.atomic import TMP_MARK, atomic_write_text
-from eval.datasets import Dataset
-from eval.inputs import InputSpec, input_spec, prepare
-from eval.sources import load_backbone
+from ctssl.core.atomic import TMP_MARK, atomic_write_text
+from ctssl.eval.datasets import Dataset
+from ctssl.eval.inputs import InputSpec, input_spec, prepare
+from ctssl.eval.sources import load_backbone
 
 logger = logging.getLogger(__name__)
 

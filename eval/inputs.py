@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.windowing import get_window, stack_windows
-from eval.datasets import image_to_array
+from ctssl.data.windowing import get_window, stack_windows
+from ctssl.eval.datasets import image_to_array
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

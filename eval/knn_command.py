@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from eval.options import add_eval_options
+from ctssl.eval.options import add_eval_options
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -28,9 +28,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctssl.logs import setup_logging
-    from eval.options import eval_spec, finish
-    from eval.protocols import knn_runs
+    from ctssl.core.logs import setup_logging
+    from ctssl.eval.options import eval_spec, finish
+    from ctssl.eval.protocols import knn_runs
 
     setup_logging(args.log_level)
     records = knn_runs(eval_spec(args), args.out, args.k or [10, 20, 100, 200], args.temperature, args.index)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctssl.atomic import atomic_write_bytes
+from ctssl.core.atomic import atomic_write_bytes
 
 
 def _pyplot():

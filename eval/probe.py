@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from eval.metrics import accuracy, balanced_accuracy, macro_auroc
+from ctssl.eval.metrics import accuracy, balanced_accuracy, macro_auroc
 
 
 @dataclass

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-from eval.options import add_eval_options
+from ctssl.eval.options import add_eval_options
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -38,10 +38,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctssl.logs import setup_logging
-    from eval.options import eval_spec, finish
-    from eval.probe import ProbeConfig
-    from eval.protocols import probe_runs
+    from ctssl.core.logs import setup_logging
+    from ctssl.eval.options import eval_spec, finish
+    from ctssl.eval.probe import ProbeConfig
+    from ctssl.eval.protocols import probe_runs
 
     setup_logging(args.log_level)
     cfg = ProbeConfig(epochs=args.epochs, batch_size=args.batch_size, balanced=args.balanced, select=args.select)

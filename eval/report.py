@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ctssl import __version__
-from ctssl.atomic import atomic_write_text
+from ctssl.core.atomic import atomic_write_text
 
 
 def load_jsonl(path: Path) -> list[dict]:
@@ -157,8 +157,8 @@ border:1px solid #e3e7ef}code{background:#f1f4f9;padding:0 .25rem;border-radius:
 
 def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tuple[Path, Path]:
     """Write OUT/report.html and OUT/report.md; returns their paths."""
-    from eval.plots import efficiency_curves
-    from eval.runs import git_commit
+    from ctssl.eval.plots import efficiency_curves
+    from ctssl.eval.runs import git_commit
 
     out = Path(out)
     # Readable backbone names (OUT/names.json, from --name or the demo); otherwise shortened sources.

@@ -19,9 +19,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ctssl.logs import setup_logging
-    from eval.report import write_report
-    from eval.runs import collate
+    from ctssl.core.logs import setup_logging
+    from ctssl.eval.report import write_report
+    from ctssl.eval.runs import collate
 
     setup_logging(args.log_level)
     if not Path(args.out).is_dir():

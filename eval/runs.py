@@ -26,15 +26,19 @@ from pathlib import Path
 import numpy as np
 
 from ctssl import __version__
-from ctssl.atomic import atomic_open, atomic_write_text
-from eval.agreement import prediction_similarity
-from eval.metrics import accuracy, balanced_accuracy, bootstrap_ci, macro_auroc, paired_bootstrap
+from ctssl.core.atomic import atomic_open, atomic_write_text
+from ctssl.eval.agreement import prediction_similarity
+from ctssl.eval.metrics import accuracy, balanced_accuracy, bootstrap_ci, macro_auroc, paired_bootstrap
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
+    """The commit of the ctssl checkout running (``+dirty`` with local changes); None when ctssl runs from
+    an installed wheel (no checkout of its own: an enclosing repository would be someone else's)."""
+    if not (REPO / ".git").exists():
+        return None
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10)
@@ -46,7 +50,7 @@ def git_commit() -> str | None:
 
 
 def provenance() -> dict:
-    from ctssl.machine import machine_info
+    from ctssl.core.machine import machine_info
 
     return {"ctssl": __version__, "git_commit": git_commit(), "command": sys.argv,
             "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info()}

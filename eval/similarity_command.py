@@ -32,8 +32,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctssl.logs import setup_logging
-    from eval.similarity_run import run_similarity
+    from ctssl.core.logs import setup_logging
+    from ctssl.eval.similarity_run import run_similarity
 
     setup_logging(args.log_level)
     result = run_similarity(args.data, args.a, args.b, args.out, split=args.split, samples=args.samples,

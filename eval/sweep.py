@@ -14,10 +14,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ctssl.atomic import atomic_write_text
-from ctssl.config import to_dict
-from eval.probe import ProbeConfig
-from finetune.finetune import FinetuneConfig
+from ctssl.core.atomic import atomic_write_text
+from ctssl.core.config import to_dict
+from ctssl.eval.probe import ProbeConfig
+from ctssl.finetune.finetune import FinetuneConfig
 
 TASKS = ("knn", "probe", "finetune")
 
@@ -48,7 +48,7 @@ class SweepConfig:
 
 
 def validate(cfg: SweepConfig) -> None:
-    from ctssl.config import ConfigError
+    from ctssl.core.config import ConfigError
 
     if not cfg.data:
         raise ConfigError("The sweep needs a dataset: set data (a shard folder, imagefolder:ROOT, .csv or .npz).")
@@ -65,7 +65,7 @@ def jobs(cfg: SweepConfig) -> list[dict]:
 
 
 def write_plan(cfg: SweepConfig) -> Path:
-    from eval.runs import save_names
+    from ctssl.eval.runs import save_names
 
     validate(cfg)
     save_names(cfg.out, cfg.backbones, cfg.names)
@@ -75,8 +75,8 @@ def write_plan(cfg: SweepConfig) -> Path:
 
 
 def run_job(cfg: SweepConfig, index: int) -> list[dict]:
-    from eval.protocols import EvalSpec, knn_runs, probe_runs
-    from finetune.protocol import finetune_runs
+    from ctssl.eval.protocols import EvalSpec, knn_runs, probe_runs
+    from ctssl.finetune.protocol import finetune_runs
 
     validate(cfg)
     all_jobs = jobs(cfg)
@@ -95,7 +95,7 @@ def run_job(cfg: SweepConfig, index: int) -> list[dict]:
 
 def missing_jobs(cfg: SweepConfig) -> list[dict]:
     """Jobs with no finished run record (matched by task, backbone, fraction, seed)."""
-    from eval.runs import RunStore
+    from ctssl.eval.runs import RunStore
 
     done = {(r["task"], r["backbone"], r["fraction"], r["seed"]) for r in RunStore(cfg.out).records()}
     return [j for j in jobs(cfg) if (j["task"], j["backbone"], j["fraction"], j["seed"]) not in done]

@@ -40,9 +40,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctssl.config import ConfigError, resolve_config
-    from ctssl.logs import setup_logging
-    from eval import sweep
+    from ctssl.core.config import ConfigError, resolve_config
+    from ctssl.core.logs import setup_logging
+    from ctssl.eval import sweep
 
     setup_logging(args.log_level)
     if not args.config:
@@ -67,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(cfg) -> int:
-    from eval.runs import collate
-    from eval.sweep import missing_jobs
+    from ctssl.eval.runs import collate
+    from ctssl.eval.sweep import missing_jobs
 
     results, comparisons = collate(cfg.out, cfg.n_boot)
     missing = missing_jobs(cfg)
     print(f"results: {results}\ncomparisons: {comparisons}")
-    from eval.report import write_report
+    from ctssl.eval.report import write_report
 
     html, markdown = write_report(cfg.out)
     print(f"report: {html}\nsummary: {markdown}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from eval.options import add_eval_options
+from ctssl.eval.options import add_eval_options
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,10 +36,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctssl.logs import setup_logging
-    from eval.options import eval_spec, finish
-    from finetune.finetune import FinetuneConfig
-    from finetune.protocol import finetune_runs
+    from ctssl.core.logs import setup_logging
+    from ctssl.eval.options import eval_spec, finish
+    from ctssl.finetune.finetune import FinetuneConfig
+    from ctssl.finetune.protocol import finetune_runs
 
     setup_logging(args.log_level)
     cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eval.probe import score, selection_metric
+from ctssl.eval.probe import score, selection_metric
 
 logger = logging.getLogger(__name__)
 

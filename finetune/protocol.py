@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.datasets import open_dataset
-from eval.inputs import input_spec, prepare
-from eval.protocols import EvalSpec, headline
-from eval.runs import RunStore, metrics_with_ci, provenance, run_id, subsample
-from eval.sources import load_backbone
-from finetune.finetune import FinetuneConfig, finetune, predict
+from ctssl.eval.datasets import open_dataset
+from ctssl.eval.inputs import input_spec, prepare
+from ctssl.eval.protocols import EvalSpec, headline
+from ctssl.eval.runs import RunStore, metrics_with_ci, provenance, run_id, subsample
+from ctssl.eval.sources import load_backbone
+from ctssl.finetune.finetune import FinetuneConfig, finetune, predict
 
 logger = logging.getLogger(__name__)
 VARIANTS = ("best_val", "final")
@@ -61,7 +61,7 @@ def finetune_runs(spec: EvalSpec, cfg: FinetuneConfig, out: str | Path) -> list[
                 test = data.split("test")
                 test_y, test_groups = data.targets("test"), data.groups("test")
                 if cfg.save_model and cfg.truncate == 0:
-                    from pretrain.checkpoint import export_backbone
+                    from ctssl.pretrain.checkpoint import export_backbone
 
                     folder = out / "models" / ids["best_val"]
                     folder.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ctssl.atomic import atomic_write_text
+from ctssl.core.atomic import atomic_write_text
 
 
 def _median_rate(fn, items: int, repeats: int) -> float:
@@ -39,8 +39,8 @@ def bench_shards(out: Path) -> Path:
     shards = out / "bench-shards"
     if (shards / "manifest.json").exists():
         return shards
-    from data.ingest import IngestConfig, SplitFractions, run_ingest
-    from data.synth import NaturalConfig, SynthConfig, run_synth
+    from ctssl.data.ingest import IngestConfig, SplitFractions, run_ingest
+    from ctssl.data.synth import NaturalConfig, SynthConfig, run_synth
 
     corpus = out / "bench-corpus"
     run_synth(SynthConfig(out=str(corpus), patients=4, seed=1, natural=NaturalConfig(enabled=False),
@@ -55,12 +55,12 @@ def bench_loader(out: str | Path, n: int = 256, repeats: int = 3) -> dict:
     from lightly.transforms import SimCLRTransform
     from PIL import Image
 
-    from data.windowing import to_uint8
-    from pretrain.config import PretrainConfig
-    from pretrain.loader import make_loader
-    from pretrain.views import CTViews, crop_specs
-    from shards.encoding import decode_hu
-    from shards.reader import iter_shard, shard_paths
+    from ctssl.data.windowing import to_uint8
+    from ctssl.pretrain.config import PretrainConfig
+    from ctssl.pretrain.loader import make_loader
+    from ctssl.pretrain.views import CTViews, crop_specs
+    from ctssl.shards.encoding import decode_hu
+    from ctssl.shards.reader import iter_shard, shard_paths
 
     torch.set_num_threads(1)
     out = Path(out)
@@ -109,9 +109,9 @@ def bench_loader(out: str | Path, n: int = 256, repeats: int = 3) -> dict:
 
 
 def bench_train(out: str | Path, batch: int = 32, sizes=(96, 224), steps: int = 3) -> dict:
-    from pretrain.backbones import build_backbone
-    from pretrain.config import SimCLRConfig
-    from pretrain.methods.simclr import SimCLR
+    from ctssl.pretrain.backbones import build_backbone
+    from ctssl.pretrain.config import SimCLRConfig
+    from ctssl.pretrain.methods.simclr import SimCLR
 
     torch.set_num_threads(os.cpu_count() or 1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -142,7 +142,7 @@ def bench_train(out: str | Path, batch: int = 32, sizes=(96, 224), steps: int = 
 
 
 def run_pretrain_bench(out: str | Path, which: str) -> dict:
-    from ctssl.machine import machine_info
+    from ctssl.core.machine import machine_info
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

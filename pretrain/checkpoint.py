@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ctssl.atomic import FILE_MODE, TMP_MARK, atomic_write_text
+from ctssl.core.atomic import FILE_MODE, TMP_MARK, atomic_write_text
 
 
 def checkpoint_path(out: str | Path) -> Path:

@@ -19,9 +19,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from shards.encoding import EncodingError, decode_hu
-from shards.manifest import load_manifest
-from shards.reader import shard_paths
+from ctssl.shards.encoding import EncodingError, decode_hu
+from ctssl.shards.manifest import load_manifest
+from ctssl.shards.reader import shard_paths
 
 logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")

@@ -1,4 +1,6 @@
-"""Pretraining entry point: ``accelerate launch pretrain/main.py [options]`` or plain ``python``.
+"""Pretraining entry point: ``accelerate launch pretrain/main.py [options]`` from the repository root,
+``accelerate launch -m ctssl.pretrain.main [options]`` from anywhere once ctssl is installed, or
+plain ``python`` for one process.
 
   accelerate launch --multi_gpu --num_processes 8 pretrain/main.py \\
       --config experiments/simclr_ct.yaml --set data.batch_size=256
@@ -18,7 +20,7 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pretrain/main.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="pretrain/main.py" if not __package__ else "python -m ctssl.pretrain.main", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="experiment YAML (its differences from the defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -36,9 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from ctssl.config import ConfigError, resolve_config
-    from ctssl.logs import setup_logging
-    from pretrain.config import PretrainConfig
+    from ctssl.core.config import ConfigError, resolve_config
+    from ctssl.core.logs import setup_logging
+    from ctssl.pretrain.config import PretrainConfig
 
     args = parse_args(argv)
     options = {"out": args.out, "data.shards": args.shards, "method.name": args.method,
@@ -51,13 +53,25 @@ def main(argv=None) -> int:
         return 2
     rank = int(os.environ.get("RANK", "0"))
     setup_logging(args.log_level, f"{cfg.out}/logs/rank{rank}.log", is_main=rank == 0)
-    from pretrain.train import train
+    from ctssl.pretrain.train import train
 
     result = train(cfg)
     if rank == 0:
-        logging.getLogger("pretrain").info("done: %s", json.dumps({k: v for k, v in result.items() if k != "knn"}))
+        logging.getLogger("ctssl.pretrain").info("done: %s", json.dumps({k: v for k, v in result.items() if k != "knn"}))
     return 0
 
 
 if __name__ == "__main__":
+    if not __package__:
+        # Run as a file (``accelerate launch pretrain/main.py``): Python put this folder first on
+        # sys.path, where config.py, train.py, ... would shadow top-level modules of those names.
+        # ctssl itself is imported as installed (``pip install -e .``).
+        here = os.path.dirname(os.path.abspath(__file__))
+        sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+        try:
+            import ctssl  # noqa: F401
+        except ImportError:
+            print("pretrain/main.py: ctssl is not installed in this Python; from the repository root run "
+                  "`pip install -e .` (README, command (a)).", file=sys.stderr)
+            sys.exit(2)
     sys.exit(main())

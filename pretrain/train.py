@@ -22,15 +22,15 @@ from lightly.utils.scheduler import cosine_schedule
 from tqdm import tqdm
 
 from ctssl import __version__
-from ctssl.atomic import atomic_write_text
-from ctssl.config import save_config, to_dict
-from ctssl.logs import append_jsonl
-from pretrain.backbones import build_backbone
-from pretrain.checkpoint import build_state, export_backbone, load_checkpoint, restore, save_checkpoint
-from pretrain.config import PretrainConfig
-from pretrain.loader import data_kind, decode, make_loader, steps_per_epoch
-from pretrain.methods import build_method
-from pretrain.views import CTViews, crop_specs, natural_eval_view, natural_views
+from ctssl.core.atomic import atomic_write_text
+from ctssl.core.config import save_config, to_dict
+from ctssl.core.logs import append_jsonl
+from ctssl.pretrain.backbones import build_backbone
+from ctssl.pretrain.checkpoint import build_state, export_backbone, load_checkpoint, restore, save_checkpoint
+from ctssl.pretrain.config import PretrainConfig
+from ctssl.pretrain.loader import data_kind, decode, make_loader, steps_per_epoch
+from ctssl.pretrain.methods import build_method
+from ctssl.pretrain.views import CTViews, crop_specs, natural_eval_view, natural_views
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class KNNMonitor:
         return torch.cat(feats)
 
     def __call__(self, backbone, device, channels_last: bool) -> float:
-        from eval.knn import knn_accuracy
+        from ctssl.eval.knn import knn_accuracy
 
         was_training = backbone.training
         backbone.eval()
@@ -133,7 +133,7 @@ def _labelled_subset(shards: str, split: str, label: str, n: int, seed: int, sca
     ``scan_factor * n`` labelled samples met in a seeded random order of the split's shards."""
     import random
 
-    from shards.reader import iter_shard, shard_paths
+    from ctssl.shards.reader import iter_shard, shard_paths
 
     rng = random.Random(seed)
     paths = shard_paths(shards, split)

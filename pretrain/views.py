@@ -18,7 +18,7 @@ from scipy.ndimage import gaussian_filter
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
-from data.windowing import get_window, stack_windows
+from ctssl.data.windowing import get_window, stack_windows
 
 RATIO = (3 / 4, 4 / 3)
 

@@ -36,11 +36,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctssl.logs import setup_logging
+    from ctssl.core.logs import setup_logging
 
     setup_logging(args.log_level)
     if args.action == "verify":
-        from shards.verify import verify_shards
+        from ctssl.shards.verify import verify_shards
 
         problems, counts = verify_shards(args.folder)
         if problems:
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
               f"{counts['per_split']}, all decoded, sizes and SHA-256 match the manifest")
         return 0
     if args.action == "from-images":
-        from shards.from_images import images_to_shards
+        from ctssl.shards.from_images import images_to_shards
 
         try:
             manifest = images_to_shards(args.folder, args.out, args.shard_size_mb, args.seed)
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.out}: {manifest['totals']['samples']} images, {len(manifest['classes'])} classes, "
               f"{manifest['totals']['shards']} shard(s) {dict((k, v['samples']) for k, v in manifest['splits'].items())}")
         return 0
-    from shards.inspect import inspect_shards
+    from ctssl.shards.inspect import inspect_shards
 
     out = args.out or f"{args.folder}/inspect"
     summary = inspect_shards(args.folder, out, args.window, args.tiles, args.seed)

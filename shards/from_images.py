@@ -16,9 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ctssl import __version__
-from ctssl.atomic import remove_stale_temporaries
-from shards.manifest import MANIFEST_NAME, build_manifest, write_manifest
-from shards.writer import ShardWriter
+from ctssl.core.atomic import remove_stale_temporaries
+from ctssl.shards.manifest import MANIFEST_NAME, build_manifest, write_manifest
+from ctssl.shards.writer import ShardWriter
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 SPLITS = ("train", "val", "test")

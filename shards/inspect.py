@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ctssl.atomic import atomic_write_text
-from data.contact_sheet import Tile, save_contact_sheet
-from data.windowing import get_window
-from shards.reader import iter_samples
+from ctssl.core.atomic import atomic_write_text
+from ctssl.data.contact_sheet import Tile, save_contact_sheet
+from ctssl.data.windowing import get_window
+from ctssl.shards.reader import iter_samples
 
 HIST_EDGES = np.arange(-1024, 3072 + 64, 64)
 

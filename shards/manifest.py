@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ctssl.atomic import atomic_write_text
+from ctssl.core.atomic import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "ctssl-shards"

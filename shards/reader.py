@@ -7,8 +7,8 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from shards.encoding import decode_hu
-from shards.manifest import MANIFEST_NAME, load_manifest
+from ctssl.shards.encoding import decode_hu
+from ctssl.shards.manifest import MANIFEST_NAME, load_manifest
 
 
 def shard_paths(path: str | Path, split: str | None = None) -> list[Path]:

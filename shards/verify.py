@@ -6,11 +6,11 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
-from ctssl.atomic import TMP_MARK
-from shards.encoding import EncodingError
-from shards.manifest import load_manifest
-from shards.reader import iter_shard
-from shards.writer import file_sha256
+from ctssl.core.atomic import TMP_MARK
+from ctssl.shards.encoding import EncodingError
+from ctssl.shards.manifest import load_manifest
+from ctssl.shards.reader import iter_shard
+from ctssl.shards.writer import file_sha256
 
 
 def verify_shards(folder: str | Path) -> tuple[list[str], dict]:

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctssl.atomic import FILE_MODE, TMP_MARK
+from ctssl.core.atomic import FILE_MODE, TMP_MARK
 
 
 @dataclass

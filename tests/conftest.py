@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from data.ingest import IngestConfig, run_ingest
-from shards.from_images import images_to_shards
+from ctssl.data.ingest import IngestConfig, run_ingest
+from ctssl.shards.from_images import images_to_shards
 
-from data.synth import NaturalConfig, SynthConfig, run_synth
+from ctssl.data.synth import NaturalConfig, SynthConfig, run_synth
 
 # Eight studies cover the whole fixed catalogue of quirks (data.synth_study.CATALOGUE).
 SMALL = dict(patients=8, seed=7, matrix=96, thickness_mm=[3.0, 5.0],
@@ -71,7 +71,7 @@ def natural_shards(corpus, tmp_path_factory):
 def eval_shards(corpus, tmp_path_factory):
     """Labelled CT shards for the evaluation tests: 4 / 2 / 2 patients in train / val / test,
     so that the held-out splits hold more than one patient and more than one region."""
-    from data.ingest import SplitFractions
+    from ctssl.data.ingest import SplitFractions
 
     cfg, _ = corpus
     out = tmp_path_factory.mktemp("eval") / "ct"

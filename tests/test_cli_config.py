@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ctssl.cli import COMMANDS, main
-from ctssl.config import ConfigError, resolve_config, save_config, load_config
+from ctssl.cli.main import COMMANDS, main
+from ctssl.core.config import ConfigError, resolve_config, save_config, load_config
 
 
 @dataclass
@@ -50,7 +50,7 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def _help(*words):
-    out = subprocess.run([sys.executable, "-m", "ctssl.cli", *words, "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "ctssl", *words, "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -58,7 +58,7 @@ def _help(*words):
 def test_help_explains_every_command_and_phase():
     import argparse
 
-    from ctssl.cli import build_parser
+    from ctssl.cli.main import build_parser
 
     top = _help()
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))

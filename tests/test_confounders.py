@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctssl.cli import main
-from eval.confounders import confounded_set, inject
+from ctssl.cli.main import main
+from ctssl.eval.confounders import confounded_set, inject
 
 
 def test_confounders_change_only_what_they_should():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from ctssl.cli import main
+from ctssl.cli.main import main
 
 BACKBONES = ["random init", "SimCLR on CT", "DINO on CT", "SimCLR on natural images"]
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from eval.datasets import open_dataset, split_of
-from eval.features import cached_features
-from eval.inputs import input_spec, prepare
-from eval.runs import subsample
-from eval.sources import load_backbone, radimagenet_state_dict
-from pretrain.backbones import build_backbone
+from ctssl.eval.datasets import open_dataset, split_of
+from ctssl.eval.features import cached_features
+from ctssl.eval.inputs import input_spec, prepare
+from ctssl.eval.runs import subsample
+from ctssl.eval.sources import load_backbone, radimagenet_state_dict
+from ctssl.pretrain.backbones import build_backbone
 
 
 def _png(path, value: int, size: int = 20):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from finetune.finetune import Classifier, FinetuneConfig, finetune, predict
-from pretrain.backbones import build_backbone
+from ctssl.finetune.finetune import Classifier, FinetuneConfig, finetune, predict
+from ctssl.pretrain.backbones import build_backbone
 
 
 @pytest.mark.parametrize("name,truncate,dim", [("resnet18", 0, 512), ("resnet18", 2, 128), ("resnet50", 2, 512),

@@ -11,13 +11,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import data.ingest as ingest_module
-from ctssl.cli import main
-from data.ingest import IngestConfig, run_ingest
-from data.pseudonym import pseudonym
-from data.synth import make_plan
-from shards.reader import iter_samples, shard_paths
-from shards.verify import verify_shards
+import ctssl.data.ingest as ingest_module
+from ctssl.cli.main import main
+from ctssl.data.ingest import IngestConfig, run_ingest
+from ctssl.data.pseudonym import pseudonym
+from ctssl.data.synth import make_plan
+from ctssl.shards.reader import iter_samples, shard_paths
+from ctssl.shards.verify import verify_shards
 from tests.helpers import read_dicom_folder
 from tests.test_ingest_dicom import reference_hu
 

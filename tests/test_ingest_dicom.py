@@ -7,8 +7,8 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
 
-from data.ingest import IngestConfig, run_ingest
-from shards.reader import iter_samples
+from ctssl.data.ingest import IngestConfig, run_ingest
+from ctssl.shards.reader import iter_samples
 from tests.dicom_factory import SYNTAXES, ct_dataset, enhanced_ct, phantom_stored, save
 
 SALT = "test-salt-0123456789abcdef"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
-from data.ingest import IngestConfig, run_ingest
-from shards.reader import iter_samples
+from ctssl.data.ingest import IngestConfig, run_ingest
+from ctssl.shards.reader import iter_samples
 
 
 @pytest.fixture(autouse=True)

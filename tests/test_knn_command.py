@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from ctssl.cli import main
-from eval.sources import load_backbone
-from pretrain.backbones import build_backbone
-from pretrain.checkpoint import export_backbone
+from ctssl.cli.main import main
+from ctssl.eval.sources import load_backbone
+from ctssl.pretrain.backbones import build_backbone
+from ctssl.pretrain.checkpoint import export_backbone
 
 
 class _Holder(torch.nn.Module):

@@ -24,9 +24,11 @@ SMALL = ["--batch-size", "4", "--set", "data.image_size=32", "--set", "data.num_
          "--set", "method.dino.local_crops=2"]
 
 
-def launch(out, shards, *extra, background=False):
-    cmd = [*ACCELERATE, str(REPO / "pretrain" / "main.py"), "--shards", str(shards), "--out", str(out),
-           *SMALL, *extra]
+def launch(out, shards, *extra, background=False, module=False):
+    """``accelerate launch pretrain/main.py`` (as documented for a checkout), or with ``module``
+    ``accelerate launch -m ctssl.pretrain.main`` (as documented for an installed ctssl)."""
+    entry = ["-m", "ctssl.pretrain.main"] if module else [str(REPO / "pretrain" / "main.py")]
+    cmd = [*ACCELERATE, *entry, "--shards", str(shards), "--out", str(out), *SMALL, *extra]
     if background:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
@@ -57,7 +59,8 @@ def test_simclr_two_processes_then_resume(ct_shards, tmp_path):
 
 def test_dino_two_processes_on_natural_images(natural_shards, tmp_path):
     out = tmp_path / "dino"
-    launch(out, natural_shards, "--method", "dino", "--max-steps", "3", "--set", "monitor.knn_label=class")
+    launch(out, natural_shards, "--method", "dino", "--max-steps", "3", "--set", "monitor.knn_label=class",
+           module=True)
     losses = [m["loss"] for m in metrics(out) if "loss" in m]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     assert any("knn_accuracy" in m for m in metrics(out))

@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pretrain.backbones import BACKBONES, adapt_input_conv, build_backbone
-from pretrain.config import DINOConfig, SimCLRConfig
+from ctssl.pretrain.backbones import BACKBONES, adapt_input_conv, build_backbone
+from ctssl.pretrain.config import DINOConfig, SimCLRConfig
 
 
 def _free_port() -> int:
@@ -58,8 +58,8 @@ def test_ntxent_two_processes_equals_one_process_on_the_whole_batch():
 
 
 def test_dino_teacher_is_an_ema_of_the_student():
-    from pretrain.methods import build_method
-    from pretrain.config import MethodConfig
+    from ctssl.pretrain.methods import build_method
+    from ctssl.pretrain.config import MethodConfig
 
     backbone, dim = build_backbone("resnet18", 1)
     cfg = MethodConfig(name="dino", dino=DINOConfig(output_dim=64, hidden_dim=32, bottleneck_dim=16))

@@ -7,8 +7,8 @@ import pytest
 from sklearn.datasets import make_classification
 from sklearn.linear_model import LogisticRegression
 
-from eval.metrics import accuracy, macro_auroc
-from eval.probe import LinearGrid, ProbeConfig, logreg_crosscheck, predict, standardise, train_probe
+from ctssl.eval.metrics import accuracy, macro_auroc
+from ctssl.eval.probe import LinearGrid, ProbeConfig, logreg_crosscheck, predict, standardise, train_probe
 
 
 def _blobs(class_sep: float, classes: int = 4, seed: int = 0):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from data.pseudonym import SaltError, assign_splits, load_salt, pseudonym
+from ctssl.data.pseudonym import SaltError, assign_splits, load_salt, pseudonym
 
 
 def test_pseudonyms_are_keyed_and_stable():

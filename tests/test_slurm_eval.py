@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CTSSL = [sys.executable, "-m", "ctssl.cli"]
+CTSSL = [sys.executable, "-m", "ctssl"]
 
 
 def _sweep(path: Path, shards, out: Path) -> Path:

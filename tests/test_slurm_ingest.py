@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data.ingest import IngestConfig, run_ingest
-from shards.reader import iter_samples
-from shards.verify import verify_shards
+from ctssl.data.ingest import IngestConfig, run_ingest
+from ctssl.shards.reader import iter_samples
+from ctssl.shards.verify import verify_shards
 
 REPO = Path(__file__).resolve().parents[1]
 SALT = "slurm-test-salt-0123456789"
@@ -33,7 +33,7 @@ def test_array_ingest_with_a_killed_task_matches_single_process(corpus, slurm, t
                             labels=[labels]))
 
     out = tmp_path / "array"
-    env = {"CTSSL": f"{sys.executable} -m ctssl.cli", "CTSSL_SALT": SALT, "CTSSL_OUT": str(out),
+    env = {"CTSSL": f"{sys.executable} -m ctssl", "CTSSL_SALT": SALT, "CTSSL_OUT": str(out),
            "CTSSL_NUM_TASKS": "4", "CTSSL_FAULT_KILL": "1:1"}  # task 1 dies after one shard
     submitted = slurm.run("bash", str(REPO / "slurm" / "ingest.sh"), cfg.out, *options, env=env, cwd=tmp_path)
     plan_job, tasks_job, merge_job = re.search(r"plan (\d+), tasks (\d+) .*merge (\d+)", submitted).groups()
@@ -49,7 +49,7 @@ def test_array_ingest_with_a_killed_task_matches_single_process(corpus, slurm, t
     assert max(frames) - min(frames) <= max(plan["tasks"], key=lambda t: t["frames"])["frames"] / 2 + 200
 
     # Merge refuses and names the unfinished task.
-    merge = subprocess.run([sys.executable, "-m", "ctssl.cli", "ingest-array", "merge", "--out", str(out)],
+    merge = subprocess.run([sys.executable, "-m", "ctssl", "ingest-array", "merge", "--out", str(out)],
                            capture_output=True, text=True)
     assert merge.returncode == 1 and "incomplete (started, not finished): 1" in merge.stderr
 
@@ -69,7 +69,7 @@ def test_array_ingest_with_a_killed_task_matches_single_process(corpus, slurm, t
 
     # Rerunning a finished task is a no-op: nothing is rewritten.
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}
-    again = subprocess.run([sys.executable, "-m", "ctssl.cli", "ingest-array", "task", "--out", str(out),
+    again = subprocess.run([sys.executable, "-m", "ctssl", "ingest-array", "task", "--out", str(out),
                             "--task-index", "0"], capture_output=True, text=True)
     assert again.returncode == 0 and "already complete" in again.stderr
     assert before == {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar")}

@@ -15,9 +15,9 @@ from nibabel.orientations import (
     ornt_transform,
 )
 
-from data.synth import make_plan
-from data.synth_dicom import TRANSFER_SYNTAXES
-from data.synth_study import CATALOGUE, render_series
+from ctssl.data.synth import make_plan
+from ctssl.data.synth_dicom import TRANSFER_SYNTAXES
+from ctssl.data.synth_study import CATALOGUE, render_series
 from tests.helpers import read_dicom_folder
 
 

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from ctssl.config import ConfigError
-from data.synth import run_synth
+from ctssl.core.config import ConfigError
+from ctssl.data.synth import run_synth
 from tests.conftest import small_config
 
 

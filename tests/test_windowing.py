@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from data.windowing import WINDOWS, apply_window, stack_windows
-from eval.inputs import input_spec, prepare
-from pretrain.config import CTAugment
-from pretrain.views import CTViews
+from ctssl.data.windowing import WINDOWS, apply_window, stack_windows
+from ctssl.eval.inputs import input_spec, prepare
+from ctssl.pretrain.config import CTAugment
+from ctssl.pretrain.views import CTViews
 
 
 def test_stack_windows_equals_apply_window_per_channel():

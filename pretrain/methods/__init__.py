@@ -10,8 +10,8 @@ Adding a method is one new module registered in ``METHODS``.
 
 from __future__ import annotations
 
-from pretrain.methods.dino import DINO
-from pretrain.methods.simclr import SimCLR
+from ctssl.pretrain.methods.dino import DINO
+from ctssl.pretrain.methods.simclr import SimCLR
 
 METHODS = {"simclr": SimCLR, "dino": DINO}
 

@@ -19,10 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctssl.atomic import atomic_write_text
+from ctssl.core.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[1]
 STAGES = 10
 
 
@@ -60,7 +59,7 @@ def _stage(number: int, name: str, done: bool, fn) -> None:
 
 
 def _pretrain(shards: Path, out: Path, size: DemoSize, method: str, epochs: int, label: str) -> None:
-    cmd = [sys.executable, str(REPO / "pretrain" / "main.py"), "--shards", str(shards), "--out", str(out),
+    cmd = [sys.executable, "-m", "ctssl.pretrain.main", "--shards", str(shards), "--out", str(out),
            "--method", method, "--backbone", "resnet18", "--epochs", str(epochs),
            "--batch-size", str(size.batch_size), "--set", f"data.image_size={size.view_size}",
            "--set", "data.num_workers=1", "--set", f"monitor.knn_label={label}", "--set", "monitor.log_every=10"]
@@ -74,18 +73,18 @@ def _pretrain(shards: Path, out: Path, size: DemoSize, method: str, epochs: int,
 
 
 def run_demo(out: str | Path, quick: bool = False) -> dict:
-    from data.ingest import IngestConfig, SplitFractions, run_ingest
-    from data.synth import NaturalConfig, SynthConfig, run_synth
-    from eval.confounders import ConfounderConfig, run_confounders
-    from eval.gap_run import run_gap
-    from eval.probe import ProbeConfig
-    from eval.protocols import EvalSpec, knn_runs, probe_runs
-    from eval.report import write_report
-    from eval.runs import collate, save_names
-    from eval.similarity_run import run_similarity
-    from finetune.finetune import FinetuneConfig
-    from finetune.protocol import finetune_runs
-    from shards.from_images import images_to_shards
+    from ctssl.data.ingest import IngestConfig, SplitFractions, run_ingest
+    from ctssl.data.synth import NaturalConfig, SynthConfig, run_synth
+    from ctssl.eval.confounders import ConfounderConfig, run_confounders
+    from ctssl.eval.gap_run import run_gap
+    from ctssl.eval.probe import ProbeConfig
+    from ctssl.eval.protocols import EvalSpec, knn_runs, probe_runs
+    from ctssl.eval.report import write_report
+    from ctssl.eval.runs import collate, save_names
+    from ctssl.eval.similarity_run import run_similarity
+    from ctssl.finetune.finetune import FinetuneConfig
+    from ctssl.finetune.protocol import finetune_runs
+    from ctssl.shards.from_images import images_to_shards
 
     size = QUICK if quick else FULL
     out = Path(out)
@@ -149,7 +148,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
 
 def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, quick: bool, html: Path) -> Path:
     """OUT/summary.md: the headline table with readable backbone names, and where the report is."""
-    from eval.report import load_jsonl, headline
+    from ctssl.eval.report import load_jsonl, headline
 
     records = load_jsonl(evaluation / "results.jsonl")
     lines = ["# ctssl demo" + (" (--quick)" if quick else ""), "",

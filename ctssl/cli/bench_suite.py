@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from ctssl.atomic import atomic_write_text
+from ctssl.core.atomic import atomic_write_text
 
 
 def _rows_ingest(r: dict) -> list[list[str]]:
@@ -68,11 +68,11 @@ def _rows_extract(r: dict) -> list[list[str]]:
 
 def run_suite(out: str | Path, scale_series: int = 10_000, scale_slices: int = 1_200_000,
               skip: tuple[str, ...] = ()) -> dict:
-    from ctssl.machine import machine_info
-    from data.ingest_bench import run_ingest_bench
-    from data.ingest_scale_bench import run_scale_bench
-    from eval.bench import run_eval_bench
-    from pretrain.bench import run_pretrain_bench
+    from ctssl.core.machine import machine_info
+    from ctssl.data.ingest_bench import run_ingest_bench
+    from ctssl.data.ingest_scale_bench import run_scale_bench
+    from ctssl.eval.bench import run_eval_bench
+    from ctssl.pretrain.bench import run_pretrain_bench
 
     out = Path(out)
     suites = {

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ctssl.atomic import atomic_write_text
+from ctssl.core.atomic import atomic_write_text
 
 T = TypeVar("T")
 

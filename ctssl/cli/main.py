@@ -12,24 +12,24 @@ import logging
 import sys
 
 from ctssl import __version__
-from ctssl.config import ConfigError
+from ctssl.core.config import ConfigError
 
 # name -> (module, one-line summary). Later stages register here.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("ctssl.demo_command", "the study in miniature on the embedded data (the main job)"),
-    "synth": ("data.synth_command", "generate the embedded synthetic CT corpus (DICOM + NIfTI + labels)"),
-    "ingest": ("data.ingest_command", "DICOM/NIfTI CT volumes to WebDataset shards of HU slices"),
-    "ingest-array": ("data.ingest_array_command", "ingest as plan / task / merge phases, for SLURM arrays"),
-    "shards": ("shards.command", "verify or inspect a shard folder"),
-    "probe": ("eval.probe_command", "linear probe of frozen backbones (learning-rate grid chosen on validation)"),
-    "knn": ("eval.knn_command", "weighted kNN evaluation of frozen backbones (FAISS)"),
-    "finetune": ("finetune.command", "fine-tune full or truncated backbones (early stopping, LLRD)"),
-    "similarity": ("eval.similarity_command", "layer-wise CKA / CCA similarity of two backbones"),
-    "gap": ("eval.gap_command", "domain gap between two datasets in a backbone's feature space"),
-    "confounders": ("eval.confounders_command", "shortcut experiment: confounder in positives, anti-correlated test"),
-    "report": ("eval.report_command", "one self-contained HTML report and a Markdown summary of all results"),
-    "sweep": ("eval.sweep_command", "evaluation sweeps (tasks x backbones x fractions x seeds) as array jobs"),
-    "bench": ("ctssl.bench_command", "rerunnable benchmarks, each against a baseline measured in the same run"),
+    "demo": ("ctssl.cli.demo_command", "the study in miniature on the embedded data (the main job)"),
+    "synth": ("ctssl.data.synth_command", "generate the embedded synthetic CT corpus (DICOM + NIfTI + labels)"),
+    "ingest": ("ctssl.data.ingest_command", "DICOM/NIfTI CT volumes to WebDataset shards of HU slices"),
+    "ingest-array": ("ctssl.data.ingest_array_command", "ingest as plan / task / merge phases, for SLURM arrays"),
+    "shards": ("ctssl.shards.command", "verify or inspect a shard folder"),
+    "probe": ("ctssl.eval.probe_command", "linear probe of frozen backbones (learning-rate grid chosen on validation)"),
+    "knn": ("ctssl.eval.knn_command", "weighted kNN evaluation of frozen backbones (FAISS)"),
+    "finetune": ("ctssl.finetune.command", "fine-tune full or truncated backbones (early stopping, LLRD)"),
+    "similarity": ("ctssl.eval.similarity_command", "layer-wise CKA / CCA similarity of two backbones"),
+    "gap": ("ctssl.eval.gap_command", "domain gap between two datasets in a backbone's feature space"),
+    "confounders": ("ctssl.eval.confounders_command", "shortcut experiment: confounder in positives, anti-correlated test"),
+    "report": ("ctssl.eval.report_command", "one self-contained HTML report and a Markdown summary of all results"),
+    "sweep": ("ctssl.eval.sweep_command", "evaluation sweeps (tasks x backbones x fractions x seeds) as array jobs"),
+    "bench": ("ctssl.cli.bench_command", "rerunnable benchmarks, each against a baseline measured in the same run"),
 }
 
 logger = logging.getLogger("ctssl")

@@ -23,9 +23,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ctssl.config import ConfigError
-    from ctssl.demo import run_demo
-    from ctssl.logs import setup_logging
+    from ctssl.core.config import ConfigError
+    from ctssl.cli.demo import run_demo
+    from ctssl.core.logs import setup_logging
 
     if args.config or args.overrides:
         raise ConfigError("ctssl demo has fixed settings (--quick or not); to change them, run the "

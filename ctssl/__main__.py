@@ -1,0 +1,7 @@
+"""``python -m ctssl``: the same as the ``ctssl`` command."""
+
+import sys
+
+from ctssl.cli.main import main
+
+sys.exit(main())
