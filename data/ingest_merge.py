@@ -52,7 +52,7 @@ def merge(out: str | Path) -> dict:
     manifest = build_manifest(shards, plan["config"], __version__,
                               {"image_size": plan["config"]["image_size"],
                                "hu_range": [plan["config"]["hu_min"], plan["config"]["hu_max"]],
-                               "tasks": n})
+                               "tasks": n, "order": "series"})
     atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=1) + "\n")
     write_manifest(out, manifest)
     # The task item files hold source paths (needed to read the sources); the set is complete.

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import multiprocessing
-import pickle
 import shutil
 import zlib
 from collections import defaultdict
@@ -38,6 +37,7 @@ from tqdm import tqdm
 from ctssl import __version__
 from ctssl.core.atomic import atomic_write_text
 from ctssl.core.config import ConfigError
+from ctssl.core.spill import PickleAppender, read_batches
 from ctssl.data.pseudonym import assign_splits
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ PLAN_DIR = "plan"
 PLAN_NAME = "plan.json"
 PLAN_REPORT_NAME = "plan-report.json"
 RECORDS_PER_PARTITION = 50_000
-RECORD_BATCH = 2_000   # header records per pickled batch
 ITEM_BATCH = 8         # work items (a series each, ~100s of records) per pickled batch
 
 
@@ -56,44 +55,6 @@ def task_items_name(task: int) -> str:
 
 def partition_of(series_uid: str, partitions: int) -> int:
     return zlib.crc32(series_uid.encode()) % partitions
-
-
-class PickleAppender:
-    """Appends pickled batches to a set of files, buffering ``batch`` objects per file."""
-
-    def __init__(self, paths: list[Path], batch: int = RECORD_BATCH):
-        self.paths, self.batch = paths, batch
-        self.buffers: list[list] = [[] for _ in paths]
-        self.counts = [0] * len(paths)
-
-    def add(self, index: int, obj) -> None:
-        self.buffers[index].append(obj)
-        self.counts[index] += 1
-        if len(self.buffers[index]) >= self.batch:
-            self.flush(index)
-
-    def flush(self, index: int) -> None:
-        if self.buffers[index]:
-            with open(self.paths[index], "ab") as handle:
-                pickle.dump(self.buffers[index], handle, protocol=pickle.HIGHEST_PROTOCOL)
-            self.buffers[index] = []
-
-    def close(self) -> None:
-        for i in range(len(self.paths)):
-            self.flush(i)
-
-
-def read_batches(path: Path) -> Iterator:
-    """Every object appended to ``path`` by a PickleAppender (none if the file is absent)."""
-    if not path.exists():
-        return
-    with open(path, "rb") as handle:
-        while True:
-            try:
-                batch = pickle.load(handle)
-            except EOFError:
-                return
-            yield from batch
 
 
 def scan_to_partitions(paths: list[Path], workers: int, folder: Path, partitions: int) -> list[tuple[str, str]]:

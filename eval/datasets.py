@@ -141,7 +141,7 @@ def _hash_file(path: Path) -> str:
 def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = None) -> Dataset:
     import json
 
-    from ctssl.pretrain.loader import decode
+    from ctssl.shards.reader import decode_image
     from ctssl.shards.manifest import MANIFEST_NAME
     from ctssl.shards.reader import iter_shard, shard_paths
 
@@ -177,7 +177,7 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
         for shard in shard_paths(manifest, split):
             for raw in iter_shard(shard, decode=False):
                 if target_of(json.loads(raw["json"])) is not None:
-                    yield decode(raw)[0]
+                    yield decode_image(raw)[0]
 
     fingerprint = _hash_file(manifest) + (f"@{where[0]}={where[1]}" if where else "")
     return Dataset(spec, label, kind or "ct", fingerprint, samples, classes=columns or [], multilabel=bool(columns),

@@ -7,6 +7,13 @@
   ctssl shards from-images ROOT --out DIR
                               an ImageFolder tree (e.g. ImageNet train) to the same shard layout,
                               images kept as encoded, class label kept
+  ctssl shards shuffle DIR --out DIR2 [--workers W]
+                              series-ordered ingest shards to shards whose samples are in uniformly
+                              random order across the whole split (what pretraining reads; keep DIR
+                              for evaluation); bounded memory, resumable, byte-identical reruns
+  ctssl shards shuffle DIR --out DIR2 --phase plan|scatter|gather|merge [--task-index I]
+                              the same pass as phases for SLURM arrays (slurm/shuffle.sh); plan
+                              prints the scatter and gather task counts
 """
 
 from __future__ import annotations
@@ -33,6 +40,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     images.add_argument("--out", required=True, help="output shard folder")
     images.add_argument("--shard-size-mb", type=float, default=256.0, help="target shard size (default 256)")
     images.add_argument("--seed", type=int, default=0, help="order of samples in the shards (default 0)")
+    shuffle = sub.add_parser("shuffle", help="shards mixed across series and patients, for pretraining")
+    shuffle.add_argument("folder", metavar="DIR", help="source shard folder (from ctssl ingest)")
+    shuffle.add_argument("--out", required=True, help="output shard folder (a new one)")
+    shuffle.add_argument("--seed", type=int, default=None, help="shuffle seed (default 0)")
+    shuffle.add_argument("--shard-size-mb", type=float, default=None, help="output shard size (default 256)")
+    shuffle.add_argument("--bucket-mb", type=float, default=None,
+                         help="the most one gather task holds in memory (default 1024)")
+    shuffle.add_argument("--scatter-tasks", type=int, default=None,
+                         help="scatter tasks (default: one per input shard, at most 64)")
+    shuffle.add_argument("--split", action="append", default=None, help="split to shuffle (repeatable; default all)")
+    shuffle.add_argument("--workers", type=int, default=1, help="processes on this machine (default 1)")
+    shuffle.add_argument("--phase", choices=["plan", "scatter", "gather", "merge"], default=None,
+                         help="run one phase (SLURM arrays); default: all phases here")
+    shuffle.add_argument("--task-index", type=int, default=None,
+                         help="scatter/gather task (default $SLURM_ARRAY_TASK_ID)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.out}: {manifest['totals']['samples']} images, {len(manifest['classes'])} classes, "
               f"{manifest['totals']['shards']} shard(s) {dict((k, v['samples']) for k, v in manifest['splits'].items())}")
         return 0
+    if args.action == "shuffle":
+        return _shuffle(args)
     from ctssl.shards.inspect import inspect_shards
 
     out = args.out or f"{args.folder}/inspect"
@@ -69,4 +93,42 @@ def run(args: argparse.Namespace) -> int:
     short = {k: v for k, v in summary.items() if k not in ("hu_histogram",)}
     print(json.dumps(short, indent=1))
     print(f"contact sheet: {out}/contact_sheet.png")
+    return 0
+
+
+def _shuffle(args: argparse.Namespace) -> int:
+    import os
+
+    from ctssl.core.config import ConfigError, resolve_config
+    from ctssl.shards import shuffle
+
+    cfg = resolve_config(shuffle.ShuffleConfig, args.config, args.overrides,
+                         {"seed": args.seed, "shard_size_mb": args.shard_size_mb, "bucket_mb": args.bucket_mb,
+                          "scatter_tasks": args.scatter_tasks, "splits": args.split})
+    if args.phase is None:
+        manifest = shuffle.run_shuffle(args.folder, args.out, cfg, args.workers)
+        print(f"{args.out}: {manifest['totals']['samples']} samples in {manifest['totals']['shards']} shuffled "
+              f"shard(s) {dict((k, v['samples']) for k, v in manifest['splits'].items())}")
+        return 0
+    if args.phase == "plan":
+        plan = shuffle.plan_shuffle(args.folder, args.out, cfg)
+        print(f"scatter {len(plan['scatter'])} gather {len(plan['gather'])}")
+        return 0
+    if args.phase == "merge":
+        try:
+            manifest = shuffle.merge(args.folder, args.out)
+        except shuffle.IncompleteShuffle as err:
+            print(f"ctssl shards shuffle: {err}", file=sys.stderr)
+            return 1
+        print(f"{args.out}: {manifest['totals']['samples']} samples in {manifest['totals']['shards']} shard(s)")
+        return 0
+    task = args.task_index if args.task_index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
+    if task in (None, ""):
+        raise ConfigError(f"--phase {args.phase} needs --task-index or $SLURM_ARRAY_TASK_ID.")
+    try:
+        record = getattr(shuffle, args.phase)(args.folder, args.out, int(task))
+    except shuffle.IncompleteShuffle as err:
+        print(f"ctssl shards shuffle: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: v for k, v in record.items() if k != "shards"}))
     return 0

@@ -6,12 +6,14 @@ Zstandard (level 3) frame is smaller than zlib, PNG-16 or plain zstd, and decode
 faster than PNG-16. Layout, little endian (see shards/FORMAT.md for the specification)::
 
     0   4  magic b"CTHU"
-    4   1  version (1)
-    5   1  flags (bit 0: byte-shuffled)
+    4   1  version (2; 1 is still read)
+    5   1  flags (bit 0: byte-shuffled; no other bit may be set)
     6   2  reserved, 0
     8   4  height (uint32)
     12  4  width (uint32)
-    16  -  one Zstandard frame of 2 * height * width bytes
+    16  -  one Zstandard frame of 2 * height * width bytes; version 2 frames carry Zstandard's content
+           checksum (XXH64), which decompression verifies, so a flipped bit in the pixels is an error
+           and never a silently altered image; the header's fields are checked exactly
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import numpy as np
 import zstandard
 
 MAGIC = b"CTHU"
-VERSION = 1
+VERSION = 2
+READ_VERSIONS = (1, 2)
 FLAG_SHUFFLED = 1
 HEADER = struct.Struct("<4sBBHII")
 ZSTD_LEVEL = 3
 
-_compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+_compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True)
 _decompressor = zstandard.ZstdDecompressor()
 
 
@@ -46,14 +49,19 @@ def encode_hu(hu: np.ndarray) -> bytes:
 
 
 def decode_hu(data: bytes) -> np.ndarray:
-    """``.hu`` bytes -> int16 (H, W) HU image; EncodingError on anything malformed."""
+    """``.hu`` bytes -> int16 (H, W) HU image; EncodingError on anything malformed or corrupted."""
     if len(data) < HEADER.size:
         raise EncodingError(f"truncated .hu payload ({len(data)} bytes)")
-    magic, version, flags, _, h, w = HEADER.unpack_from(data)
-    if magic != MAGIC or version != VERSION:
-        raise EncodingError(f"not a CTHU v{VERSION} payload (magic {magic!r}, version {version})")
+    magic, version, flags, reserved, h, w = HEADER.unpack_from(data)
+    if magic != MAGIC or version not in READ_VERSIONS:
+        raise EncodingError(f"not a CTHU payload (magic {magic!r}, version {version}; readable: {READ_VERSIONS})")
+    if flags & ~FLAG_SHUFFLED or reserved:
+        raise EncodingError(f"corrupt CTHU header (flags {flags:#x}, reserved {reserved:#x})")
+    frame = data[HEADER.size:]
     try:
-        raw = _decompressor.decompress(data[HEADER.size:], max_output_size=2 * h * w)
+        if version >= 2 and not zstandard.get_frame_parameters(frame).has_checksum:
+            raise EncodingError("CTHU v2 payload without its Zstandard checksum (corrupt frame header)")
+        raw = _decompressor.decompress(frame, max_output_size=2 * h * w)
     except zstandard.ZstdError as err:
         raise EncodingError(f"corrupt Zstandard frame: {err}") from None
     if len(raw) != 2 * h * w:

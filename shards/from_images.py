@@ -20,7 +20,7 @@ from ctssl.core.atomic import remove_stale_temporaries
 from ctssl.shards.manifest import MANIFEST_NAME, build_manifest, write_manifest
 from ctssl.shards.writer import ShardWriter
 
-EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}   # ctssl.shards.reader.IMAGE_MEMBERS
 SPLITS = ("train", "val", "test")
 
 
@@ -66,7 +66,8 @@ def images_to_shards(root: str | Path, out: str | Path, shard_size_mb: float = 2
         if writer is not None:
             shards.append(asdict(writer.close()))
     manifest = build_manifest(shards, {"root": str(root), "shard_size_mb": shard_size_mb, "seed": seed},
-                              __version__, {"kind": "natural", "classes": classes})
+                              __version__,
+                              {"kind": "natural", "classes": classes, "order": "shuffled"})
     manifest["encoding"] = {"image": "the source file's bytes, unchanged", "json": "UTF-8 JSON metadata"}
     write_manifest(out, manifest)
     return manifest

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import tarfile
 from collections import Counter
 from pathlib import Path
 
 from ctssl.core.atomic import TMP_MARK
-from ctssl.shards.encoding import EncodingError
 from ctssl.shards.manifest import load_manifest
-from ctssl.shards.reader import iter_shard
+from ctssl.shards.reader import IMAGE_MEMBERS, iter_shard
 from ctssl.shards.writer import file_sha256
 
 
@@ -29,6 +27,7 @@ def verify_shards(folder: str | Path) -> tuple[list[str], dict]:
         problems.append(f"{leftover}: incomplete file left by an interrupted write")
     keys: Counter = Counter()
     per_split: Counter = Counter()
+    ct = manifest.get("kind", "ct") == "ct"
     for shard in manifest["shards"]:
         path = folder / shard["name"]
         if not path.exists():
@@ -40,18 +39,23 @@ def verify_shards(folder: str | Path) -> tuple[list[str], dict]:
         if file_sha256(path) != shard["sha256"]:
             problems.append(f"{shard['name']}: SHA-256 differs from the manifest (corrupted)")
         count = 0
-        try:
-            for sample in iter_shard(path):
-                count += 1
-                keys[sample["key"]] += 1
-                meta = sample["meta"]
-                if list(sample["hu"].shape) != meta.get("shape"):
-                    problems.append(f"{shard['name']}: {sample['key']} image shape "
-                                    f"{list(sample['hu'].shape)} differs from its metadata {meta.get('shape')}")
-                if meta.get("split") != shard["split"]:
-                    problems.append(f"{shard['name']}: {sample['key']} is in split {meta.get('split')}")
-        except (tarfile.TarError, EncodingError, ValueError, EOFError, OSError) as err:
-            problems.append(f"{shard['name']}: unreadable after {count} samples ({type(err).__name__}: {err})")
+
+        def problem(key, reason, shard=shard):
+            problems.append(f"{shard['name']}: {key + ': ' if key else ''}{reason}")
+
+        for sample in iter_shard(path, decode=ct, on_error=problem):
+            count += 1
+            keys[sample["key"]] += 1
+            if not ct:   # natural images: the encoded picture and its metadata, checksums checked
+                if "json" not in sample or not set(sample) & set(IMAGE_MEMBERS):
+                    problems.append(f"{shard['name']}: {sample['key']} lacks its image or metadata")
+                continue
+            meta = sample["meta"]
+            if list(sample["hu"].shape) != meta.get("shape"):
+                problems.append(f"{shard['name']}: {sample['key']} image shape "
+                                f"{list(sample['hu'].shape)} differs from its metadata {meta.get('shape')}")
+            if meta.get("split") != shard["split"]:
+                problems.append(f"{shard['name']}: {sample['key']} is in split {meta.get('split')}")
         if count != shard["samples"]:
             problems.append(f"{shard['name']}: {count} samples decoded, manifest says {shard['samples']}")
         per_split[shard["split"]] += count

@@ -1,9 +1,10 @@
 """Deterministic, atomic WebDataset tar shards.
 
 A shard is a plain tar (USTAR) whose members are grouped by sample key: ``KEY.hu`` (the HU image,
-see shards.encoding) and ``KEY.json`` (metadata). Member headers carry no time stamps or owners,
-so the same samples give byte-identical shards. A shard is written under a temporary name and
-renamed when closed; its SHA-256 is computed while writing.
+see shards.encoding) or an encoded picture, ``KEY.json`` (metadata) and ``KEY.crc`` (the CRC-32 of
+each other member, checked by every reader: shards.reader). Member headers carry no time stamps or
+owners, so the same samples give byte-identical shards. A shard is written under a temporary name
+and renamed when closed; its SHA-256 is computed while writing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctssl.core.atomic import FILE_MODE, TMP_MARK
+from ctssl.shards.reader import CHECKSUM_EXT, checksum_member
 
 
 @dataclass
@@ -66,9 +68,12 @@ class ShardWriter:
         return self._hashing.size
 
     def add(self, key: str, members: dict[str, bytes]) -> None:
-        """Add one sample: ``members`` maps extension (e.g. "hu", "json") to bytes."""
+        """Add one sample: ``members`` maps extension (e.g. "hu", "json") to bytes; its ``.crc`` member
+        is computed here (a ``.crc`` already among ``members``, as a shuffle copies it, is kept as is)."""
         if "." in key or "/" in key:
             raise ValueError(f"Sample key '{key}' must not contain '.' or '/'.")
+        if CHECKSUM_EXT not in members:
+            members = {**members, CHECKSUM_EXT: checksum_member(members)}
         for ext, data in members.items():
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mtime, info.mode = len(data), 0, 0o444
