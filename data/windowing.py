@@ -40,15 +40,24 @@ def to_uint8(hu: np.ndarray, level: float, width: float) -> np.ndarray:
     return np.rint(apply_window(hu, level, width) * 255.0).astype(np.uint8)
 
 
+def window_batch(x, low, width):
+    """The one windowing of every model input (training views, evaluation inputs, monitors).
+
+    ``x``: HU, torch (B, 1, H, W); ``low`` and ``width``: the windows' lower edges and widths, (C,)
+    for every sample alike or (B, C) per sample. Returns (B, C, H, W) in [0, 1]: one window per channel.
+    """
+    low, width = (v.view(-1, v.shape[-1], 1, 1) if v.dim() == 2 else v.view(1, -1, 1, 1) for v in (low, width))
+    return ((x - low) / width).clamp_(0, 1)
+
+
 def stack_windows(x, windows: list[tuple[float, float]]):
     """(1, H, W) HU, a numpy array or a torch tensor -> (C, H, W) in [0, 1] of the same kind: one
-    window (level, width) per channel. The one windowing of every model input (training views,
-    evaluation inputs)."""
-    low = np.array([level - width / 2.0 for level, width in windows], np.float32).reshape(-1, 1, 1)
-    width = np.array([width for _, width in windows], np.float32).reshape(-1, 1, 1)
+    window (level, width) per channel (``window_batch`` for one sample)."""
+    low = np.array([level - width / 2.0 for level, width in windows], np.float32)
+    width = np.array([width for _, width in windows], np.float32)
     if isinstance(x, np.ndarray):
-        out = (x - low) / width
+        out = (x - low.reshape(-1, 1, 1)) / width.reshape(-1, 1, 1)
         return np.clip(out, 0.0, 1.0, out=out)
     import torch
 
-    return ((x - torch.from_numpy(low)) / torch.from_numpy(width)).clamp_(0, 1)
+    return window_batch(x[None], torch.from_numpy(low).to(x.device), torch.from_numpy(width).to(x.device))[0]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctssl.data.windowing import get_window, stack_windows
+from ctssl.data.windowing import get_window
 from ctssl.eval.datasets import image_to_array
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -63,11 +63,11 @@ def input_spec(card: dict, data_kind: str, size: int) -> InputSpec:
 
 def prepare(image, spec: InputSpec) -> torch.Tensor:
     """One stored image -> (in_chans, size, size) float tensor."""
-    if spec.data_kind == "ct":
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None]
-        x = F.interpolate(x, size=(spec.size, spec.size), mode="bilinear", align_corners=False,
-                          antialias=x.shape[-1] > spec.size or x.shape[-2] > spec.size)[0]
-        x = stack_windows(x, [get_window(name) for name in spec.windows])
+    if spec.data_kind == "ct":   # the training views' resize and windowing (pretrain.views.whole_slices)
+        from ctssl.pretrain.views import whole_slices
+
+        return whole_slices([np.asarray(image, dtype=np.int16)], spec.size, [get_window(n) for n in spec.windows],
+                            spec.mean, spec.std)[0]
     else:
         x = torch.from_numpy(image_to_array(image))
         if x.shape[0] == 1 and spec.in_chans > 1:

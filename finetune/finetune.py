@@ -85,6 +85,11 @@ class Classifier(nn.Module):
             raise ValueError(f"Fine-tuning supports resnet* and vit* backbones, not '{name}'.")
         self.head = nn.Linear(dim, num_outputs)
 
+    @property
+    def export_backbone(self) -> nn.Module | None:
+        """The fine-tuned backbone (full networks only), for ``pretrain.checkpoint.export_backbone``."""
+        return self.backbone
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 

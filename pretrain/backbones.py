@@ -54,11 +54,11 @@ def _resnet(model: nn.Module, in_chans: int) -> nn.Module:
 
 
 @register("vit_s16")
-def _vit_s16(in_chans: int):
+def _vit_s16(in_chans: int, drop_path: float = 0.0):
     import timm
 
     model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0,
-                              in_chans=in_chans, dynamic_img_size=True)
+                              in_chans=in_chans, dynamic_img_size=True, drop_path_rate=drop_path)
     return model, model.num_features
 
 
@@ -116,11 +116,13 @@ def _load_strict(model: nn.Module, state: dict, source: str) -> None:
                          f"{'...' if len(unexpected) > 8 else ''}.")
 
 
-def build_backbone(name: str, in_chans: int, init: str = "scratch", weights: str | None = None):
-    """(module, feature_dim) for backbone ``name`` with ``in_chans`` input channels."""
+def build_backbone(name: str, in_chans: int, init: str = "scratch", weights: str | None = None,
+                   drop_path: float = 0.0):
+    """(module, feature_dim) for backbone ``name`` with ``in_chans`` input channels; ``drop_path``
+    (stochastic depth) applies to ViTs."""
     if name not in BACKBONES:
         raise ValueError(f"Unknown backbone '{name}'. Valid backbones are {sorted(BACKBONES)}.")
-    model, dim = BACKBONES[name](in_chans)
+    model, dim = BACKBONES[name](in_chans, drop_path) if drop_path else BACKBONES[name](in_chans)
     if init == "imagenet":
         load_imagenet(model, name, weights, in_chans)
     elif init == "checkpoint":

@@ -1,32 +1,55 @@
 """Checkpoints: one function builds the state; atomic writes; automatic resume; export.
 
-``OUT/checkpoints/last.pt`` holds model (student and teacher), optimizer, scheduler, grad scaler,
-step, epoch and config, written to a temporary name then ``os.replace``d. Loading uses
-``torch.load(weights_only=True)`` and strict state-dict loading. The exported backbone is
-``OUT/backbone.safetensors`` with a JSON card ``OUT/backbone.json``.
+``OUT/checkpoints/last.pt`` holds the model (for DINO student and teacher), the optimizer, the grad
+scaler, the step and epoch, the configuration, the exported backbone's weights under ``backbone``, and
+every process's random-generator states (``rng``: Python, NumPy, torch CPU and CUDA, one entry per
+rank), written to a temporary name then ``os.replace``d. Loading uses ``torch.load(weights_only=True)``
+and strict state-dict loading. The exported backbone is ``OUT/backbone.safetensors`` with a JSON card
+``OUT/backbone.json``; for DINO it is the teacher's, as facebookresearch/dino releases.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ctssl.core.atomic import FILE_MODE, TMP_MARK, atomic_write_text
+from ctssl.core.atomic import FILE_MODE, TMP_MARK, atomic_write_text, remove_stale_temporaries
 
 
 def checkpoint_path(out: str | Path) -> Path:
     return Path(out) / "checkpoints" / "last.pt"
 
 
-def build_state(model, optimizer, scheduler, scaler, step: int, epoch: int, config: dict) -> dict:
-    return {"model": model.state_dict(), "backbone": model.backbone.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "step": step, "epoch": epoch, "config": config}
+def rng_state() -> dict:
+    """This process's generator states (weights_only-loadable: tensors, ints, lists)."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {"python": [py[0], list(py[1]), py[2]],
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def build_state(model, optimizer, scaler, step: int, epoch: int, config: dict, rng: list[dict]) -> dict:
+    return {"model": model.state_dict(), "backbone": model.export_backbone.state_dict(),
+            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+            "step": step, "epoch": epoch, "config": config, "rng": rng}
 
 
 def save_checkpoint(state: dict, out: str | Path) -> Path:
@@ -44,31 +67,39 @@ def save_checkpoint(state: dict, out: str | Path) -> Path:
     return path
 
 
+def clean_temporaries(out: str | Path) -> int:
+    """Delete what killed writes left in ``OUT`` (checkpoints and exports under temporary names)."""
+    return remove_stale_temporaries(out)
+
+
 def load_checkpoint(out: str | Path) -> dict | None:
     path = checkpoint_path(out)
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ValueError(f"Checkpoint '{path}' cannot be read ({type(err).__name__}: {str(err)[:200]}); move it "
+                         "away to start over, or restore it from a backup.") from None
 
 
-def restore(state: dict, model, optimizer, scheduler, scaler) -> None:
+def restore(state: dict, model, optimizer, scaler) -> None:
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
         raise ValueError(f"Checkpoint does not fit the model: missing {missing[:8]}, unexpected {unexpected[:8]}. "
                          "Was it written with another method or backbone?")
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
 
 
 def export_backbone(model, out: str | Path, card: dict) -> Path:
-    """``backbone.safetensors`` and its JSON card (method, data, steps, config)."""
+    """``backbone.safetensors`` (``model.export_backbone``: the backbone that is evaluated) and its card."""
     from safetensors.torch import save_file
 
     out = Path(out)
     path = out / "backbone.safetensors"
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.backbone.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.export_backbone.state_dict().items()}
     tmp = out / f"backbone{TMP_MARK}.safetensors"
     save_file(tensors, str(tmp), metadata={"format": "pt", "ctssl": "backbone"})
     os.replace(tmp, path)

@@ -2,12 +2,13 @@
 ``accelerate launch -m ctssl.pretrain.main [options]`` from anywhere once ctssl is installed, or
 plain ``python`` for one process.
 
-  accelerate launch --multi_gpu --num_processes 8 pretrain/main.py \\
-      --config experiments/simclr_ct.yaml --set data.batch_size=256
+  accelerate launch --multi_gpu --num_processes 8 pretrain/main.py --recipe simclr_rn50_ct \\
+      --shards /scratch/ct-shuffled --out runs/simclr-ct
   python pretrain/main.py --shards runs/demo/shards-ct --method dino --max-steps 100
 
-Configuration: pretrain.config defaults, then ``--config FILE``, then ``--set key=value`` and the
-named options. Resumes automatically from ``--out`` when it holds a checkpoint.
+Configuration (docs/pretraining.md): defaults, the method's reference settings, ``--recipe NAME``, then
+``--config FILE``, then ``--set key=value`` and the named options. Resumes automatically from ``--out``
+when it holds a checkpoint.
 """
 
 from __future__ import annotations
@@ -19,9 +20,22 @@ import os
 import sys
 
 
+def _recipes_epilog() -> str:
+    from ctssl.pretrain.config import RECIPES, recipe_names
+
+    lines = ["recipes (--recipe NAME; pretrain/recipes/NAME.yaml, each citing its source):"]
+    for name in recipe_names():
+        first = next((line.lstrip("# ").strip() for line in (RECIPES / f"{name}.yaml").read_text().splitlines()
+                      if line.startswith("#")), "")
+        lines.append(f"  {name:<26} {first}")
+    return "\n".join(lines)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pretrain/main.py" if not __package__ else "python -m ctssl.pretrain.main", description=__doc__,
+    parser = argparse.ArgumentParser(prog="pretrain/main.py" if not __package__ else "python -m ctssl.pretrain.main",
+                                     description=__doc__, epilog=_recipes_epilog(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default=None, metavar="NAME", help="a study recipe (listed below)")
     parser.add_argument("--config", default=None, help="experiment YAML (its differences from the defaults)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting (repeatable), e.g. --set optim.lr=0.3")
@@ -34,28 +48,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     parser.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    from ctssl.core.config import ConfigError, resolve_config
+    from ctssl.core.config import ConfigError
+    from ctssl.core.lock import LockError
     from ctssl.core.logs import setup_logging
-    from ctssl.pretrain.config import PretrainConfig
+    from ctssl.pretrain.config import resolve_pretrain_config
+    from ctssl.shards.reader import ShardError
 
     args = parse_args(argv)
     options = {"out": args.out, "data.shards": args.shards, "method.name": args.method,
                "model.backbone": args.backbone, "epochs": args.epochs, "max_steps": args.max_steps,
                "data.batch_size": args.batch_size}
-    try:
-        cfg = resolve_config(PretrainConfig, args.config, args.overrides, options)
-    except ConfigError as err:
-        print(f"pretrain: {err}", file=sys.stderr)
-        return 2
     rank = int(os.environ.get("RANK", "0"))
-    setup_logging(args.log_level, f"{cfg.out}/logs/rank{rank}.log", is_main=rank == 0)
-    from ctssl.pretrain.train import train
+    who = "pretrain" if rank == 0 else f"pretrain (rank {rank})"
+    try:
+        cfg = resolve_pretrain_config(args.recipe, args.config, args.overrides, options)
+        setup_logging(args.log_level, f"{cfg.out}/logs/rank{rank}.log", is_main=rank == 0)
+        from ctssl.pretrain.train import train
 
-    result = train(cfg)
+        result = train(cfg)
+    except (ConfigError, LockError, ShardError, FileNotFoundError, NotADirectoryError, PermissionError,
+            ValueError) as err:
+        if args.debug:
+            raise
+        print(f"{who}: {err} (--debug shows the traceback)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{who}: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
     if rank == 0:
         logging.getLogger("ctssl.pretrain").info("done: %s", json.dumps({k: v for k, v in result.items() if k != "knn"}))
     return 0

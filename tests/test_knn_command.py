@@ -19,6 +19,10 @@ class _Holder(torch.nn.Module):
         super().__init__()
         self.backbone = backbone
 
+    @property
+    def export_backbone(self):
+        return self.backbone
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

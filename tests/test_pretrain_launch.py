@@ -46,6 +46,11 @@ def test_simclr_two_processes_then_resume(ct_shards, tmp_path):
     launch(out, ct_shards, "--max-steps", "3")
     config = (out / "config.yaml").read_text()
     assert "processes: 2" in config and "global_batch: 8" in config
+    assert "sync_bn: true" in config.split("resolved:")[1]          # ResNet on 2 processes: synchronised BN
+    import torch
+
+    rngs = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["rng"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])   # each rank its own stream
     losses = [m["loss"] for m in metrics(out) if "loss" in m]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     assert (out / "checkpoints" / "last.pt").exists() and (out / "backbone.safetensors").exists()
@@ -64,7 +69,8 @@ def test_dino_two_processes_on_natural_images(natural_shards, tmp_path):
     losses = [m["loss"] for m in metrics(out) if "loss" in m]
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     assert any("knn_accuracy" in m for m in metrics(out))
-    assert json.loads((out / "backbone.json").read_text())["data"]["kind"] == "natural"
+    card = json.loads((out / "backbone.json").read_text())
+    assert card["data"]["kind"] == "natural" and card["exported"] == "teacher"
 
 
 def test_sigterm_saves_and_the_next_launch_continues(ct_shards, tmp_path):

@@ -105,3 +105,80 @@ def test_imagenet_init_needs_a_local_file_and_adapts_channels(tmp_path):
 
 def test_simclr_default_gathers_negatives():
     assert SimCLRConfig().gather_distributed is True
+
+
+def test_dino_exports_and_monitors_the_teacher():
+    from ctssl.pretrain.config import MethodConfig
+    from ctssl.pretrain.methods import build_method
+
+    backbone, dim = build_backbone("resnet18", 1)
+    model = build_method("dino", backbone, dim, MethodConfig(name="dino", dino=DINOConfig(
+        output_dim=64, hidden_dim=32, bottleneck_dim=16)))
+    assert model.export_backbone is model.teacher_backbone
+    simclr = build_method("simclr", *build_backbone("resnet18", 1), MethodConfig())
+    assert simclr.export_backbone is simclr.backbone
+
+
+def test_collapse_ratio_is_one_when_healthy_and_zero_when_collapsed():
+    from ctssl.pretrain.methods.monitor import collapse_ratio
+
+    torch.manual_seed(0)
+    for dim in (16, 256, 4096):
+        healthy = collapse_ratio(torch.randn(512, dim))
+        assert 0.9 < float(healthy) < 1.1, dim
+    collapsed = torch.randn(1, 256).repeat(512, 1) + 1e-4 * torch.randn(512, 256)
+    assert float(collapse_ratio(collapsed)) < 0.01
+    # The old monitor scaled a 256-d bottleneck by sqrt(4096): a healthy one read as 4x too spread.
+    assert float(collapse_ratio(torch.randn(512, 256))) * (4096 / 256) ** 0.5 > 3.5
+
+
+def test_sync_free_lars_equals_lightlys():
+    from lightly.utils.lars import LARS as LightlyLARS
+
+    from ctssl.pretrain.lars import LARS
+
+    torch.manual_seed(0)
+    params = [torch.randn(5, 4), torch.randn(7), torch.zeros(3, 3)]
+    groups = lambda ps: [{"params": ps[:1] + ps[2:], "weight_decay": 1e-4}, {"params": ps[1:2], "weight_decay": 0.0}]  # noqa: E731
+    a = [p.clone().requires_grad_() for p in params]
+    b = [p.clone().requires_grad_() for p in params]
+    opt_a, opt_b = LARS(groups(a), lr=0.3, momentum=0.9), LightlyLARS(groups(b), lr=0.3, momentum=0.9)
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        grads[2] = torch.zeros_like(grads[2]) if step == 0 else grads[2]      # zero norms take lightly's branch
+        for ps in (a, b):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+        opt_a.step()
+        opt_b.step()
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y)
+
+
+def test_method_reference_settings_and_schedules():
+    import math
+
+    from ctssl.pretrain.config import resolve_pretrain_config
+    from ctssl.pretrain.train import clip_per_parameter, lr_at, resolve_lr, wd_at
+
+    dino = resolve_pretrain_config(None, None, [], {"method.name": "dino"})
+    o = dino.optim
+    assert (o.name, o.base_lr, o.lr_scaling, o.weight_decay, o.weight_decay_end, o.min_lr, o.warmup_epochs,
+            o.clip_grad, o.clip_mode) == ("adamw", 0.0005, "linear", 0.04, 0.4, 1e-6, 10, 3.0, "per_param")
+    assert resolve_lr(dino, 512) == 0.0005 * 2
+    simclr = resolve_pretrain_config(None, None, [], {})
+    assert (simclr.optim.name, simclr.optim.warmup_epochs, simclr.optim.weight_decay_end) == ("lars", 10, None)
+    assert resolve_lr(simclr, 4096) == 0.075 * 64
+    # A user's own value wins over the method's reference.
+    assert resolve_pretrain_config(None, None, ["optim.weight_decay=0.1"], {"method.name": "dino"}).optim.weight_decay == 0.1
+    # Warm-up is linear to the peak, then cosine to the floor; weight decay cosine from start to end.
+    assert lr_at(0, 100, 10, 1.0, 1e-6) == 0.1 and lr_at(9, 100, 10, 1.0, 1e-6) == 1.0
+    assert lr_at(99, 100, 10, 1.0, 1e-6) == 1e-6 + (1 - 1e-6) * 0.5 * (1 + math.cos(math.pi * 89 / 90))
+    assert abs(wd_at(0, 100, 0.04, 0.4) - 0.04) < 1e-12 and abs(wd_at(99, 100, 0.04, 0.4) - 0.4) < 1e-12
+    assert wd_at(50, 100, 1e-6, None) == 1e-6
+    # DINO's per-parameter clipping: each gradient above norm 3 scaled to 3, the others untouched.
+    layer = torch.nn.Linear(4, 4)
+    layer.weight.grad = torch.full((4, 4), 10.0)
+    layer.bias.grad = torch.full((4,), 0.1)
+    clip_per_parameter(layer, 3.0)
+    assert abs(float(layer.weight.grad.norm()) - 3.0) < 1e-4 and torch.equal(layer.bias.grad, torch.full((4,), 0.1))

@@ -8,8 +8,6 @@ import torch
 
 from ctssl.data.windowing import WINDOWS, apply_window, stack_windows
 from ctssl.eval.inputs import input_spec, prepare
-from ctssl.pretrain.config import CTAugment
-from ctssl.pretrain.views import CTViews
 
 
 def test_stack_windows_equals_apply_window_per_channel():
@@ -20,9 +18,16 @@ def test_stack_windows_equals_apply_window_per_channel():
     np.testing.assert_allclose(stack_windows(torch.from_numpy(hu), windows).numpy(), expected, atol=1e-6)
 
 
-def test_training_eval_view_and_evaluation_input_agree():
+def test_training_views_without_augmentation_equal_the_evaluation_input():
+    """The training renderer with no augmentation (whole slice, no flip/blur/noise/jitter) gives exactly the
+    evaluation input of ctssl.eval.inputs: one resize and one windowing for both."""
+    from ctssl.pretrain.config import DataConfig
+    from ctssl.pretrain.views import CTViewMaker
+
     hu = np.random.default_rng(1).integers(-1000, 1500, (40, 40)).astype(np.int16)
-    views = CTViews(["lung", "soft_tissue", "bone"], CTAugment(), [], 0.5, 0.5)
+    data = DataConfig()
+    maker = CTViewMaker(data, [(32, (1.0, 1.0))], 3)
+    rendered = maker.render(CTViewMaker.collate([hu], [CTViewMaker.identity(40, 40, channels=3)]))[0][0]
     spec = input_spec({"in_chans": 3, "method": "simclr", "data": {"windows": ["lung", "soft_tissue", "bone"]}},
                       "ct", 32)
-    torch.testing.assert_close(views.eval_view(hu, 32), prepare(hu, spec), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rendered, prepare(hu, spec), atol=1e-5, rtol=1e-5)

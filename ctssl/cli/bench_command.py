@@ -8,7 +8,10 @@ run, prints a table and writes JSON.
       time and peak memory of the SLURM ingest's plan and merge phases on a synthetic header
       index of that size
   ctssl bench loader [--out DIR]
-      two-view SimCLR CT pipeline samples/s per core vs lightly's SimCLRTransform on PIL
+      CPU time per two-view SimCLR CT sample in the loader (device-side views) vs ctssl 0.1's
+      per-sample CPU views and lightly's SimCLRTransform on PIL
+  ctssl bench batches [--out DIR]
+      distinct series and same-series pairs per 512-batch, series-ordered vs shuffled shards vs i.i.d.
   ctssl bench train [--out DIR]
       SimCLR ResNet-18 training images/s (CPU; GPU with bf16 + channels_last when present)
   ctssl bench knn [--out DIR]
@@ -39,7 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     suite.add_argument("--out", default="runs/bench", help="work folder")
     suite.add_argument("--skip", action="append", default=[], help="suite to leave out (repeatable)")
     suite.add_argument("--scale-slices", type=int, default=1_200_000, help="plan-scale size (default 1200000)")
-    for name, text in (("loader", "view pipeline vs lightly's SimCLRTransform"),
+    for name, text in (("loader", "loader CPU time per sample vs ctssl 0.1's views and lightly's"),
+                       ("batches", "what training batches are made of, vs i.i.d. sampling"),
                        ("train", "training step images/s"), ("knn", "kNN search queries/s vs scikit-learn"),
                        ("extract", "feature extraction images/s")):
         cmd = sub.add_parser(name, help=text)
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_scale_bench(args.out, args.series, args.slices, args.tasks)
         print(format_table(result))
         print(f"written: {args.out}/scale-{args.series}-{args.slices}.json")
-    elif args.suite in ("loader", "train"):
+    elif args.suite in ("loader", "batches", "train"):
         from ctssl.pretrain.bench import format_table, run_pretrain_bench
 
         result = run_pretrain_bench(args.out, args.suite)

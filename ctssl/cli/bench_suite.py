@@ -3,7 +3,8 @@ its baseline measured in the same run), written as JSON and as the Markdown tabl
 docs/benchmarks.md reproduces.
 
 Suites: ingest (vs a naive pydicom + PNG16 baseline), plan-scale (SLURM plan/merge at 1.2M
-slices by default; ``--scale-slices`` for 12M), loader (vs lightly's SimCLRTransform on PIL),
+slices by default; ``--scale-slices`` for 12M), loader (vs ctssl 0.1's views and lightly's transform),
+batches (series-ordered vs shuffled shards vs i.i.d.),
 train (SimCLR ResNet-18 steps), knn (FAISS vs scikit-learn), extract (batched vs one image).
 """
 
@@ -35,10 +36,25 @@ def _rows_scale(r: dict) -> list[list[str]]:
 
 
 def _rows_loader(r: dict) -> list[list[str]]:
-    return [["two-view SimCLR CT views 224², one core", f"{r['ctssl_ct_two_view_samples_per_s']:,.0f} samples/s",
-             f"lightly SimCLRTransform on PIL {r['lightly_simclr_transform_pil_samples_per_s']:,.0f}/s",
-             f"{r['ctssl_vs_lightly']:.1f}x"],
-            ["WebDataset loader end to end, one core", f"{r['webdataset_loader_samples_per_s']:,.0f} samples/s", "", ""]]
+    ms = r["cpu_ms_per_sample"]
+    return [["loader CPU per two-view CT sample 224², one core (device-side views)", f"{ms['worker']:.3f} ms",
+             f"ctssl 0.1 per-sample views {ms['legacy']:.3f} ms", f"{r['worker_vs_legacy']:.1f}x less"],
+            ["ctssl 0.1 per-sample CT views, one core", f"{ms['legacy']:.3f} ms",
+             f"lightly SimCLRTransform on PIL {ms['lightly']:.3f} ms", f"{r['legacy_vs_lightly']:.1f}x less"],
+            ["device-side view rendering on this CPU", f"{ms['render']:.3f} ms per sample", "", ""]]
+
+
+def _rows_batches(r: dict) -> list[list[str]]:
+    e, rows = r["iid_expected"], []
+    for name, row in r["rows"].items():
+        if name.startswith("i.i.d."):
+            continue
+        ratio = r["ratios_vs_iid"][name]
+        rows.append([f"512-batch: {name}", f"{row['distinct_series']['mean']:.1f} series, "
+                     f"{row['same_series_pairs']['mean']:.0f} same-series pairs",
+                     f"i.i.d. {e['distinct_series']:.1f} series, {e['same_series_pairs']:.0f} pairs",
+                     f"{ratio['distinct_series']:.2f}x series, {ratio['same_series_pairs']:.2f}x pairs"])
+    return rows
 
 
 def _rows_train(r: dict) -> list[list[str]]:
@@ -79,6 +95,7 @@ def run_suite(out: str | Path, scale_series: int = 10_000, scale_slices: int = 1
         "ingest": (lambda: run_ingest_bench(out)["results"], _rows_ingest),
         "plan-scale": (lambda: run_scale_bench(out, scale_series, scale_slices, 256), _rows_scale),
         "loader": (lambda: run_pretrain_bench(out, "loader")["results"], _rows_loader),
+        "batches": (lambda: run_pretrain_bench(out, "batches")["results"], _rows_batches),
         "train": (lambda: run_pretrain_bench(out, "train")["results"], _rows_train),
         "knn": (lambda: run_eval_bench(out, "knn")["results"], _rows_knn),
         "extract": (lambda: run_eval_bench(out, "extract")["results"], _rows_extract),

@@ -22,7 +22,7 @@ from pathlib import Path
 from ctssl.core.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
-STAGES = 10
+STAGES = 11
 
 
 @dataclass
@@ -62,7 +62,9 @@ def _pretrain(shards: Path, out: Path, size: DemoSize, method: str, epochs: int,
     cmd = [sys.executable, "-m", "ctssl.pretrain.main", "--shards", str(shards), "--out", str(out),
            "--method", method, "--backbone", "resnet18", "--epochs", str(epochs),
            "--batch-size", str(size.batch_size), "--set", f"data.image_size={size.view_size}",
-           "--set", "data.num_workers=1", "--set", f"monitor.knn_label={label}", "--set", "monitor.log_every=10"]
+           "--set", "data.num_workers=1", "--set", f"monitor.knn_label={label}", "--set", "monitor.log_every=10",
+           # A demo-length schedule: the references warm up for 10 of their 100+ epochs; here 1 of a few.
+           "--set", "optim.warmup_epochs=1"]
     if method == "simclr":
         cmd += ["--set", "method.simclr.hidden_dim=512"]
     else:  # a DINO small enough for two CPU cores: two local crops, a 1024-way head
@@ -85,10 +87,12 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     from ctssl.finetune.finetune import FinetuneConfig
     from ctssl.finetune.protocol import finetune_runs
     from ctssl.shards.from_images import images_to_shards
+    from ctssl.shards.shuffle import ShuffleConfig, run_shuffle
 
     size = QUICK if quick else FULL
     out = Path(out)
     corpus, ct, natural, evaluation = out / "synth", out / "shards-ct", out / "shards-natural", out / "eval"
+    ct_train = out / "shards-ct-shuffled"   # what pretraining reads: slices mixed across series and patients
     os.environ.setdefault("CTSSL_SALT", "ctssl-demo-salt-not-secret-0001")  # demo data only
     start = time.perf_counter()
     _stage(1, "synthetic CT corpus and natural-image stand-in", (corpus / "synth-summary.json").exists(),
@@ -102,12 +106,14 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
                                            # quick: 4 / 2 / 2 patients, so the test split has two
                                            splits=SplitFractions(0.5, 0.25, 0.25) if quick else
                                            SplitFractions(0.6, 0.2, 0.2), workers=2)))
-    _stage(3, "natural images to shards", (natural / "manifest.json").exists(),
+    _stage(3, "shuffle the CT shards for pretraining (ctssl shards shuffle)", (ct_train / "manifest.json").exists(),
+           lambda: run_shuffle(ct, ct_train, ShuffleConfig(shard_size_mb=16), workers=2))
+    _stage(4, "natural images to shards", (natural / "manifest.json").exists(),
            lambda: images_to_shards(corpus / "natural-standin", natural))
-    runs = {"SimCLR on CT": (ct, out / "simclr-ct", "simclr", size.ct_epochs, "region"),
-            "DINO on CT": (ct, out / "dino-ct", "dino", size.dino_epochs, "region"),
+    runs = {"SimCLR on CT": (ct_train, out / "simclr-ct", "simclr", size.ct_epochs, "region"),
+            "DINO on CT": (ct_train, out / "dino-ct", "dino", size.dino_epochs, "region"),
             "SimCLR on natural images": (natural, out / "simclr-natural", "simclr", size.natural_epochs, "class")}
-    for number, (name, (shards, folder, method, epochs, label)) in zip((4, 5, 6), runs.items()):
+    for number, (name, (shards, folder, method, epochs, label)) in zip((5, 6, 7), runs.items()):
         _stage(number, f"{name} pretraining", (folder / "backbone.safetensors").exists(),
                lambda shards=shards, folder=folder, method=method, epochs=epochs, label=label:
                _pretrain(shards, folder, size, method, epochs, label))
@@ -126,16 +132,16 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
         collate(evaluation, 500)
 
     # Protocol runs skip what is done; the stage is complete when every run record exists.
-    _stage(7, "kNN, linear probe and fine-tuning of body region", False, downstream)
+    _stage(8, "kNN, linear probe and fine-tuning of body region", False, downstream)
     ct_simclr, natural_simclr = backbones["SimCLR on CT"], backbones["SimCLR on natural images"]
-    _stage(8, "representation similarity: CT- vs natural-pretrained", (evaluation / "similarity" /
+    _stage(9, "representation similarity: CT- vs natural-pretrained", (evaluation / "similarity" /
            "ct_vs_natural.json").exists(),
            lambda: run_similarity(str(ct), ct_simclr, natural_simclr, evaluation, samples=size.samples,
                                   image_size=size.view_size, name="ct_vs_natural"))
-    _stage(9, "domain gap: CT slices vs natural images", (evaluation / "gap" / "ct_vs_natural.json").exists(),
+    _stage(10, "domain gap: CT slices vs natural images", (evaluation / "gap" / "ct_vs_natural.json").exists(),
            lambda: run_gap(str(ct), str(natural), list(backbones.values()), evaluation, label="region",
                            label_b="class", max_samples=size.samples, image_size=size.view_size, name="ct_vs_natural"))
-    _stage(10, "confounder experiment: an 'L' tag on thorax slices", (evaluation / "confounders" /
+    _stage(11, "confounder experiment: an 'L' tag on thorax slices", (evaluation / "confounders" /
            "tag-thorax.json").exists(),
            lambda: run_confounders(str(ct), [backbones["random init"], natural_simclr, ct_simclr], "region",
                                    ConfounderConfig(confounder="tag", positive="thorax", fractions=[0.0, 0.5, 1.0],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Iterable, Mapping, TypeVar
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -32,29 +32,29 @@ class ConfigError(ValueError):
 
 def resolve_config(
     schema: type[T],
-    config_file: str | Path | None = None,
+    config_file: str | Path | Sequence[str | Path | Mapping] | None = None,
     overrides: Iterable[str] = (),
     options: Mapping[str, Any] | None = None,
 ) -> T:
-    """Merge defaults, experiment file and overrides into a typed config object.
+    """Merge defaults, experiment file(s) and overrides into a typed config object.
 
     Args:
         schema: dataclass type holding the defaults.
-        config_file: optional YAML file with the experiment's differences.
-        overrides: ``key.sub=value`` strings (``--set``), applied after the file.
+        config_file: optional YAML file with the experiment's differences, or a list of layers
+            (YAML files or mappings) merged in order, e.g. a recipe then the user's file.
+        overrides: ``key.sub=value`` strings (``--set``), applied after the files.
         options: named command-line options (dotted key -> value); ``None`` values mean
             "not given" and are skipped. Applied last.
 
     Returns:
         An instance of ``schema`` (nested dataclasses are instantiated).
     """
+    layers = [] if config_file is None else (
+        list(config_file) if isinstance(config_file, (list, tuple)) else [config_file])
     try:
         cfg = OmegaConf.structured(schema)
-        if config_file is not None:
-            path = Path(config_file)
-            if not path.is_file():
-                raise ConfigError(f"Config file '{path}' does not exist.")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+        for layer in layers:
+            cfg = OmegaConf.merge(cfg, layer if isinstance(layer, Mapping) else load_yaml_layer(layer))
         overrides = list(overrides)
         for item in overrides:
             if "=" not in item:
@@ -73,6 +73,27 @@ def resolve_config(
         key = getattr(err, "full_key", None)
         where = f" (key '{key}')" if key else ""
         raise ConfigError(f"Invalid configuration{where}: {first_line}") from None
+
+
+def load_yaml_layer(path: str | Path) -> DictConfig:
+    """One experiment file: a YAML mapping; a clear ConfigError when it is missing or malformed."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist.")
+    try:
+        layer = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"Config file '{path}' is not valid YAML{where}: "
+                          f"{getattr(err, 'problem', None) or err}.") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"Config file '{path}' cannot be read ({type(err).__name__}).") from None
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"Config file '{path}' must hold a mapping of settings (key: value), not a list.")
+    return layer
 
 
 def to_yaml(cfg: Any) -> str:
