@@ -1,79 +1,36 @@
-"""Find CT sources and read DICOM headers into light per-frame records.
+"""Read DICOM headers into light per-frame records, checked before anything is decoded.
 
-Discovery recognises DICOM by content, with or without the 128-byte preamble and file meta,
-whatever the file name; NIfTI by its ``.nii`` / ``.nii.gz`` name. Everything else is counted as
-ignored. Header reading stops before the pixel data; an enhanced (multi-frame) image becomes one
-record per frame, with geometry and rescale taken from its functional groups.
+Header reading stops before the pixel data; an enhanced (multi-frame) image becomes one record per
+frame, with geometry and rescale taken from its functional groups. Identifiers are replaced by keyed
+pseudonyms as they are read (``keyer``, data.pseudonym.Keyer): a record never holds a raw UID or
+patient ID. Work per file is bounded before it starts: a Number of Frames that is absurd, that
+disagrees with the per-frame groups, or that the file is too small to hold is refused (``DataError``),
+never iterated. Values are parsed defensively: geometry, spacing and rescale that are missing, not
+finite, zero or degenerate become ``None`` (or ``rescale_invalid``), and series grouping skips such
+images with a reason (data.dicom_series).
 """
 
 from __future__ import annotations
 
+import math
 import os
-import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+from ctssl.data.guard import DataError
+
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
-# Groups a DICOM data set without preamble can plausibly start with.
-_FIRST_GROUPS = {0x0002, 0x0008}
+SECONDARY_CAPTURE = {"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
+                     "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4"}
+MAX_FRAMES = 4096          # more frames in one CT file is a corrupt header, not an acquisition
+MAX_MATRIX = 8192          # rows or columns beyond this are not a CT slice
 
-
-@dataclass
-class Sources:
-    dicom: list[Path]
-    nifti: list[tuple[Path, Path]]   # (file, the SRC root it was found under)
-    ignored: list[Path]
-
-
-def looks_like_dicom(path: Path) -> bool:
-    """DICOM by content: 'DICM' after a preamble, or a plausible first tag without one."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(132)
-    except OSError:
-        return False
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return True
-    if len(head) < 8:
-        return False
-    group, element = struct.unpack("<HH", head[:4])
-    if group not in _FIRST_GROUPS or element > 0x0100:
-        return False
-    # Explicit VR: two upper-case letters follow the tag; implicit VR: a 4-byte length.
-    vr = head[4:6]
-    if vr.isalpha() and vr.isupper():
-        return True
-    (length,) = struct.unpack("<I", head[4:8])
-    return length < 1 << 16
-
-
-def discover(sources: list[str | Path]) -> Sources:
-    """Walk the sources (files or folders), in sorted order so every run sees the same list."""
-    dicom, nifti, ignored = [], [], []
-    for src in sources:
-        root = Path(src)
-        if not root.exists():
-            raise FileNotFoundError(f"Source '{root}' does not exist.")
-        if root.is_file():
-            files, base = [root], root.parent
-        else:
-            files, base = [], root
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames.sort()
-                files.extend(Path(dirpath) / name for name in sorted(filenames))
-        for path in files:
-            if path.name.endswith(NIFTI_SUFFIXES):
-                nifti.append((path, base))
-            elif looks_like_dicom(path):
-                dicom.append(path)
-            else:
-                ignored.append(path)
-    return Sources(dicom, nifti, ignored)
+Keyer = Callable[[str, str], str]
 
 
 @dataclass
@@ -82,10 +39,10 @@ class FrameRecord:
 
     path: str
     frame: int | None
-    sop_uid: str
+    sop_uid: str                  # keyed pseudonyms (data.pseudonym.Keyer), never the raw values
     series_uid: str
     study_uid: str
-    patient_key: str              # PatientID (or a fallback), only ever used to make a pseudonym
+    patient_key: str
     modality: str
     image_type: tuple[str, ...]
     iop: tuple[float, ...] | None
@@ -108,15 +65,62 @@ class FrameRecord:
     kernel: str
     body_part: str
     slice_thickness: float | None
+    sop_class: str = ""
+    samples_per_pixel: int = 1
+    photometric: str = "MONOCHROME2"
+    bits_allocated: int = 16
+    bits_stored: int = 16
+    rescale_invalid: bool = False     # slope or intercept present but not finite, or slope 0
+    file_size: int = 0
+    alternates: list[tuple[str, int | None]] = field(default_factory=list)  # other copies of this SOP instance
 
 
 def _num(value, cast=float):
     if value is None or value == "":
         return None
     try:
-        return cast(value)
-    except (TypeError, ValueError):
+        out = cast(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return out if cast is not float or math.isfinite(out) else None
+
+
+def _floats(owner: Dataset | None, keyword: str, count: int) -> tuple[float, ...] | None:
+    """Exactly ``count`` finite numbers, or None."""
+    if owner is None or keyword not in owner:
+        return None
+    try:
+        values = tuple(float(v) for v in owner[keyword].value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return values if len(values) == count and all(math.isfinite(v) for v in values) else None
+
+
+def _orientation(values) -> tuple[float, ...] | None:
+    """Image Orientation (Patient): two unit vectors at right angles (tolerance 5%), else None."""
+    if values is None:
+        return None
+    row, col = values[:3], values[3:]
+    norm = lambda v: math.sqrt(sum(x * x for x in v))  # noqa: E731
+    if abs(norm(row) - 1) > 0.05 or abs(norm(col) - 1) > 0.05 or abs(sum(a * b for a, b in zip(row, col))) > 0.05:
+        return None
+    return values
+
+
+def _spacing(values) -> tuple[float, float] | None:
+    return values if values is not None and all(v > 0 for v in values) else None
+
+
+def _rescale(owner) -> tuple[float | None, float | None, bool]:
+    """(slope, intercept, invalid): absent values are None (the CT fallback applies later); present but
+    unparseable, not finite or a zero slope make the image invalid."""
+    if owner is None:
+        return None, None, False
+    raw_slope, raw_intercept = owner.get("RescaleSlope"), owner.get("RescaleIntercept")
+    slope, intercept = _num(raw_slope), _num(raw_intercept)
+    invalid = (raw_slope not in (None, "") and (slope is None or slope == 0)) or \
+              (raw_intercept not in (None, "") and intercept is None)
+    return slope, intercept, invalid
 
 
 def _first(seq_owner: Dataset | None, sequence: str) -> Dataset | None:
@@ -153,36 +157,72 @@ def _str(ds: Dataset, keyword: str) -> str:
     return str(value).strip()
 
 
-def read_records(path: Path) -> list[FrameRecord]:
-    """Header records of one DICOM file (one per frame). Raises on unreadable headers."""
+def _frame_count(ds: Dataset, size: int, max_frames: int) -> int:
+    """Number of Frames, checked against the limit, the per-frame groups and the file's size."""
+    raw = ds.get("NumberOfFrames", 1)
+    n = _num(raw if raw not in (None, "") else 1, int)
+    if n is None or n < 1:
+        raise DataError("invalid Number of Frames")
+    if n > max_frames:
+        raise DataError(f"Number of Frames above the limit of {max_frames} (a corrupt header?)")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and len(per_frame) != n:
+        raise DataError("Number of Frames disagrees with the per-frame functional groups (a corrupt header?)")
+    rows, cols = _num(ds.get("Rows"), int) or 0, _num(ds.get("Columns"), int) or 0
+    samples = _num(ds.get("SamplesPerPixel"), int) or 1
+    bits = _num(ds.get("BitsAllocated"), int) or 16
+    try:
+        syntax = UID(transfer_syntax_of(ds))
+        compressed = syntax.is_compressed or syntax.is_deflated      # deflate shrinks the whole data set
+    except (ValueError, AttributeError):
+        compressed = False
+    needed = n * 8 if compressed else n * rows * cols * samples * max(1, bits) // 8
+    if needed > size:
+        raise DataError("the file is too small for its Rows x Columns x Number of Frames (truncated, or a "
+                        "corrupt header)")
+    return n
+
+
+def read_records(path: Path, keyer: Keyer = lambda kind, value: value, max_frames: int = MAX_FRAMES
+                 ) -> list[FrameRecord]:
+    """Header records of one DICOM file (one per frame). Raises on unreadable or absurd headers."""
+    size = os.path.getsize(path)
     ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     if "SOPInstanceUID" not in ds and "SOPClassUID" not in ds:
-        raise ValueError("no SOP Instance UID: not a DICOM image")
+        raise DataError("no SOP Instance UID: not a DICOM image")
+    rows, cols = _num(ds.get("Rows", 0) or 0, int) or 0, _num(ds.get("Columns", 0) or 0, int) or 0
+    if rows > MAX_MATRIX or cols > MAX_MATRIX:
+        raise DataError(f"Rows or Columns above {MAX_MATRIX}: not a CT slice (or a corrupt header)")
     patient_key = _str(ds, "PatientID") or (_str(ds, "PatientName") + "|" + _str(ds, "PatientBirthDate"))
     base = dict(
-        path=str(path), sop_uid=_str(ds, "SOPInstanceUID"), series_uid=_str(ds, "SeriesInstanceUID"),
-        study_uid=_str(ds, "StudyInstanceUID"), patient_key=patient_key or _str(ds, "StudyInstanceUID"),
-        modality=_str(ds, "Modality").upper(),
-        rows=int(ds.get("Rows", 0) or 0), cols=int(ds.get("Columns", 0) or 0),
-        pixel_representation=int(ds.get("PixelRepresentation", 0) or 0),
+        path=str(path), sop_uid=keyer("sop", _str(ds, "SOPInstanceUID")),
+        series_uid=keyer("series-uid", _str(ds, "SeriesInstanceUID")),
+        study_uid=keyer("study-uid", _str(ds, "StudyInstanceUID")),
+        patient_key=keyer("patient-id", patient_key if patient_key.strip("|") else _str(ds, "StudyInstanceUID")),
+        modality=_str(ds, "Modality").upper(), rows=rows, cols=cols,
+        pixel_representation=_num(ds.get("PixelRepresentation", 0) or 0, int) or 0,
         padding_value=_num(ds.get("PixelPaddingValue"), int),
         padding_limit=_num(ds.get("PixelPaddingRangeLimit"), int),
         acquisition=_num(ds.get("AcquisitionNumber"), int), instance=_num(ds.get("InstanceNumber"), int),
         transfer_syntax=transfer_syntax_of(ds), manufacturer=_str(ds, "Manufacturer"),
         model=_str(ds, "ManufacturerModelName"), kvp=_num(ds.get("KVP")),
         kernel=_str(ds, "ConvolutionKernel"), body_part=_str(ds, "BodyPartExamined").upper(),
+        sop_class=_str(ds, "SOPClassUID"), samples_per_pixel=_num(ds.get("SamplesPerPixel"), int) or 1,
+        photometric=_str(ds, "PhotometricInterpretation").upper() or "MONOCHROME2",
+        bits_allocated=_num(ds.get("BitsAllocated"), int) or 16,
+        bits_stored=_num(ds.get("BitsStored"), int) or _num(ds.get("BitsAllocated"), int) or 16, file_size=size,
     )
-    image_type = tuple(v.upper() for v in ds.get("ImageType", []) or [])
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    enhanced = str(ds.get("SOPClassUID", "")) == ENHANCED_CT or "PerFrameFunctionalGroupsSequence" in ds
+    image_type = tuple(str(v).strip().upper() for v in ds.get("ImageType", []) or [])
+    n_frames = _frame_count(ds, size, max_frames)
+    enhanced = base["sop_class"] == ENHANCED_CT or "PerFrameFunctionalGroupsSequence" in ds
     if not enhanced:
+        if n_frames != 1:
+            raise DataError("a multi-frame image that is not an enhanced CT (no per-frame geometry)")
+        slope, intercept, invalid = _rescale(ds)
         return [FrameRecord(
-            frame=None, image_type=image_type,
-            iop=tuple(float(v) for v in ds.ImageOrientationPatient) if "ImageOrientationPatient" in ds else None,
-            ipp=tuple(float(v) for v in ds.ImagePositionPatient) if "ImagePositionPatient" in ds else None,
-            pixel_spacing=tuple(float(v) for v in ds.PixelSpacing) if "PixelSpacing" in ds else None,
-            slope=_num(ds.get("RescaleSlope")), intercept=_num(ds.get("RescaleIntercept")),
-            rescale_type=_str(ds, "RescaleType").upper(),
+            frame=None, image_type=image_type, iop=_orientation(_floats(ds, "ImageOrientationPatient", 6)),
+            ipp=_floats(ds, "ImagePositionPatient", 3), pixel_spacing=_spacing(_floats(ds, "PixelSpacing", 2)),
+            slope=slope, intercept=intercept, rescale_invalid=invalid, rescale_type=_str(ds, "RescaleType").upper(),
             slice_thickness=_num(ds.get("SliceThickness")), **base)]
     records = []
     for frame in range(n_frames):
@@ -191,14 +231,13 @@ def read_records(path: Path) -> list[FrameRecord]:
         measures = _functional(ds, frame, "PixelMeasuresSequence")
         transform = _functional(ds, frame, "PixelValueTransformationSequence")
         frame_type = _functional(ds, frame, "CTImageFrameTypeSequence")
-        ftype = tuple(v.upper() for v in (frame_type.get("FrameType", []) if frame_type else [])) or image_type
+        ftype = tuple(str(v).strip().upper() for v in (frame_type.get("FrameType", []) if frame_type else [])) or image_type
+        slope, intercept, invalid = _rescale(transform)
         records.append(FrameRecord(
-            frame=frame, image_type=ftype,
-            iop=tuple(float(v) for v in orientation.ImageOrientationPatient) if orientation else None,
-            ipp=tuple(float(v) for v in position.ImagePositionPatient) if position else None,
-            pixel_spacing=tuple(float(v) for v in measures.PixelSpacing) if measures and "PixelSpacing" in measures else None,
-            slope=_num(transform.get("RescaleSlope")) if transform else None,
-            intercept=_num(transform.get("RescaleIntercept")) if transform else None,
+            frame=frame, image_type=ftype, iop=_orientation(_floats(orientation, "ImageOrientationPatient", 6)),
+            ipp=_floats(position, "ImagePositionPatient", 3),
+            pixel_spacing=_spacing(_floats(measures, "PixelSpacing", 2)),
+            slope=slope, intercept=intercept, rescale_invalid=invalid,
             rescale_type=(_str(transform, "RescaleType") if transform else "").upper(),
             slice_thickness=_num(measures.get("SliceThickness")) if measures else None, **base))
     return records

@@ -1,18 +1,26 @@
 """Group DICOM frame records into axial CT series, in anatomical order, and load them in HU.
 
-Rules (each skip is counted with its reason in the ingest report):
+Rules (each skip is counted with its own reason in the ingest report; docs/ingest.md lists them):
 
-- group by SeriesInstanceUID, then by geometry (orientation, matrix, pixel spacing): a folder may
-  hold several series and a series may hold a localizer;
-- keep CT only (Modality CT); drop LOCALIZER images and derived images whose Rescale Type is not
-  HU (an unspecified "US" is accepted); drop geometry groups of fewer than ``MIN_GROUP`` images (a stray image whose orientation
-  differs from its series is a localizer in all but name);
-- de-duplicate repeated SOP Instance UIDs (and frames);
-- order by position along the slice normal (cross product of the two orientation vectors), never
-  by Instance Number; repeated positions with different Acquisition Numbers are separate
-  acquisitions (split), with the same Acquisition Number they are duplicates (first kept);
-- only axial acquisitions (normal closest to the patient z axis); a gantry tilt is kept and
-  reported in degrees.
+- keep CT images (Modality CT) that are monochrome slices in Hounsfield units. Skipped: localizers
+  (Image Type LOCALIZER), secondary captures (SOP class), derived secondary images (Image Type
+  DERIVED\\SECONDARY: reformats, MIPs, captures; DERIVED\\PRIMARY reconstructions are kept), colour
+  images (Samples per Pixel > 1: screenshots and dose reports labelled CT), images whose Rescale Type
+  is not HU (an unspecified "US" is accepted), invalid rescale, missing or invalid geometry or spacing;
+- group by SeriesInstanceUID, then by geometry (orientation, matrix, pixel spacing): a folder may hold
+  several series and a series may hold a localizer. The largest group is the series; other groups of two
+  or more images are sub-series of their own; a single image whose geometry differs from the rest of its
+  series is skipped. A series of a single axial image is a series (``min_slices`` raises the bar);
+- de-duplicate repeated SOP Instance UIDs (and frames): the largest copy is read, the others kept as
+  fallbacks, tried in turn when it does not decode (a truncated duplicate never wins);
+- order by position along the slice normal (cross product of the two orientation vectors), never by
+  Instance Number; repeated positions with different Acquisition Numbers are separate acquisitions
+  (split), with the same Acquisition Number duplicates (first kept), all at one position a time series
+  (bolus tracking, dynamic scans: skipped);
+- only axial acquisitions (normal closest to the patient z axis); a gantry tilt is kept and reported.
+
+Loading (``FrameLoader``) checks each codestream against its transfer syntax before decoding, the
+decoded array against Rows x Columns and Bits Stored, and falls back to a duplicate's other copies.
 """
 
 from __future__ import annotations
@@ -24,22 +32,23 @@ from dataclasses import dataclass
 import numpy as np
 import pydicom
 
-from ctssl.data.dicom_headers import FrameRecord
+from ctssl.data.dicom_headers import SECONDARY_CAPTURE, FrameRecord
+from ctssl.data.guard import DataError, is_data_failure
 from ctssl.data.hounsfield import Rescale, padding_mask, rescale_or_fallback, to_hu
 
-MIN_GROUP = 2
 POSITION_TOL_MM = 0.01
 # "US" (unspecified) is what some toolkits (gdcm) write by default; a CT image whose Rescale Type
 # says nothing else is taken as HU. Derived maps say what they are (e.g. MGML, PCT) and are skipped.
 ACCEPTED_RESCALE_TYPES = ("", "HU", "US")
-INCONSISTENT = "orientation or geometry inconsistent with its series (localizer?)"
+STRAY = "geometry differs from the rest of its series (a localizer or a stray reformat?)"
+DUPLICATE = "duplicate SOP Instance UID (another copy is read; this one is its fallback)"
 
 
 @dataclass
 class DicomSeries:
     """An axial CT series ready to load: frames in inferior-to-superior order."""
 
-    series_uid: str
+    series_uid: str                  # keyed pseudonym
     group: str                       # "" or a suffix distinguishing sub-series of one UID
     frames: list[FrameRecord]
     positions: np.ndarray            # (n,) mm along the (superior-pointing) slice normal
@@ -47,6 +56,7 @@ class DicomSeries:
     flip_cols: bool
     transpose: bool
     tilt_deg: float
+
     @property
     def first(self) -> FrameRecord:
         return self.frames[0]
@@ -64,48 +74,74 @@ def _rounded_geometry(iop, rows, cols, spacing):
     return iop, rows, cols, spacing
 
 
-def _frame_skip_reason(rec: FrameRecord) -> str | None:
+# Skips that are the rules working (the image is not an axial CT slice, or is one twice); every other skip
+# reason means a damaged or absurd input, which --strict stops at.
+BY_DESIGN = ("not CT", "secondary capture", "colour image", "localizer", "derived secondary", "not Hounsfield",
+             "geometry differs", "duplicate", "non-axial", "repeated acquisitions", "series of fewer",
+             "thinned", "mostly air", "link to a folder", "rescale tags missing")
+
+
+def is_problem(reason: str) -> bool:
+    """True when a skip reason says the input is damaged or absurd (not merely filtered out)."""
+    return not reason.startswith(BY_DESIGN)
+
+
+def frame_skip_reason(rec: FrameRecord) -> str | None:
     if rec.modality != "CT":
-        return f"not CT (modality {rec.modality or 'missing'})"
+        return f"not CT (modality {rec.modality[:16] or 'missing'})"
+    if rec.sop_class in SECONDARY_CAPTURE:
+        return "secondary capture (a picture, not a CT slice)"
+    if rec.samples_per_pixel != 1 or rec.photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        return "colour image (a screenshot or dose report, not a CT slice)"
     if "LOCALIZER" in rec.image_type:
         return "localizer"
+    if rec.image_type[:2] == ("DERIVED", "SECONDARY"):
+        return "derived secondary image (a reformat, MIP or capture)"
     if rec.rescale_type not in ACCEPTED_RESCALE_TYPES:
-        return f"not Hounsfield units (Rescale Type {rec.rescale_type})"
-    if rec.iop is None or rec.ipp is None or rec.pixel_spacing is None:
-        return "missing geometry (orientation, position or pixel spacing)"
+        return f"not Hounsfield units (Rescale Type {rec.rescale_type[:16]})"
+    if rec.rescale_invalid:
+        return "invalid Rescale Slope or Intercept (not a number, not finite, or a zero slope)"
+    if rec.iop is None or rec.ipp is None:
+        return "missing or invalid geometry (orientation or position absent, not finite or degenerate)"
+    if rec.pixel_spacing is None:
+        return "missing or invalid Pixel Spacing (absent, zero or not finite)"
     if rec.rows < 2 or rec.cols < 2:
         return "not an image (fewer than 2 rows or columns)"
     return None
 
 
-def group_series(records: list[FrameRecord]) -> tuple[list[DicomSeries], dict[tuple[str, str], int]]:
+def group_series(records: list[FrameRecord], min_slices: int = 1
+                 ) -> tuple[list[DicomSeries], dict[tuple[str, str], int]]:
     """Axial CT series from header records, plus skipped frames counted by (path, reason)."""
     skipped: dict[tuple[str, str], int] = defaultdict(int)
     by_uid: dict[str, list[FrameRecord]] = defaultdict(list)
-    seen: set[tuple[str, int | None]] = set()
-    for rec in sorted(records, key=lambda r: (r.path, r.frame or 0)):
-        reason = _frame_skip_reason(rec)
-        if reason is None and (rec.sop_uid, rec.frame) in seen:
-            reason = "duplicate SOP Instance UID"
+    kept: dict[tuple[str, int | None], FrameRecord] = {}
+    # Largest copy of a repeated SOP instance first: a truncated duplicate is smaller.
+    for rec in sorted(records, key=lambda r: (r.sop_uid, r.frame or 0, -r.file_size, r.path)):
+        reason = frame_skip_reason(rec)
         if reason is not None:
             skipped[(rec.path, reason)] += 1
             continue
-        seen.add((rec.sop_uid, rec.frame))
+        primary = kept.get((rec.sop_uid, rec.frame))
+        if primary is not None:
+            primary.alternates.append((rec.path, rec.frame))
+            skipped[(rec.path, DUPLICATE)] += 1
+            continue
+        kept[(rec.sop_uid, rec.frame)] = rec
         by_uid[rec.series_uid].append(rec)
 
     series: list[DicomSeries] = []
     for uid in sorted(by_uid):
         groups: dict[tuple, list[FrameRecord]] = defaultdict(list)
-        for rec in by_uid[uid]:
+        for rec in sorted(by_uid[uid], key=lambda r: (r.path, r.frame or 0)):
             groups[_geometry_key(rec)].append(rec)
-        ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+        ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[1][0].path))
         for g_idx, (_key, frames) in enumerate(ordered):
-            if len(frames) < MIN_GROUP:
+            if g_idx and len(frames) < 2:
                 for rec in frames:
-                    skipped[(rec.path, INCONSISTENT)] += 1
+                    skipped[(rec.path, STRAY)] += 1
                 continue
-            for item in _order_and_split(uid, f"g{g_idx}" if g_idx else "", frames, skipped):
-                series.append(item)
+            series.extend(_order_and_split(uid, f"g{g_idx}" if g_idx else "", frames, skipped, min_slices))
     return series, dict(skipped)
 
 
@@ -116,7 +152,7 @@ def _axes(iop) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return row_dir, col_dir, normal
 
 
-def _order_and_split(uid: str, group: str, frames: list[FrameRecord], skipped) -> list[DicomSeries]:
+def _order_and_split(uid: str, group: str, frames: list[FrameRecord], skipped, min_slices: int) -> list[DicomSeries]:
     row_dir, col_dir, normal = _axes(frames[0].iop)
     if np.argmax(np.abs(normal)) != 2:
         for rec in frames:
@@ -137,10 +173,16 @@ def _order_and_split(uid: str, group: str, frames: list[FrameRecord], skipped) -
             cos = abs(np.dot(step, normal)) / np.linalg.norm(step)
             tilt = float(np.degrees(np.arccos(np.clip(cos, -1, 1))))
 
-    # Repeated positions: other acquisitions (split) or duplicates (first kept).
+    # Repeated positions: other acquisitions (split), duplicates (first kept), or a time series at one
+    # position (bolus tracking, dynamic scans), which is not a volume.
     acquisitions = {f.acquisition for f in frames}
+    distinct = len(np.unique(np.round(positions / POSITION_TOL_MM)))
+    if len(frames) > 1 and distinct == 1 and len(acquisitions) > 1:
+        for rec in frames:
+            skipped[(rec.path, "repeated acquisitions at one position (bolus tracking or a dynamic scan)")] += 1
+        return []
     parts: list[tuple[str, list[int]]] = []
-    if len(acquisitions) > 1 and len(np.unique(np.round(positions / POSITION_TOL_MM))) < len(positions):
+    if len(acquisitions) > 1 and distinct < len(positions):
         for acq in sorted(acquisitions, key=lambda a: (a is None, a)):
             idx = [i for i, f in enumerate(frames) if f.acquisition == acq]
             parts.append((f"{group}a{acq}", idx))
@@ -162,13 +204,48 @@ def _order_and_split(uid: str, group: str, frames: list[FrameRecord], skipped) -
                 continue
             keep.append(i)
             last = i
-        if len(keep) < MIN_GROUP:
+        if len(keep) < min_slices:
             for i in keep:
-                skipped[(frames[i].path, INCONSISTENT)] += 1
+                skipped[(frames[i].path, f"series of fewer than min_slices ({min_slices}) slices")] += 1
             continue
         out.append(DicomSeries(uid, name, [frames[i] for i in keep], positions[keep],
                                flip_rows, flip_cols, transpose, tilt))
     return out
+
+
+# Transfer syntax -> what its first fragment must start with (DICOM PS3.5 annex A.4).
+_JPEG = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
+_JPEG_LS = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
+_J2K = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
+_RLE = ("1.2.840.10008.1.2.5",)
+
+
+def codestream_kind(data: bytes) -> str:
+    """What a compressed frame's first bytes say it is: jpeg, jpeg-ls, jpeg2000, rle or unknown."""
+    if data[:4] == b"\xff\x4f\xff\x51" or data[4:8] == b"jP  ":
+        return "jpeg2000"
+    if data[:2] == b"\xff\xd8":
+        # JPEG-LS frames carry SOF55 (FFF7) where JPEG has SOF0-SOF15 (FFC0-FFCF).
+        head = data[:4096]
+        return "jpeg-ls" if b"\xff\xf7" in head and not any(bytes([0xFF, m]) in head for m in range(0xC0, 0xC4)) \
+            else "jpeg"
+    if len(data) >= 64:
+        segments = int.from_bytes(data[:4], "little")
+        offsets = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "little") for i in range(15)]
+        if 1 <= segments <= 15 and offsets[0] == 64 and offsets[:segments] == sorted(offsets[:segments]):
+            return "rle"
+    return "unknown"
+
+
+def check_codestream(transfer_syntax: str, first_fragment: bytes) -> None:
+    expected = ("jpeg" if transfer_syntax in _JPEG else "jpeg-ls" if transfer_syntax in _JPEG_LS else
+                "jpeg2000" if transfer_syntax in _J2K else "rle" if transfer_syntax in _RLE else None)
+    if expected is None:
+        return
+    found = codestream_kind(first_fragment)
+    if found != expected:
+        raise DataError(f"codestream does not match its transfer syntax ({found} data labelled {expected})")
 
 
 class FrameLoader:
@@ -176,24 +253,50 @@ class FrameLoader:
 
     def __init__(self, hu_min: float, hu_max: float):
         self.hu_min, self.hu_max = hu_min, hu_max
-        self._cache_path: str | None = None
+        self._cache_key: tuple | None = None
         self._cache: np.ndarray | None = None
         self.fallback_used = 0
+        self.duplicates_used = 0
 
-    def _stored(self, rec: FrameRecord) -> np.ndarray:
-        if rec.frame is not None and self._cache_path == rec.path:
-            return self._cache[rec.frame]
-        ds = pydicom.dcmread(rec.path, force=True)
+    def _decode(self, path: str, frame: int | None, rec: FrameRecord) -> np.ndarray:
+        if frame is not None and self._cache_key == (path,):
+            return self._cache[frame]
+        ds = pydicom.dcmread(path, force=True)
         if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
             ds.file_meta = pydicom.dataset.FileMetaDataset()
             ds.file_meta.TransferSyntaxUID = rec.transfer_syntax
+        if "PixelData" not in ds:
+            raise DataError("no Pixel Data")
+        syntax = str(ds.file_meta.TransferSyntaxUID)
+        if pydicom.uid.UID(syntax).is_compressed:
+            from pydicom.encaps import generate_fragmented_frames
+
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            first = next(generate_fragmented_frames(ds.PixelData, number_of_frames=frames), (b"",))
+            check_codestream(syntax, bytes(first[0][:4096]) if first else b"")
         arr = ds.pixel_array
-        if rec.frame is None:
+        if frame is None:
             return arr
         if arr.ndim == 2:
             arr = arr[None]
-        self._cache_path, self._cache = rec.path, arr
-        return arr[rec.frame]
+        self._cache_key, self._cache = (path,), arr
+        return arr[frame]
+
+    def _stored(self, rec: FrameRecord) -> np.ndarray:
+        """The frame's stored values, from the first copy that decodes and passes the checks."""
+        errors = []
+        for i, (path, frame) in enumerate([(rec.path, rec.frame), *rec.alternates]):
+            try:
+                stored = self._decode(path, frame, rec)
+                _check_stored(stored, rec)
+            except BaseException as err:  # noqa: BLE001 - untrusted file: any failure means "try the next copy"
+                if not is_data_failure(err):
+                    raise
+                errors.append(err)
+                continue
+            self.duplicates_used += bool(i)
+            return stored
+        raise errors[0]
 
     def rescale(self, rec: FrameRecord) -> Rescale:
         return rescale_or_fallback(rec.slope, rec.intercept, rec.pixel_representation)
@@ -201,8 +304,6 @@ class FrameLoader:
     def load(self, series: DicomSeries, rec: FrameRecord) -> np.ndarray:
         """float32 HU (H, W) in canonical orientation (rows posterior, columns patient-left)."""
         stored = self._stored(rec)
-        if stored.shape != (rec.rows, rec.cols):
-            raise ValueError(f"pixel data shape {stored.shape} differs from Rows x Columns")
         rescale = self.rescale(rec)
         self.fallback_used += rescale.fallback
         pad = padding_mask(stored, rec.padding_value, rec.padding_limit)
@@ -214,3 +315,21 @@ class FrameLoader:
         if series.flip_cols:
             hu = hu[:, ::-1]
         return np.ascontiguousarray(hu)
+
+
+def _check_stored(stored: np.ndarray, rec: FrameRecord) -> None:
+    """The decoded frame has the header's shape and, padding aside, values within Bits Stored (0.1% of
+    outliers tolerated)."""
+    if stored.shape != (rec.rows, rec.cols):
+        raise DataError(f"decoded pixel data of shape {tuple(stored.shape)[:3]} where Rows x Columns say "
+                        f"{rec.rows} x {rec.cols}")
+    if not np.issubdtype(stored.dtype, np.integer):
+        raise DataError(f"decoded pixel data is {stored.dtype}, not integers")
+    bits = max(1, min(rec.bits_stored, 32))
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if rec.pixel_representation else (0, (1 << bits) - 1)
+    outside = (stored < low) | (stored > high)
+    pad = padding_mask(stored, rec.padding_value, rec.padding_limit)
+    if pad is not None:
+        outside &= ~pad                          # padding may be coded outside the range
+    if np.count_nonzero(outside) > max(1, stored.size // 1000):
+        raise DataError(f"decoded values outside the {bits}-bit range Bits Stored allows (a wrong codestream?)")

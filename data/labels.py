@@ -59,23 +59,31 @@ class SeriesLabels:
         return bool(self.common or self.by_z or self.by_index)
 
 
+# The keyed-pseudonym namespace of each DICOM key column (data.dicom_headers keys identifiers as read).
+KEY_KINDS = {"series_uid": "series-uid", "study_uid": "study-uid", "patient_id": "patient-id"}
+
+
 class LabelTable:
-    def __init__(self, paths: list[str], label_columns: list[str] | None = None):
+    """Labels by identifier. With ``keyer`` (data.pseudonym.Keyer) the DICOM identifiers of the files are
+    keyed as they are loaded, exactly as headers are keyed when read, so the join never holds raw UIDs."""
+
+    def __init__(self, paths: list[str], label_columns: list[str] | None = None, keyer=None):
         self._rows: dict[tuple[str, str], SeriesLabels] = defaultdict(SeriesLabels)
         self.columns: set[str] = set()
+        self.keyer = keyer
         for path in paths:
             self._load(Path(path), set(label_columns or []))
 
     def _load(self, path: Path, wanted: set[str]) -> None:
         if not path.exists():
             raise FileNotFoundError(f"Label file '{path}' does not exist.")
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
             header = reader.fieldnames or []
             keys = [k for k in SERIES_KEYS if k in header]
             if not keys:
-                raise ValueError(f"Label file '{path}' has none of the key columns {SERIES_KEYS}; "
-                                 f"its columns are {header}.")
+                raise ValueError(f"Label file '{path}' has none of the key columns {list(SERIES_KEYS)} "
+                                 f"(it has {len(header)} other column(s)); see docs/ingest.md, Labels.")
             excluded = set(SERIES_KEYS) | set(SLICE_KEYS)
             columns = [c for c in header if c not in excluded
                        and (c in wanted if wanted else c not in DROPPED_BY_DEFAULT)]
@@ -85,13 +93,20 @@ class LabelTable:
                 for key in keys:
                     if not row.get(key):
                         continue
-                    entry = self._rows[(key, row[key])]
-                    if row.get("z_mm"):
-                        entry.by_z.append((float(row["z_mm"]), labels))
-                    elif row.get("slice_index"):
-                        entry.by_index[int(row["slice_index"])] = labels
-                    else:
-                        entry.common.update(labels)
+                    value = row[key].strip()
+                    if self.keyer is not None and key in KEY_KINDS:
+                        value = self.keyer(KEY_KINDS[key], value)
+                    entry = self._rows[(key, value)]
+                    try:
+                        if row.get("z_mm"):
+                            entry.by_z.append((float(row["z_mm"]), labels))
+                        elif row.get("slice_index"):
+                            entry.by_index[int(row["slice_index"])] = labels
+                        else:
+                            entry.common.update(labels)
+                    except ValueError:
+                        raise ValueError(f"Label file '{path}', line {reader.line_num}: z_mm or slice_index "
+                                         "is not a number.") from None
 
     def lookup(self, **identifiers: str) -> SeriesLabels:
         """Labels of a series given its identifiers (series_uid=..., patient_id=..., ...)."""

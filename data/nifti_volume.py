@@ -20,6 +20,9 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from ctssl.data.hounsfield import HU_CEILING, HU_FLOOR
 
 
+MAX_VOXELS = 2048 * 1024 * 1024 // 4     # 2 GB of float32: more is a corrupt header, not a CT volume
+
+
 class NiftiError(ValueError):
     """A NIfTI file ctssl will not ingest; the message is the report's reason."""
 
@@ -36,6 +39,8 @@ class CanonicalVolume:
 def load_nifti(path, hu_min: float = HU_FLOOR, hu_max: float = HU_CEILING) -> CanonicalVolume:
     img = nib.load(str(path))
     shape = img.shape
+    if len(shape) >= 3 and int(np.prod(shape[:3], dtype=np.int64)) > MAX_VOXELS:
+        raise NiftiError(f"more than {MAX_VOXELS:,} voxels (a corrupt header?)")
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
     if len(shape) != 3:
@@ -45,6 +50,8 @@ def load_nifti(path, hu_min: float = HU_FLOOR, hu_max: float = HU_CEILING) -> Ca
     if not np.all(np.isfinite(data)):
         raise NiftiError(f"non-finite values ({int((~np.isfinite(data)).sum())} voxels NaN or inf)")
     affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise NiftiError("invalid affine (not finite, or voxel axes of zero size)")
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine          # RAS -> LPS world
     ornt = io_orientation(affine)
     to_lps = ornt_transform(ornt, axcodes2ornt(("L", "P", "S")))

@@ -54,9 +54,23 @@ def load_salt(salt_file: str | None, create: bool = False) -> bytes:
 
 
 def pseudonym(salt: bytes, kind: str, value: str, length: int = 16) -> str:
-    """Keyed pseudonym of ``value`` within namespace ``kind`` (hex, ``length`` digits)."""
-    digest = hmac.new(salt, f"{kind}\0{value}".encode("utf-8"), hashlib.sha256).hexdigest()
+    """Keyed pseudonym of ``value`` within namespace ``kind`` (hex, ``length`` digits). File names that are
+    not valid UTF-8 (Python keeps their bytes as surrogates) are hashed byte for byte."""
+    digest = hmac.new(salt, f"{kind}\0{value}".encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
     return digest[:length]
+
+
+class Keyer:
+    """``keyer(kind, value)``: the keyed pseudonym (32 hex digits) that replaces a header identifier the moment
+    it is read (SOP/series/study UIDs, the patient key), so that nothing written, spilled or passed between
+    processes ever holds the raw value; equal identifiers stay equal, which is all grouping and the label
+    join need (label files are keyed the same way when loaded)."""
+
+    def __init__(self, salt: bytes):
+        self.salt = salt
+
+    def __call__(self, kind: str, value: str) -> str:
+        return pseudonym(self.salt, kind, value, 32) if value else ""
 
 
 def split_key(patient_pseudonym: str) -> float:

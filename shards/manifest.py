@@ -13,14 +13,24 @@ FORMAT_VERSION = 1
 
 
 def load_manifest(path: str | Path) -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / MANIFEST_NAME
+    given = Path(path)
+    path = given / MANIFEST_NAME if given.is_dir() else given
     if not path.exists():
-        raise FileNotFoundError(f"No manifest at '{path}'. Is this a ctssl shard folder?")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT_NAME:
-        raise ValueError(f"'{path}' is not a ctssl shard manifest (format {manifest.get('format')!r}).")
+        if not given.exists():
+            raise FileNotFoundError(f"'{given}' does not exist; expected a ctssl shard folder (one holding "
+                                    f"{MANIFEST_NAME}, written by ctssl ingest, ctssl shards from-images or shuffle).")
+        tars = len(list(given.glob("*.tar"))) if given.is_dir() else 0
+        found = f"it holds {tars} .tar file(s) but no manifest (an unfinished ingest?)" if tars else \
+            "it is not a shard folder" if given.is_dir() else "it is a file"
+        raise FileNotFoundError(f"'{given}' is not a ctssl shard folder: expected {MANIFEST_NAME} there "
+                                f"(written by ctssl ingest, ctssl shards from-images or shuffle); {found}.")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"'{path}' is not valid JSON: not a ctssl shard manifest, or a damaged one.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ValueError(f"'{path}' is not a ctssl shard manifest (format "
+                         f"{manifest.get('format') if isinstance(manifest, dict) else None!r}, expected {FORMAT_NAME!r}).")
     return manifest
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from ctssl import __version__
 from ctssl.core.atomic import TMP_MARK, atomic_write_text
 from ctssl.core.config import ConfigError
+from ctssl.core.lock import OutputLock
 from ctssl.core.spill import PickleAppender, read_batches
 from ctssl.shards.manifest import MANIFEST_NAME, build_manifest, load_manifest, write_manifest
 from ctssl.shards.reader import iter_shard
@@ -143,9 +144,22 @@ def _part(out: Path, split: str, bucket: int, task: int) -> Path:
     return out / WORK / "parts" / f"{split}-b{bucket:05d}-t{task:05d}.bin"
 
 
-def scatter(source: str | Path, out: str | Path, task: int) -> dict:
+def _task_lock(out: Path, phase: str, task: int):
+    """Tasks of a phase run side by side (a shared lock on OUT), each task once at a time (its own lock)."""
+    import contextlib
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(OutputLock(out, f"a shuffle {phase} task", shared=True))
+    stack.enter_context(OutputLock(out / WORK, f"shuffle {phase} task {task}", name=f".{phase}-{task:05d}.lock"))
+    return stack
+
+
+def scatter(source: str | Path, out: str | Path, task: int, lock: bool = True) -> dict:
     """Scatter task ``task`` (module docstring); a finished task is a no-op."""
     source, out = Path(source), Path(out)
+    if lock:
+        with _task_lock(out, "scatter", task):
+            return scatter(source, out, task, lock=False)
     plan = load_plan(source, out)
     if not 0 <= task < len(plan["scatter"]):
         raise ConfigError(f"scatter task {task} is outside the plan's 0..{len(plan['scatter']) - 1}")
@@ -184,9 +198,12 @@ def _missing(out: Path, phase: str, count: int) -> list[int]:
     return [t for t in range(count) if not _done(out, phase, t).exists()]
 
 
-def gather(source: str | Path, out: str | Path, task: int) -> dict:
+def gather(source: str | Path, out: str | Path, task: int, lock: bool = True) -> dict:
     """Gather task ``task`` (one bucket of one split; module docstring); a finished task is a no-op."""
     source, out = Path(source), Path(out)
+    if lock:
+        with _task_lock(out, "gather", task):
+            return gather(source, out, task, lock=False)
     plan = load_plan(source, out)
     if not 0 <= task < len(plan["gather"]):
         raise ConfigError(f"gather task {task} is outside the plan's 0..{len(plan['gather']) - 1}")
@@ -218,9 +235,12 @@ def gather(source: str | Path, out: str | Path, task: int) -> dict:
     return record
 
 
-def merge(source: str | Path, out: str | Path) -> dict:
+def merge(source: str | Path, out: str | Path, lock: bool = True) -> dict:
     """The shuffled folder's manifest and report; spill files deleted. Returns the manifest."""
     source, out = Path(source), Path(out)
+    if lock:
+        with OutputLock(out, "a shuffle merge"):
+            return merge(source, out, lock=False)
     plan = load_plan(source, out)
     missing = _missing(out, "gather", len(plan["gather"]))
     if missing:
@@ -252,20 +272,25 @@ def merge(source: str | Path, out: str | Path) -> dict:
 def run_shuffle(source: str | Path, out: str | Path, cfg: ShuffleConfig, workers: int = 1) -> dict:
     """Every phase on this machine (``workers`` processes); a complete output is left as it is."""
     source, out = Path(source), Path(out)
+    with OutputLock(out, "a shuffle"):
+        return _run_shuffle(source, out, cfg, workers)
+
+
+def _run_shuffle(source: Path, out: Path, cfg: ShuffleConfig, workers: int) -> dict:
     if (out / MANIFEST_NAME).exists() and (out / WORK / PLAN_NAME).exists():
         load_plan(source, out)      # same source?
         plan_shuffle(source, out, cfg)   # same settings?
         return load_manifest(out)
     plan = plan_shuffle(source, out, cfg)
     for phase, count in ((scatter, len(plan["scatter"])), (gather, len(plan["gather"]))):
-        jobs = [(phase, str(source), str(out), t) for t in range(count)]
+        jobs = [(phase, str(source), str(out), t, False) for t in range(count)]
         if workers > 1 and count > 1:
             with multiprocessing.get_context("fork").Pool(min(workers, count)) as pool:
                 pool.map(_call, jobs, chunksize=1)
         else:
             for job in jobs:
                 _call(job)
-    return merge(source, out)
+    return merge(source, out, lock=False)
 
 
 def _call(job):

@@ -12,13 +12,11 @@ from ctssl.shards.writer import file_sha256
 
 
 def verify_shards(folder: str | Path) -> tuple[list[str], dict]:
-    """(problems, counts). No problems means every shard matches the manifest and decodes."""
+    """(problems, counts). No problems means every shard matches the manifest and decodes. Raises
+    FileNotFoundError / ValueError when ``folder`` is not a shard folder at all."""
     folder = Path(folder)
     problems: list[str] = []
-    try:
-        manifest = load_manifest(folder)
-    except (FileNotFoundError, ValueError) as err:
-        return [str(err)], {}
+    manifest = load_manifest(folder)     # not a shard folder: an error (exit 2), not a list of problems
     listed = {s["name"] for s in manifest["shards"]}
     for extra in sorted(p.name for p in folder.glob("*.tar")):
         if extra not in listed:

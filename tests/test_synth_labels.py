@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctssl.data import phantom
+from ctssl.data.synth import phantom
 from ctssl.data.synth import make_plan
-from ctssl.data.synth_study import render_series
+from ctssl.data.synth.study import render_series
 from tests.helpers import read_dicom_folder
 
 

@@ -55,13 +55,13 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging("WARNING")
     if args.suite == "ingest":
-        from ctssl.data.ingest_bench import format_table, run_ingest_bench
+        from ctssl.data.ingest.bench import format_table, run_ingest_bench
 
         result = run_ingest_bench(args.out, args.matrix)
         print(format_table(result))
         print(f"written: {args.out}/ingest-bench.json")
     elif args.suite == "plan-scale":
-        from ctssl.data.ingest_scale_bench import format_table, run_scale_bench
+        from ctssl.data.ingest.scale_bench import format_table, run_scale_bench
 
         result = run_scale_bench(args.out, args.series, args.slices, args.tasks)
         print(format_table(result))

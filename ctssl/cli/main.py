@@ -12,14 +12,14 @@ import logging
 import sys
 
 from ctssl import __version__
-from ctssl.core.config import ConfigError
+from ctssl.core.lock import LockError
 
 # name -> (module, one-line summary). Later stages register here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ctssl.cli.demo_command", "the study in miniature on the embedded data (the main job)"),
-    "synth": ("ctssl.data.synth_command", "generate the embedded synthetic CT corpus (DICOM + NIfTI + labels)"),
-    "ingest": ("ctssl.data.ingest_command", "DICOM/NIfTI CT volumes to WebDataset shards of HU slices"),
-    "ingest-array": ("ctssl.data.ingest_array_command", "ingest as plan / task / merge phases, for SLURM arrays"),
+    "synth": ("ctssl.data.synth.command", "generate the embedded synthetic CT corpus (DICOM + NIfTI + labels)"),
+    "ingest": ("ctssl.data.ingest.command", "DICOM/NIfTI CT volumes to WebDataset shards of HU slices"),
+    "ingest-array": ("ctssl.data.ingest.array_command", "ingest as plan / task / merge phases, for SLURM arrays"),
     "shards": ("ctssl.shards.command", "verify or inspect a shard folder"),
     "probe": ("ctssl.eval.probe_command", "linear probe of frozen backbones (learning-rate grid chosen on validation)"),
     "knn": ("ctssl.eval.knn_command", "weighted kNN evaluation of frozen backbones (FAISS)"),
@@ -50,6 +50,7 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="console and log-file verbosity (default: INFO)",
     )
+    group.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,13 +84,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._module.run(args) or 0)
-    except (ConfigError, FileNotFoundError) as err:
-        # A setting or an input that is not there: say which, no traceback.
-        print(f"ctssl {args.command}: {err}", file=sys.stderr)
+    except (ValueError, OSError, LockError) as err:
+        # Bad input: a setting, a missing or unreadable file, a damaged one with --strict, a folder in use
+        # (ConfigError, DataError and ShardError are ValueErrors). One line that says what and where.
+        if getattr(args, "debug", False):
+            raise
+        print(f"ctssl {args.command}: {_one_line(err)} (--debug shows the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ctssl {args.command}: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in text:
+        text = f"{text}: {err.filename}"
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -22,16 +22,19 @@ class LockError(RuntimeError):
 
 
 class OutputLock:
-    def __init__(self, folder: str | Path, what: str = "run"):
-        self.folder, self.what = Path(folder), what
+    """``shared``: several holders at once (the tasks of one ingest), none while an exclusive holder (a
+    plan, a merge, a single-node ingest) has it; ``name``: another lock file in the folder (one per task)."""
+
+    def __init__(self, folder: str | Path, what: str = "run", shared: bool = False, name: str = LOCK_NAME):
+        self.folder, self.what, self.shared, self.name = Path(folder), what, shared, name
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / LOCK_NAME
+        path = self.folder / self.name
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             try:
                 holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
@@ -42,15 +45,17 @@ class OutputLock:
                    if holder else "another run")
             raise LockError(f"{self.folder} is in use by {who}; wait for it to finish, or use another "
                             "output folder.") from None
-        # Who holds it, for the message another run gets (no command line: it may hold paths).
-        info = json.dumps({"what": self.what, "pid": os.getpid(), "host": socket.gethostname()}).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, info, 0)
+        if not self.shared:   # who holds it, for the message another run gets (no command line: it may hold paths)
+            info = json.dumps({"what": self.what, "pid": os.getpid(), "host": socket.gethostname()}).encode()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, info, 0)
         self._fd = fd
         return self
 
     def release(self) -> None:
         if self._fd is not None:
+            if not self.shared:
+                os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

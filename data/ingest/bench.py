@@ -47,7 +47,7 @@ def _corpus(root: Path, matrix: int) -> Path:
 
 
 def _files(root: Path, indices) -> list[Path]:
-    from ctssl.data.dicom_headers import looks_like_dicom
+    from ctssl.data.ingest.discover import looks_like_dicom
 
     files = []
     for index in indices:

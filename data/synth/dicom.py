@@ -24,7 +24,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from ctssl.data.synth_study import (
+from ctssl.data.synth.study import (
     TS_DEFLATED,
     TS_EXPLICIT,
     TS_IMPLICIT,

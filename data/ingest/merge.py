@@ -1,4 +1,4 @@
-"""Phase 3 of a scaled-out ingest: one manifest and one report over all tasks.
+"""Phase 3 of an ingest: one manifest and one report over all tasks (uses ``config``, ``plan``, ``task``).
 
 Refuses, naming them, when tasks are missing (never finished) or incomplete (started, with a
 journal, not finished); rerunning those tasks and then merge again completes the set.
@@ -12,8 +12,10 @@ from pathlib import Path
 
 from ctssl import __version__
 from ctssl.core.atomic import atomic_write_text
-from ctssl.data.ingest import REPORT_NAME, task_paths
-from ctssl.data.ingest_plan import PLAN_DIR, PLAN_REPORT_NAME, load_plan
+from ctssl.core.lock import OutputLock
+from ctssl.data.ingest.config import REPORT_NAME
+from ctssl.data.ingest.plan import PLAN_DIR, PLAN_REPORT_NAME, load_plan
+from ctssl.data.ingest.task import task_paths
 from ctssl.shards.manifest import build_manifest, write_manifest
 
 
@@ -21,9 +23,12 @@ class IncompleteIngest(RuntimeError):
     """Some tasks have not finished; the message names them."""
 
 
-def merge(out: str | Path) -> dict:
+def merge(out: str | Path, lock: bool = True) -> dict:
     """Write ``manifest.json`` and ``ingest-report.json`` over all tasks; returns the report."""
     out = Path(out)
+    if lock:
+        with OutputLock(out, "an ingest merge"):
+            return merge(out, lock=False)
     plan = load_plan(out)
     n = plan["num_tasks"]
     missing, incomplete, records = [], [], []
@@ -67,10 +72,14 @@ def _report(plan_report: dict, series: list[dict]) -> dict:
     reasons.update(r["reason"] for r in series if r["outcome"] == "skipped")
     per_split: Counter = Counter()
     patients: dict[str, set] = {}
+    slice_notes: Counter = Counter()
+    messages: Counter = Counter(plan_report.get("library_messages", {}))
     for r in series:
         per_split[r["split"]] += r["written"]
         if r["written"]:
             patients.setdefault(r["split"], set()).add(r["patient"])
+        slice_notes.update(r.get("slice_notes", {}))
+        messages.update(r.get("library_messages", {}))
     return {
         "ctssl_version": __version__,
         "summary": {
@@ -81,6 +90,10 @@ def _report(plan_report: dict, series: list[dict]) -> dict:
             "slices_per_split": dict(sorted(per_split.items())),
             "patients_per_split": {k: len(v) for k, v in sorted(patients.items())},
             "skip_reasons": dict(sorted(reasons.items())),
+            "slice_notes": dict(sorted(slice_notes.items())),
+            # Warnings and log records of the reading libraries, counted by kind: their text is never kept,
+            # since it may quote header values.
+            "library_messages": dict(sorted(messages.items())),
         },
         "series": series,
         "skipped_files": files,

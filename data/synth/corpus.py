@@ -40,10 +40,10 @@ from tqdm import tqdm
 from ctssl import __version__
 from ctssl.core.atomic import atomic_dir, atomic_write_text, remove_stale_temporaries, TMP_MARK
 from ctssl.core.config import ConfigError, load_config, save_config, to_dict
-from ctssl.data import phantom
+from ctssl.data.synth import phantom
 from ctssl.data.contact_sheet import Tile, save_contact_sheet
-from ctssl.data.dead_leaves import write_dead_leaves
-from ctssl.data.synth_study import StudyPlan, plan_study, render_series, slice_labels
+from ctssl.data.synth.dead_leaves import write_dead_leaves
+from ctssl.data.synth.study import StudyPlan, plan_study, render_series, slice_labels
 from ctssl.data.windowing import get_window
 
 logger = logging.getLogger(__name__)
@@ -108,8 +108,8 @@ def make_plan(cfg: SynthConfig, index: int) -> StudyPlan:
 
 def generate_study(cfg: SynthConfig, index: int) -> int:
     """Render and write study ``index`` atomically; returns the number of axial slices."""
-    from ctssl.data.synth_dicom import add_archive_mess, write_localizer, write_series
-    from ctssl.data.synth_nifti import write_nifti
+    from ctssl.data.synth.dicom import add_archive_mess, write_localizer, write_series
+    from ctssl.data.synth.nifti import write_nifti
 
     plan = make_plan(cfg, index)
     out = Path(cfg.out)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from ctssl.data import phantom
+from ctssl.data.synth import phantom
 
 # --------------------------------------------------------------------------- scanners
 

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
-from ctssl.data.synth_study import SeriesPlan, StudyPlan
+from ctssl.data.synth.study import SeriesPlan, StudyPlan
 
 VARIANTS = {
     "nifti_las_raw": (("L", "A", "S"), "raw", -3024.0),

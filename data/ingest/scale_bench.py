@@ -44,7 +44,8 @@ def _series_sizes(series: int, slices: int, seed: int = 0) -> np.ndarray:
 def write_index(folder: Path, series: int, slices: int) -> int:
     """Synthetic FrameRecords in hash partitions; returns the number of partitions."""
     from ctssl.data.dicom_headers import FrameRecord
-    from ctssl.data.ingest_plan import RECORDS_PER_PARTITION, PickleAppender, partition_of
+    from ctssl.core.spill import PickleAppender
+    from ctssl.data.ingest.plan import RECORDS_PER_PARTITION, partition_of
 
     sizes = _series_sizes(series, slices)
     partitions = max(1, int(np.ceil(slices / RECORDS_PER_PARTITION)))
@@ -81,8 +82,9 @@ def _peak_mb() -> float:
 
 
 def _plan_phase(work: str, partitions: int, tasks: int, queue) -> None:
-    from ctssl.data.ingest import IngestConfig, Planner
-    from ctssl.data.ingest_plan import assign_tasks, group_partitions, route_items
+    from ctssl.data.ingest import IngestConfig
+    from ctssl.data.ingest.plan import Planner
+    from ctssl.data.ingest.plan import assign_tasks, group_partitions, route_items
     from ctssl.data.pseudonym import assign_splits
 
     start_mb = _peak_mb()
@@ -104,8 +106,8 @@ def _plan_phase(work: str, partitions: int, tasks: int, queue) -> None:
 
 def _fake_task_outputs(work: Path, tasks: int) -> None:
     """Plan files and done records as ``tasks`` finished tasks would leave them."""
-    from ctssl.data.ingest import task_paths
-    from ctssl.data.ingest_plan import PLAN_DIR, PLAN_NAME, PLAN_REPORT_NAME
+    from ctssl.data.ingest.task import task_paths
+    from ctssl.data.ingest.plan import PLAN_DIR, PLAN_NAME, PLAN_REPORT_NAME
 
     series = json.loads((work / "series.json").read_text())
     plan_dir = work / PLAN_DIR
@@ -142,7 +144,7 @@ def _fake_task_outputs(work: Path, tasks: int) -> None:
 
 
 def _merge_phase(work: str, queue) -> None:
-    from ctssl.data.ingest_merge import merge
+    from ctssl.data.ingest.merge import merge
 
     start_mb = _peak_mb()
     start = time.perf_counter()

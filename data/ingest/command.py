@@ -40,7 +40,15 @@ def add_ingest_options(parser: argparse.ArgumentParser) -> None:
                         help="file holding the secret pseudonym salt (else $CTSSL_SALT)")
     parser.add_argument("--create-salt", action="store_true",
                         help="create --salt-file with a new random salt if it does not exist")
+    parser.add_argument("--min-slices", type=int, default=None,
+                        help="skip series with fewer slices (default 1: single-image CT series are kept)")
+    parser.add_argument("--max-frames", type=int, default=None,
+                        help="refuse DICOM files claiming more frames (default 4096: a corrupt header)")
+    parser.add_argument("--file-seconds", type=float, default=None,
+                        help="time budget to read one header or one slice before it is skipped (default 120)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default 1)")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first damaged or unreadable input instead of skipping it")
     parser.add_argument("--report-paths", action="store_true",
                         help="write source paths in the report instead of pseudonyms "
                              "(only when paths hold no patient identifiers)")
@@ -54,7 +62,9 @@ def resolve_ingest_config(args: argparse.Namespace):
                "min_slice_spacing": args.min_slice_spacing, "max_air_fraction": args.max_air_fraction,
                "shard_size_mb": args.shard_size_mb, "labels": args.labels,
                "salt_file": args.salt_file, "create_salt": args.create_salt or None,
-               "workers": args.workers, "report_paths": args.report_paths or None}
+               "workers": args.workers, "report_paths": args.report_paths or None,
+               "min_slices": args.min_slices, "max_frames": args.max_frames, "file_seconds": args.file_seconds,
+               "strict": args.strict or None}
     return resolve_config(IngestConfig, args.config, args.overrides, options)
 
 
@@ -80,14 +90,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
     from ctssl.data.ingest import run_ingest
-    from ctssl.data.pseudonym import SaltError
 
     cfg = resolve_ingest_config(args)
+    check_out(cfg.out)
     setup_logging(args.log_level, Path(cfg.out) / "ingest.log")
-    try:
-        report = run_ingest(cfg)
-    except (SaltError, FileNotFoundError) as err:
-        logging.getLogger("ctssl.data.ingest").error("%s", err)
-        return 2
+    report = run_ingest(cfg)
     log_report(report, cfg.out)
     return 0
+
+
+def check_out(out: str) -> None:
+    """--out must be a folder that can be written (created when missing)."""
+    import os
+
+    from ctssl.core.config import ConfigError
+
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--out '{out}' is a file; give a folder (it is created when missing).")
+    probe = path if path.exists() else next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK):
+        raise ConfigError(f"--out '{out}' cannot be written (no permission on '{probe}').")
