@@ -37,13 +37,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
+logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+UNIT_ROWS = 512          # samples per unit of work for in-memory datasets (shard datasets: one shard)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -64,9 +67,31 @@ class Dataset:
     samples: dict[str, list[Sample]]
     classes: list[str] = field(default_factory=list)   # class names, or label columns if multi-label
     multilabel: bool = False
-    # Shard datasets are opened from the samples' metadata only; this streams a split's images in
-    # sample order, so feature extraction never holds a whole corpus in memory.
-    stream: Callable[[str], Iterator[object]] | None = None
+    # Shard datasets are opened from the samples' metadata only; their images are streamed, unit by unit
+    # (a unit is a shard), so feature extraction never holds a whole corpus in memory and its workers and
+    # array tasks can divide the units. In-memory datasets have units of UNIT_ROWS samples.
+    units: dict[str, list[int]] = field(default_factory=dict)        # split -> samples per unit, in order
+    unit_stream: Callable[[str, int], Iterator[tuple[str, object]]] | None = None   # (key, image) of one unit
+
+    def __post_init__(self):
+        if self.unit_stream is None:           # in memory: blocks of rows
+            self.units = {s: [min(UNIT_ROWS, len(v) - i) for i in range(0, len(v), UNIT_ROWS)]
+                          for s, v in self.samples.items()}
+            self.unit_stream = self._memory_unit
+
+    def _memory_unit(self, split: str, unit: int) -> Iterator[tuple[str, object]]:
+        for s in self.samples[split][unit * UNIT_ROWS:(unit + 1) * UNIT_ROWS]:
+            yield s.key, s.image
+
+    def stream(self, split: str) -> Iterator[object]:
+        """The split's images in sample order."""
+        for unit in range(len(self.units.get(split, []))):
+            for _key, image in self.unit_stream(split, unit):
+                yield image
+
+    def unit_offsets(self, split: str) -> list[int]:
+        """The row of each unit's first sample."""
+        return [int(v) for v in np.concatenate([[0], np.cumsum(self.units[split])])[:-1]]
 
     def entries(self, name: str) -> list[Sample]:
         """The split's samples (targets, patients, keys); images may not be loaded."""
@@ -161,27 +186,34 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
         value = labels.get(label)
         return None if value in (None, "") else str(value)
 
-    # Metadata only (the JSON member); images are decoded when streamed.
+    def skip(key, reason):   # a damaged sample: counted by the reader, left out of both passes alike
+        logger.warning("%s: sample %s skipped: %s", spec, key or "(rest of a shard)", reason)
+
+    # Metadata only (the JSON member); images are decoded when streamed, one shard (unit) at a time.
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    shards = {s: shard_paths(manifest, s) for s in SPLITS}
+    units: dict[str, list[int]] = {s: [] for s in SPLITS}
     kind = None
     for split in SPLITS:
-        for shard in shard_paths(manifest, split):
-            for raw in iter_shard(shard, decode=False):
+        for shard in shards[split]:
+            count = 0
+            for raw in iter_shard(shard, decode=False, on_error=skip):
                 kind = kind or ("ct" if "hu" in raw else "image")
                 meta = json.loads(raw["json"])
                 target = target_of(meta)
                 if target is not None:
                     samples[split].append(Sample(None, target, str(meta.get("patient") or raw["key"]), raw["key"]))
+                    count += 1
+            units[split].append(count)
 
-    def stream(split: str) -> Iterator[object]:
-        for shard in shard_paths(manifest, split):
-            for raw in iter_shard(shard, decode=False):
-                if target_of(json.loads(raw["json"])) is not None:
-                    yield decode_image(raw)[0]
+    def unit_stream(split: str, unit: int) -> Iterator[tuple[str, object]]:
+        for raw in iter_shard(shards[split][unit], decode=False, on_error=skip):
+            if target_of(json.loads(raw["json"])) is not None:
+                yield raw["key"], decode_image(raw)[0]
 
     fingerprint = _hash_file(manifest) + (f"@{where[0]}={where[1]}" if where else "")
     return Dataset(spec, label, kind or "ct", fingerprint, samples, classes=columns or [], multilabel=bool(columns),
-                   stream=stream)
+                   units=units, unit_stream=unit_stream)
 
 
 def _load_image(path: Path):

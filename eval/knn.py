@@ -62,13 +62,22 @@ def _normalised(rows) -> np.ndarray:
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
+CHUNK_BYTES = 256 << 20      # one streamed chunk of the bank: 256 MiB of float32 rows
+
+
+def chunk_rows_for(dim: int, k: int = 1) -> int:
+    """Rows per streamed chunk: ``CHUNK_BYTES`` of float32 features (32,768 rows at 2048 dimensions)."""
+    return max(k, CHUNK_BYTES // (4 * max(1, dim)))
+
+
 def faiss_search(query, bank, k: int, index: str = "flat", nlist: int = 256, nprobe: int = 16,
-                 chunk_rows: int = 1 << 20):
+                 chunk_rows: int | None = None):
     """(similarities, indices), each (Q, k), of the ``k`` nearest bank rows by cosine similarity.
 
     ``bank`` may be a memory-mapped array larger than memory: with ``index="flat"`` (exact) it is
-    searched ``chunk_rows`` rows at a time and the per-chunk top-k merged with FAISS's
-    ``ResultHeap``, so memory stays bounded by one chunk. ``"ivf"`` (IndexIVFFlat: ``nlist``
+    searched ``chunk_rows`` rows at a time (default: 256 MiB of rows, ``chunk_rows_for``) and the
+    per-chunk top-k merged with FAISS's ``ResultHeap``, so memory stays bounded by a few chunks
+    whatever the bank's size. ``"ivf"`` (IndexIVFFlat: ``nlist``
     cells trained on a sample of up to 100 points per cell, ``nprobe`` searched) holds the bank
     in memory and trades exactness for speed. FAISS's GPU index is used when available."""
     import faiss
@@ -80,6 +89,7 @@ def faiss_search(query, bank, k: int, index: str = "flat", nlist: int = 256, npr
     q = _normalised(query)
     n, dim = bank.shape
     k = min(k, n)
+    chunk_rows = chunk_rows or chunk_rows_for(dim, k)
     gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
     def on_device(search):
@@ -118,7 +128,7 @@ def faiss_knn_predict(
     index: str = "flat",
     nlist: int = 256,
     nprobe: int = 16,
-    chunk_rows: int = 1 << 20,
+    chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """``knn_predict`` with the neighbour search done by FAISS (``faiss_search``: inner product on
     L2-normalised float32 features = cosine). ``query`` and ``bank`` are tensors or (memory-mapped)

@@ -58,19 +58,20 @@ def _median_cpu_seconds(fn, repeats: int) -> float:
 
 
 def bench_shards(out: Path) -> Path:
-    """A small CT shard set (synthetic chest and abdomen studies, 256x256), cached in ``out``."""
-    shards = out / "bench-shards"
+    """A small CT shard set (8 synthetic chest and abdomen studies, 256x256, one series per shard so that
+    loader workers have shards to share), cached in ``out``."""
+    shards = out / "bench-shards-v3"      # v3: CTHU v2 with checksums, region labels joined, 8 shards
     if (shards / "manifest.json").exists():
         return shards
     from ctssl.data.ingest import IngestConfig, SplitFractions, run_ingest
     from ctssl.data.synth import NaturalConfig, SynthConfig, run_synth
 
-    corpus = out / "bench-corpus"
-    run_synth(SynthConfig(out=str(corpus), patients=4, seed=1, natural=NaturalConfig(enabled=False),
+    corpus = out / "bench-corpus-8"
+    run_synth(SynthConfig(out=str(corpus), patients=8, seed=1, natural=NaturalConfig(enabled=False),
                           contact_sheet=False))
     os.environ.setdefault("CTSSL_SALT", "benchmark-salt-not-secret-0123")
-    run_ingest(IngestConfig(sources=[str(corpus)], out=str(shards), image_size=256,
-                            splits=SplitFractions(1.0, 0.0, 0.0)))
+    run_ingest(IngestConfig(sources=[str(corpus)], out=str(shards), image_size=256, shard_size_mb=1.0,
+                            labels=[str(corpus / "labels" / "slices.csv")], splits=SplitFractions(1.0, 0.0, 0.0)))
     return shards
 
 

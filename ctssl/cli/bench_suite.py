@@ -28,7 +28,7 @@ def _rows_ingest(r: dict) -> list[list[str]]:
             ["shard size", f"{r['shard_bytes_per_slice']:,} bytes/slice", "", ""]]
 
 
-def _rows_scale(r: dict) -> list[list[str]]:
+def _rows_plan_scale(r: dict) -> list[list[str]]:
     return [[f"SLURM ingest plan, {r['slices']:,} slices / {r['tasks']} tasks",
              f"{r['plan']['seconds']:.0f} s, {r['plan']['peak_rss_mb']:.0f} MB peak", "", ""],
             [f"SLURM ingest merge, {r['slices']:,} slices", f"{r['merge']['seconds']:.1f} s, "
@@ -73,13 +73,20 @@ def _rows_knn(r: dict) -> list[list[str]]:
 
 
 def _rows_extract(r: dict) -> list[list[str]]:
-    out = []
-    for row in r["rows"]:
-        best = row["best_batch"]
-        out.append([f"feature extraction {row['backbone']} 224², {row['device']}",
-                    f"{row['images_per_s_by_batch'][str(best)]:,.1f} images/s (batch {best})",
-                    f"one at a time {row['images_per_s_by_batch']['1']:,.1f}/s", f"{row['best_vs_batch_1']:.2f}x"])
-    return out
+    w = r["workers"]
+    return [[f"feature extraction {row['backbone']} {row['image_size']}², {row['device']}, {w} loader workers",
+             f"{row['images_per_s_workers']:,.1f} images/s (12M slices: {12e6 / row['images_per_s_workers'] / 3600:,.0f} h)",
+             f"previous path (one image at a time, main process) {row['images_per_s_previous']:,.1f}/s",
+             f"{row['workers_vs_previous']:.2f}x"]
+            for row in r["rows"]]
+
+
+def _rows_scale(r: dict) -> list[list[str]]:
+    m, p = r["measured"], r["projected_12m"]
+    return [[f"streamed exact kNN, bank {r['bank_rows']:,}x{r['dim']} on disk, k={r['k']}",
+             f"{m['queries_per_s']:,.1f} queries/s, {m['peak_allocated_mb']:,.0f} MB allocated", "", ""],
+            [f"projected: bank {p['rows']:,}x{r['dim']} ({p['bank_gb_float32']:.0f} GB)",
+             f"{p['queries_per_s']:.2f} queries/s, ~{p['allocated_mb']:,.0f} MB allocated", "", ""]]
 
 
 def run_suite(out: str | Path, scale_series: int = 10_000, scale_slices: int = 1_200_000,
@@ -93,12 +100,13 @@ def run_suite(out: str | Path, scale_series: int = 10_000, scale_slices: int = 1
     out = Path(out)
     suites = {
         "ingest": (lambda: run_ingest_bench(out)["results"], _rows_ingest),
-        "plan-scale": (lambda: run_scale_bench(out, scale_series, scale_slices, 256), _rows_scale),
+        "plan-scale": (lambda: run_scale_bench(out, scale_series, scale_slices, 256), _rows_plan_scale),
         "loader": (lambda: run_pretrain_bench(out, "loader")["results"], _rows_loader),
         "batches": (lambda: run_pretrain_bench(out, "batches")["results"], _rows_batches),
         "train": (lambda: run_pretrain_bench(out, "train")["results"], _rows_train),
         "knn": (lambda: run_eval_bench(out, "knn")["results"], _rows_knn),
         "extract": (lambda: run_eval_bench(out, "extract")["results"], _rows_extract),
+        "eval-scale": (lambda: run_eval_bench(out, "eval-scale")["results"], _rows_scale),
     }
     result = {"benchmark": "suite", "machine": machine_info(), "suites": {}, "rows": []}
     for name, (run, rows) in suites.items():
