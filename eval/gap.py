@@ -21,6 +21,19 @@ import numpy as np
 from scipy import linalg
 
 
+def check_domains(x, y, minimum: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Both feature sets as float64 (n, d), (m, d), or a ValueError saying what makes a gap measure
+    undefined: different dimensions, fewer than ``minimum`` samples in a set, NaN or infinite values."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"the two feature sets must be (samples x the same features), got {x.shape} and {y.shape}")
+    if min(len(x), len(y)) < minimum:
+        raise ValueError(f"at least {minimum} samples per domain are needed, got {len(x)} and {len(y)}")
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("the features hold NaN or infinite values")
+    return x, y
+
+
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     aa, bb = np.sum(a * a, 1), np.sum(b * b, 1)
     return np.maximum(aa[:, None] + bb[None, :] - 2 * a @ b.T, 0)
@@ -35,7 +48,7 @@ def median_bandwidth(x: np.ndarray, y: np.ndarray) -> float:
 
 def mmd2(x: np.ndarray, y: np.ndarray, sigma: float | None = None) -> tuple[float, float]:
     """(unbiased MMD^2, sigma) with a Gaussian kernel; sigma by the median heuristic if None."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    x, y = check_domains(x, y)
     sigma = sigma or median_bandwidth(x, y)
     gamma = 1.0 / (2 * sigma ** 2)
     kxx, kyy, kxy = (np.exp(-gamma * _sq_dists(a, b)) for a, b in ((x, x), (y, y), (x, y)))
@@ -60,7 +73,7 @@ def frechet_from_moments(mu1, s1, mu2, s2) -> float:
 
 
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    x, y = check_domains(x, y)
     return frechet_from_moments(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
 
 
@@ -78,6 +91,7 @@ def domain_classifier(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    x, y = check_domains(x, y, minimum=folds)
     data = np.concatenate([x, y])
     domain = np.r_[np.zeros(len(x)), np.ones(len(y))]
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed))
@@ -86,6 +100,9 @@ def domain_classifier(x: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 
 
 
 def knn_purity(x: np.ndarray, y: np.ndarray, k: int = 10) -> dict:
+    x, y = check_domains(x, y)
+    if k >= len(x) + len(y):
+        raise ValueError(f"k ({k}) must be below the number of samples ({len(x) + len(y)})")
     data = np.concatenate([x, y]).astype(np.float64)
     data /= np.maximum(np.linalg.norm(data, axis=1, keepdims=True), 1e-12)
     domain = np.r_[np.zeros(len(x)), np.ones(len(y))]

@@ -22,7 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-b", default=None, help="label of B (default: as A; natural shards: class)")
     parser.add_argument("--split", default="test", help="split compared (default test)")
     parser.add_argument("--max-samples", type=int, default=1000, help="samples per domain (default 1000)")
-    parser.add_argument("--image-size", type=int, default=64, help="input size (default 64)")
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="backbone input size (default 0: each backbone at the size it was pretrained at, 224 without one)")
     parser.add_argument("--k", type=int, default=10, help="neighbours for kNN purity (default 10)")
     parser.add_argument("--no-plot", dest="embed", action="store_false", help="skip the t-SNE figure")
     parser.add_argument("--cache", default="", help="feature cache (default OUT/features)")

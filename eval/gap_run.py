@@ -56,7 +56,7 @@ def _probe_transfer(src, dst, src_test, dst_test, data_src, data_dst) -> dict | 
 
 
 def run_gap(a: str, b: str, backbones: list[str], out: str | Path, label: str = "region", label_b: str | None = None,
-            split: str = "test", max_samples: int = 1000, image_size: int = 64, cache: str = "", k: int = 10,
+            split: str = "test", max_samples: int = 1000, image_size: int = 0, cache: str = "", k: int = 10,
             embed: bool = True, name: str | None = None, seed: int = 0) -> dict:
     data_a, data_b = open_dataset(a, label), open_dataset(b, label_b or label)
     # A dataset without the split (an ImageFolder with train and val only) uses val, then train.

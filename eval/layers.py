@@ -1,4 +1,5 @@
-"""Layer activations of a backbone: the stem's output and each stage's (ResNet), or the patch
+"""Layer activations of a backbone: the stem's output and each stage's (ResNet; optionally the first
+convolution's, as the "revisiting hidden representations" study compares at ``conv1``), or the patch
 embedding and evenly spaced blocks (ViT), collected with forward hooks."""
 
 from __future__ import annotations
@@ -8,9 +9,11 @@ import torch
 from torch import nn
 
 
-def layer_modules(model: nn.Module) -> dict[str, nn.Module]:
+def layer_modules(model: nn.Module, conv1: bool = False) -> dict[str, nn.Module]:
+    """Named modules whose outputs are compared; ``conv1``: a ResNet's first convolution instead of the stem."""
     if hasattr(model, "layer1"):
-        return {"stem": model.maxpool, "layer1": model.layer1, "layer2": model.layer2,
+        first = {"conv1": model.conv1} if conv1 else {"stem": model.maxpool}
+        return {**first, "layer1": model.layer1, "layer2": model.layer2,
                 "layer3": model.layer3, "layer4": model.layer4}
     if hasattr(model, "blocks"):
         depth = len(model.blocks)

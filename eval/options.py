@@ -20,7 +20,11 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fraction", type=float, action="append", default=None,
                         help="fraction of training patients with labels (repeatable; default 1)")
     parser.add_argument("--seed", type=int, action="append", default=None, help="seed (repeatable; default 0)")
-    parser.add_argument("--image-size", type=int, default=64, help="backbone input size (default 64)")
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="backbone input size (default 0: each backbone at the size it was pretrained at, 224 without one)")
+    parser.add_argument("--grey-window", default="wide",
+                        help="HU window of CT inputs for backbones of grey or natural pictures (ImageNet, "
+                             "RadImageNet, natural-image pretraining), replicated to their channels (default wide)")
     parser.add_argument("--cache", default="", help="feature cache folder (default OUT/features)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
     parser.add_argument("--out", required=True,
@@ -33,7 +37,8 @@ def eval_spec(args: argparse.Namespace):
 
     save_names(args.out, args.backbone, args.name)
     return EvalSpec(dataset=args.data, backbones=args.backbone, label=args.label, fractions=args.fraction or [1.0],
-                    seeds=args.seed or [0], image_size=args.image_size, cache=args.cache, n_boot=args.n_boot)
+                    seeds=args.seed or [0], image_size=args.image_size, cache=args.cache, n_boot=args.n_boot,
+                    grey_window=args.grey_window)
 
 
 def finish(args: argparse.Namespace, records: list[dict]) -> int:

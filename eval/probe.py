@@ -6,7 +6,9 @@ mini-batches in the same order, with SGD (momentum 0.9), a cosine learning-rate 
 weight decay applied to the weights (not the biases), so one pass over the data trains the whole
 grid. Features are standardised with the training split's mean and standard deviation first: an
 affine map a linear classifier absorbs, which puts every backbone's features on the scale the
-grid assumes. Multi-class tasks use cross-entropy (class-weighted by inverse frequency when
+grid assumes; features that are constant on the training split carry no information the probe could
+learn and are set to 0 (``standardise``). Multi-class tasks use cross-entropy (class-weighted by
+inverse frequency when
 ``balanced``, so rare classes count), multi-label tasks one logistic loss per label.
 
 ``logreg_crosscheck`` fits scikit-learn's ``LogisticRegression`` (L-BFGS, C chosen on the same
@@ -28,7 +30,9 @@ from ctssl.eval.metrics import accuracy, balanced_accuracy, macro_auroc
 @dataclass
 class ProbeConfig:
     lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0])
-    weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3, 1e-2])
+    # DINOv2 searches learning rates only; small labelled medical subsets (a few patients of correlated
+    # slices) also need regularisation, so weight decay is searched too, up to 0.1.
+    weight_decays: list[float] = field(default_factory=lambda: [0.0, 1e-4, 1e-3, 1e-2, 1e-1])
     epochs: int = 100
     batch_size: int = 256
     momentum: float = 0.9
@@ -37,16 +41,41 @@ class ProbeConfig:
     seed: int = 0
 
 
+def constant_features(train: np.ndarray, rel_eps: float = 1e-4) -> np.ndarray:
+    """Mask of features that do not vary over the training samples: standard deviation at most ``rel_eps``
+    times the median standard deviation of the varying ones (ReLU features of a small labelled subset are
+    often exactly constant, e.g. always 0)."""
+    std = np.asarray(train, np.float64).std(0)
+    varying = std[std > 0]
+    scale = float(np.median(varying)) if len(varying) else 1.0
+    return std <= rel_eps * scale
+
+
 def standardise(train: np.ndarray, *others: np.ndarray):
+    """Standardise with the training split's mean and standard deviation; features constant on the training
+    split are set to 0 everywhere. (Scaling them by a near-zero deviation made test values up to 5e4 where
+    the training values were 0, and the probe's weights for them, never trained, decided the test predictions:
+    the root cause of a probe that got worse with more labels, measured on the demo's features.)"""
+    train = np.asarray(train, np.float32)
     mean = train.mean(0, keepdims=True)
-    std = train.std(0, keepdims=True) + 1e-6
-    return [(np.asarray(x, np.float32) - mean) / std for x in (train, *others)]
+    constant = constant_features(train)
+    std = np.where(constant, 1.0, train.std(0)).astype(np.float32)[None]
+    out = []
+    for x in (train, *others):
+        z = (np.asarray(x, np.float32) - mean) / std
+        z[:, constant] = 0.0
+        out.append(z)
+    return out
 
 
-def selection_metric(cfg: ProbeConfig, multilabel: bool) -> str:
+def selection_metric(cfg: ProbeConfig, multilabel: bool, num_classes: int = 0) -> str:
+    """The validation metric: as set, or by task: AUROC for binary and multi-label tasks (what they are
+    reported by), balanced accuracy (accuracy when the loss is not class-weighted) for multi-class ones."""
     if cfg.select != "auto":
         return cfg.select
-    return "auroc" if multilabel else ("balanced_accuracy" if cfg.balanced else "accuracy")
+    if multilabel or num_classes == 2:
+        return "auroc"
+    return "balanced_accuracy" if cfg.balanced else "accuracy"
 
 
 def score(metric: str, y: np.ndarray, scores: np.ndarray, multilabel: bool) -> float:
@@ -126,7 +155,7 @@ def train_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val
             loss.backward()
             heads.step(0.5 * (1 + math.cos(math.pi * step / total)), cfg.momentum)
             step += 1
-    metric = selection_metric(cfg, multilabel)
+    metric = selection_metric(cfg, multilabel, num_classes)
     with torch.no_grad():
         val_logits = heads.logits(torch.from_numpy(np.ascontiguousarray(val_x, dtype=np.float32)))
     val_scores = [score(metric, val_y, _probabilities(v, multilabel), multilabel) for v in val_logits]

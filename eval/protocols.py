@@ -30,7 +30,8 @@ class EvalSpec:
     label: str = "region"
     fractions: list[float] = field(default_factory=lambda: [1.0])
     seeds: list[int] = field(default_factory=lambda: [0])
-    image_size: int = 64
+    image_size: int = 0             # 0: each backbone's pretraining size (eval.inputs)
+    grey_window: str = "wide"       # CT inputs of grey/natural-picture backbones (eval.inputs)
     cache: str = ""                 # feature cache folder; default OUT/features
     batch_size: int = 0             # feature extraction batch; 0: 8 on CPU, 256 on GPU
     n_boot: int = 1000
@@ -42,7 +43,7 @@ class EvalSpec:
 
 def _features(spec: EvalSpec, data: Dataset, source: str, out: Path):
     return cached_features(source, data, ["train", "val", "test"], spec.image_size, spec.cache or out / "features",
-                           spec.batch_size or None)
+                           spec.batch_size or None, grey_window=spec.grey_window)
 
 
 def _record(task: str, source: str, order: int, feats, data: Dataset, fraction: float, seed: int, config: dict,
@@ -145,8 +146,10 @@ def knn_runs(spec: EvalSpec, out: str | Path, ks=(10, 20, 100, 200), temperature
 
 def headline(record: dict) -> str:
     """One line: the main test metric with its CI."""
+    from ctssl.eval.runs import main_metric
+
     test = record["test"]
-    name = "accuracy" if "accuracy" in test else "auroc"
+    name = main_metric(record)
     m = {k: ("n/a" if v is None else f"{v:.3f}") for k, v in test[name].items()}
     return f"test {name} {m['value']} [{m['lower']}, {m['upper']}] (n={test['n']})"
 

@@ -7,9 +7,11 @@ provenance, written so that runs can happen in any order, on any machine, and be
 config), so a rerun skips finished runs and a SLURM array task writes only its own files.
 ``collate(OUT)`` gathers every record into ``OUT/results.jsonl`` (sorted, rewritten atomically) and
 adds ``OUT/comparisons.jsonl``: paired bootstraps of each backbone against the first one on the
-same test samples (``eval.metrics.paired_bootstrap``, patients resampled) and their prediction
-similarity (``eval.agreement``: who got which sample right, error consistency, Cohen's kappa);
-with two or more seeds per backbone, also Welch's t-test of the per-seed metrics (``seed: "all"``).
+same test samples (``eval.metrics.paired_bootstrap``, patients resampled; the difference also relative to
+the baseline's value, the RadNet-12M study's "relative delta") and their prediction similarity
+(``eval.agreement``: who got which sample right, error consistency, Cohen's kappa); with two or more seeds
+per backbone, also Welch's t-test of the per-seed metrics (``seed: "all"``, with both means and the
+relative delta of the means).
 """
 
 from __future__ import annotations
@@ -89,6 +91,15 @@ def subsample(targets: np.ndarray, groups: np.ndarray, fraction: float, seed: in
                 candidates = [g for g in order if np.any(targets[inverse == g] == c)]
                 keep |= inverse == candidates[0]
     return np.flatnonzero(keep)
+
+
+def main_metric(record: dict) -> str:
+    """The metric a record is compared and reported by: AUROC for binary and multi-label tasks (accuracy of
+    a rare positive class rewards predicting "negative"), accuracy for multi-class tasks."""
+    dataset = record.get("dataset") or {}
+    if "accuracy" not in record["test"] or len(dataset.get("classes") or []) == 2:
+        return "auroc"
+    return "accuracy"
 
 
 def metrics_with_ci(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, multilabel: bool,
@@ -181,11 +192,13 @@ def collate(out: str | Path, n_boot: int = 1000) -> tuple[Path, Path]:
                 if list(a["keys"]) != list(b["keys"]):
                     continue      # not the same test samples: no paired comparison
                 multilabel = a["targets"].ndim == 2
-                metric, fn = ("auroc", macro_auroc) if multilabel else \
-                    ("accuracy", lambda t, s: accuracy(t, s.argmax(1)))
+                metric = main_metric(base)
+                fn = macro_auroc if metric == "auroc" else (lambda t, s: accuracy(t, s.argmax(1)))
                 keep = np.ones(len(a["targets"]), bool) if multilabel else a["targets"] >= 0
                 result = paired_bootstrap(fn, a["targets"][keep], a["scores"][keep], b["scores"][keep], n=n_boot,
                                           groups=a["groups"][keep])
+                base_value = float(fn(a["targets"][keep], a["scores"][keep]))
+                result["relative_delta"] = result["delta"] / base_value if base_value else float("nan")
                 agreement = None if multilabel else prediction_similarity(
                     a["targets"][keep], a["scores"][keep].argmax(1), b["scores"][keep].argmax(1))
                 f.write(json.dumps({"task": key[0], "dataset": base["dataset"]["spec"], "label": key[2],
@@ -211,7 +224,7 @@ def seed_tests(records: list[dict]) -> list[dict]:
     for key, by_backbone in groups.items():
         ordered = sorted(by_backbone.items(), key=lambda item: item[1][0]["backbone_order"])
         base_name, base = ordered[0]
-        metric = "accuracy" if "accuracy" in base[0]["test"] else "auroc"
+        metric = main_metric(base[0])
         a = [r["test"][metric]["value"] for r in base if r["test"][metric]["value"] is not None]
         for name, runs in ordered[1:]:
             b = [r["test"][metric]["value"] for r in runs if r["test"][metric]["value"] is not None]
@@ -221,6 +234,8 @@ def seed_tests(records: list[dict]) -> list[dict]:
             out.append({"task": key[0], "dataset": base[0]["dataset"]["spec"], "label": key[2], "fraction": key[3],
                         "variant": key[4], "seed": "all", "test": "welch_t", "metric": metric,
                         "baseline": base_name, "backbone": name, "n_seeds": [len(a), len(b)],
-                        "delta": _finite(float(np.mean(b) - np.mean(a))), "lower": None, "upper": None,
+                        "delta": _finite(float(np.mean(b) - np.mean(a))),
+                        "relative_delta": _finite(float((np.mean(b) - np.mean(a)) / np.mean(a))) if np.mean(a) else None,
+                        "means": [_finite(float(np.mean(a))), _finite(float(np.mean(b)))], "lower": None, "upper": None,
                         "t": _finite(float(t)), "p_value": _finite(float(p)), "agreement": None})
     return out

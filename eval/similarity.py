@@ -11,8 +11,11 @@ All functions take ``x`` (N, p) and ``y`` (N, q) as numpy arrays (rows = example
   mini-batches (Nguyen et al.), for sets too large for one N x N kernel.
 - ``cca``: canonical correlations (QR + SVD of ``Q_x^T Q_y``, Björck & Golub), ``mean_cca`` their
   mean; ``svcca``: CCA after keeping the top singular directions explaining 99% of each set's
-  variance (Raghu et al. 2017); ``pwcca``: correlations weighted by how much of ``x`` each canonical
-  variate accounts for (Morcos et al. 2018).
+  variance (Raghu et al. 2017); ``pwcca``: correlations weighted by how much of the side with fewer
+  neurons each canonical variate accounts for (Morcos et al. 2018; google/svcca's choice of side).
+
+Every measure refuses, with a ValueError saying why, what makes it undefined: NaN or infinite
+activations, constant activations, too few examples (``check_pair``).
 
 Activations of a convolutional layer (N, C, H, W) are reduced by ``reduce_activations``: average
 pooled to at most ``spatial`` x ``spatial`` positions and flattened, then a fixed random subset of
@@ -27,12 +30,32 @@ from __future__ import annotations
 import numpy as np
 
 
+def check_pair(x, y, minimum: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Both activation sets as float64 (N, p) and (N, q), or a ValueError saying what makes the measure
+    undefined: different N, fewer than ``minimum`` examples, NaN or infinite values, or a set whose
+    features are all constant (a similarity to a constant is 0/0)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.ndim != 2 or y.ndim != 2:
+        raise ValueError(f"activations must be 2-D (examples x features), got shapes {x.shape} and {y.shape}")
+    if len(x) != len(y):
+        raise ValueError(f"the two sets describe different numbers of examples ({len(x)} and {len(y)})")
+    if len(x) < minimum:
+        raise ValueError(f"at least {minimum} examples are needed, got {len(x)}")
+    for name, a in (("first", x), ("second", y)):
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"the {name} activations hold NaN or infinite values")
+        if a.shape[1] == 0 or np.all(np.ptp(a, axis=0) <= 1e-12 * max(1.0, float(np.abs(a).max()))):
+            raise ValueError(f"the {name} activations are constant over the examples: similarity is undefined")
+    return x, y
+
+
 def _center(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     return x - x.mean(0, keepdims=True)
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = check_pair(x, y)
     x, y = _center(x), _center(y)
     cross = np.linalg.norm(y.T @ x) ** 2
     return float(cross / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
@@ -57,6 +80,7 @@ def _cka_from_grams(k: np.ndarray, l: np.ndarray) -> float:
 
 
 def rbf_cka(x: np.ndarray, y: np.ndarray, threshold: float = 1.0) -> float:
+    x, y = check_pair(x, y)
     return _cka_from_grams(_gram_rbf(x, threshold), _gram_rbf(y, threshold))
 
 
@@ -77,14 +101,20 @@ def unbiased_hsic(k: np.ndarray, l: np.ndarray) -> float:
 
 
 def unbiased_cka(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    """Features are centred first: the U-statistic does not change (it is invariant to a feature offset),
+    but without centring a large offset swamps the Gram matrices and costs the result its precision."""
+    x, y = check_pair(x, y, minimum=4)
+    x, y = _center(x), _center(y)
     k, l = x @ x.T, y @ y.T
     return float(unbiased_hsic(k, l) / np.sqrt(unbiased_hsic(k, k) * unbiased_hsic(l, l)))
 
 
 def minibatch_cka(x: np.ndarray, y: np.ndarray, batch: int = 256, seed: int = 0) -> float:
     """Linear CKA from unbiased HSIC summed over shuffled mini-batches (Nguyen et al. 2021)."""
+    x, y = check_pair(x, y, minimum=4)
     n = len(x)
+    if batch < 4:
+        raise ValueError(f"mini-batches of at least 4 examples are needed, got {batch}")
     order = np.random.default_rng(seed).permutation(n)
     xy = xx = yy = 0.0
     for start in range(0, n - 3, batch):
@@ -101,6 +131,7 @@ def minibatch_cka(x: np.ndarray, y: np.ndarray, batch: int = 256, seed: int = 0)
 
 def cca(x: np.ndarray, y: np.ndarray, eps: float = 1e-10) -> np.ndarray:
     """Canonical correlations, descending, min(rank x, rank y) of them."""
+    x, y = check_pair(x, y)
     qx = _orthonormal_basis(_center(x), eps)
     qy = _orthonormal_basis(_center(y), eps)
     return np.clip(np.linalg.svd(qx.T @ qy, compute_uv=False), 0.0, 1.0)
@@ -125,20 +156,34 @@ def _svd_reduce(x: np.ndarray, keep: float) -> np.ndarray:
 
 
 def svcca(x: np.ndarray, y: np.ndarray, keep: float = 0.99) -> float:
+    x, y = check_pair(x, y)
     return mean_cca(_svd_reduce(x, keep), _svd_reduce(y, keep))
 
 
+def _projection_weighted(base: np.ndarray, q: np.ndarray, u: np.ndarray, rho: np.ndarray) -> float:
+    """sum_i alpha_i rho_i / sum_i alpha_i, alpha_i = sum_j |<h_i, base_j>| for the canonical variates h_i
+    of ``base`` (orthonormal basis ``q``, rotation ``u``)."""
+    variates = q @ u[:, : len(rho)]                       # canonical variates (N, d), unit norm
+    weights = np.abs(variates.T @ base).sum(1)
+    return float(np.sum(weights * rho) / np.sum(weights))
+
+
 def pwcca(x: np.ndarray, y: np.ndarray, eps: float = 1e-10) -> float:
-    """Projection-weighted CCA of Morcos et al.: canonical variates of ``x`` weighted by how much
-    of ``x``'s neurons they account for (sum of absolute correlations with x's columns)."""
+    """Projection-weighted CCA (Morcos et al. 2018): canonical correlations weighted by how much of one
+    side's neurons each canonical variate accounts for. As google/svcca's ``compute_pwcca``, the side is
+    the one with fewer neurons (non-degenerate directions here); when both have as many, the mean of the
+    two weightings (svcca takes the first argument), so that pwcca(x, y) == pwcca(y, x) always."""
+    x, y = check_pair(x, y)
     xc, yc = _center(x), _center(y)
     qx = _orthonormal_basis(xc, eps)
     qy = _orthonormal_basis(yc, eps)
-    u, rho, _ = np.linalg.svd(qx.T @ qy, full_matrices=False)
+    ux, rho, vt = np.linalg.svd(qx.T @ qy, full_matrices=False)
     rho = np.clip(rho, 0.0, 1.0)
-    variates = qx @ u[:, : len(rho)]                      # canonical variates of x (N, d), unit norm
-    weights = np.abs(variates.T @ xc).sum(1)              # alpha_i = sum_j |<h_i, x_j>|
-    return float(np.sum(weights * rho) / np.sum(weights))
+    on_x = _projection_weighted(xc, qx, ux, rho)
+    on_y = _projection_weighted(yc, qy, vt.T, rho)
+    if qx.shape[1] != qy.shape[1]:
+        return on_x if qx.shape[1] < qy.shape[1] else on_y
+    return 0.5 * (on_x + on_y)
 
 
 def reduce_activations(a: np.ndarray, spatial: int = 2, max_features: int = 4096, seed: int = 0) -> np.ndarray:

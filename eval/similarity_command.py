@@ -22,7 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--b", required=True, help="backbone source B")
     parser.add_argument("--split", default="test", help="split whose images are used (default test)")
     parser.add_argument("--samples", type=int, default=500, help="images (default 500; evenly spaced)")
-    parser.add_argument("--image-size", type=int, default=64, help="input size (default 64)")
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="backbone input size (default 0: each backbone at the size it was pretrained at, 224 without one)")
     parser.add_argument("--spatial", type=int, default=2, help="conv maps pooled to S x S positions (default 2)")
     parser.add_argument("--max-features", type=int, default=4096, help="features kept per layer (default 4096)")
     parser.add_argument("--measure", action="append", default=None,

@@ -42,7 +42,7 @@ def weight_similarity(a: torch.nn.Module, b: torch.nn.Module, max_layers: int = 
 
 
 def run_similarity(data: str, a: str, b: str, out: str | Path, split: str = "test", samples: int = 500,
-                   image_size: int = 64, spatial: int = 2, max_features: int = 4096, measures=None,
+                   image_size: int = 0, spatial: int = 2, max_features: int = 4096, measures=None,
                    name: str | None = None, label: str = "region") -> dict:
     dataset = open_dataset(data, label)
     count = len(dataset.entries(split))
@@ -62,14 +62,18 @@ def run_similarity(data: str, a: str, b: str, out: str | Path, split: str = "tes
         acts.append(collect(model, x, lambda v: reduce_activations(v, spatial, max_features), device=device))
         cards.append({k: v for k, v in card.items() if k != "config"})
     layers_a, layers_b = list(acts[0]), list(acts[1])
-    matrices = {}
+    matrices, undefined = {}, {}
     for measure in measures:
         fn = MEASURES[measure]
         matrix = []
         for la in layers_a:
             row = []
             for lb in layers_b:
-                value = fn(acts[0][la], acts[1][lb])
+                try:
+                    value = fn(acts[0][la], acts[1][lb])
+                except ValueError as err:      # undefined here (e.g. a constant layer): say so, keep the rest
+                    undefined[f"{measure} {la} x {lb}"] = str(err)
+                    value = float("nan")
                 row.append(None if not np.isfinite(value) else round(float(value), 5))
             matrix.append(row)
         matrices[measure] = matrix
@@ -82,7 +86,7 @@ def run_similarity(data: str, a: str, b: str, out: str | Path, split: str = "tes
               "max_features": max_features, "layers_a": layers_a, "layers_b": layers_b,
               "features_per_layer": {"a": {k: int(v.shape[1]) for k, v in acts[0].items()},
                                      "b": {k: int(v.shape[1]) for k, v in acts[1].items()}},
-              "matrices": matrices, "weight_rbf_cka": weights, "provenance": provenance()}
+              "matrices": matrices, "undefined": undefined, "weight_rbf_cka": weights, "provenance": provenance()}
     path = folder / f"{name}.json"
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     from ctssl.eval.plots import heatmaps

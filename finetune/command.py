@@ -1,7 +1,8 @@
 """Fine-tune backbones on a labelled dataset: the full network, or a truncated one (--truncate k
 keeps the first k ResNet stages / ViT blocks), optional layer-wise learning-rate decay, early
-stopping on validation. The best-validation and the final model are both reported on the test
-split (variants best_val and final), over --fraction x --seed, with patient-bootstrap CIs; one
+stopping on validation; a learning-rate (x weight-decay) grid, every point with the same budget, the
+one best on validation kept and recorded. The best-validation and the final model are both reported
+on the test split (variants best_val and final), over --fraction x --seed, with patient-bootstrap CIs; one
 record per run in OUT/runs/, gathered in OUT/results.jsonl; paired comparisons against the first
 backbone in OUT/comparisons.jsonl.
 
@@ -22,11 +23,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_eval_options(parser)
     parser.add_argument("--epochs", type=int, default=20, help="maximum epochs (default 20)")
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="head learning rate, AdamW (default 1e-3)")
-    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
+    parser.add_argument("--lr", type=float, action="append", default=None,
+                        help="head learning rate, AdamW (repeatable: a grid, each trained with the same budget and "
+                             "chosen on validation; default 3e-4, 1e-3, 3e-3)")
+    parser.add_argument("--weight-decay", type=float, action="append", default=None,
+                        help="AdamW weight decay (repeatable, crossed with --lr; default 0.05)")
     parser.add_argument("--llrd", type=float, default=1.0, help="layer-wise learning-rate decay (default 1 = off)")
     parser.add_argument("--truncate", type=int, default=0,
-                        help="keep the first k ResNet stages (1-4) or ViT blocks; 0 = full network (default)")
+                        help="keep the first k ResNet stages (1-4) or ViT blocks; 0 = full network (default); a "
+                             "truncated ResNet's head sees the unpooled map (TruncatedTL)")
+    parser.add_argument("--truncate-pool", action="store_true",
+                        help="pool the truncated ResNet's map before the head (TruncatedTL's pooled variant)")
     parser.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (default 5)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no crop/flip augmentation")
     parser.add_argument("--no-balanced", dest="balanced", action="store_false", help="plain (not class-weighted) loss")
@@ -42,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     from ctssl.finetune.protocol import finetune_runs
 
     setup_logging(args.log_level)
-    cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                         llrd=args.llrd, truncate=args.truncate, patience=args.patience, augment=args.augment,
-                         balanced=args.balanced, save_model=args.save_model)
+    defaults = FinetuneConfig()
+    cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lrs=args.lr or defaults.lrs,
+                         weight_decays=args.weight_decay or defaults.weight_decays, llrd=args.llrd,
+                         truncate=args.truncate, truncate_pool=args.truncate_pool, patience=args.patience,
+                         augment=args.augment, balanced=args.balanced, save_model=args.save_model)
     return finish(args, finetune_runs(eval_spec(args), cfg, args.out))

@@ -51,3 +51,15 @@ def test_domain_classifier_and_knn_purity():
     mixed = knn_purity(x, rng.normal(size=(200, 10)))
     assert abs(mixed["purity"] - mixed["chance"]) < 0.08
     assert knn_purity(x, rng.normal(size=(200, 10)) + 5.0)["purity"] > 0.95
+
+
+def test_gap_measures_refuse_undefined_inputs():
+    x = rng.normal(size=(20, 4))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        frechet_distance(x[:1], x)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        mmd2(np.where(x > 1.5, np.inf, x), x)
+    with pytest.raises(ValueError, match="same features"):
+        knn_purity(x, x[:, :3])
+    with pytest.raises(ValueError, match="at least 5 samples"):
+        domain_classifier(x[:4], x[:4])

@@ -70,3 +70,40 @@ def test_multilabel_probe_learns_each_label():
     model = train_probe(x[:600], y[:600], x[600:750], y[600:750], ProbeConfig(epochs=30), 3, multilabel=True)
     assert model["select"] == "auroc"
     assert macro_auroc(y[750:], predict(model, x[750:], multilabel=True)) > 0.95
+
+
+def test_constant_training_features_cannot_blow_up():
+    """Features constant on the training split (ReLU channels that a small subset never excites) carry nothing
+    the probe can learn: their test values must not move a prediction, however far they are from training."""
+    (xtr, xva, xte), (ytr, yva, yte) = _blobs(2.0)
+    xtr, xva, xte = (np.hstack([x, np.zeros((len(x), 3))]) for x in (xtr, xva, xte))
+    far = xte.copy()
+    far[:, -3:] = 5e4 * np.random.default_rng(0).random((len(far), 3))
+    ztr, zva, zte, zfar = standardise(xtr, xva, xte, far)
+    assert np.all(zfar[:, -3:] == 0) and np.all(np.isfinite(zfar))
+    model = train_probe(ztr, ytr, zva, yva, ProbeConfig(epochs=20), 4)
+    np.testing.assert_allclose(predict(model, zfar), predict(model, zte), rtol=1e-6)
+
+
+def test_more_labels_do_not_hurt_the_selected_probe():
+    """Patients of 40 correlated samples each (as slices of a series), sparse non-negative features (as pooled
+    ReLU features); the same test patients for both fractions: 100% of the labels is not worse than 10%."""
+    from ctssl.eval.runs import subsample
+
+    rng = np.random.default_rng(0)
+    n_patients, per = 60, 40
+    groups = np.repeat(np.arange(n_patients), per)
+    y = rng.integers(0, 3, n_patients)[groups]
+    centres = rng.normal(size=(3, 64))
+    patient_shift = rng.normal(scale=1.5, size=(n_patients, 64))[groups]
+    x = np.maximum(0.0, centres[y] + patient_shift + rng.normal(scale=1.0, size=(len(y), 64)) - 1.0)
+    split = np.array(["train"] * 40 + ["val"] * 8 + ["test"] * 12)[groups]
+    tr, va, te = (split == s for s in ("train", "val", "test"))
+    results = {}
+    for fraction in (0.1, 1.0):
+        idx = subsample(y[tr], groups[tr].astype(str), fraction, 0)
+        xtr, xva, xte = standardise(x[tr][idx], x[va], x[te])
+        model = train_probe(xtr, y[tr][idx], xva, y[va], ProbeConfig(epochs=50), 3)
+        results[fraction] = accuracy(y[te], predict(model, xte).argmax(1))
+    assert results[1.0] >= results[0.1] - 0.01, results
+    assert results[1.0] > 0.8

@@ -93,16 +93,40 @@ def test_svcca_and_pwcca():
     b = np.hstack([signal @ rng.normal(size=(3, 10)), 1e-4 * rng.normal(size=(200, 10))])
     assert svcca(a, b) == pytest.approx(1.0, abs=1e-6)
     assert mean_cca(a, b) < 0.7
-    # PWCCA: direct weights from the canonical variates of x and x's own columns.
+    # PWCCA, directly: canonical variates from Sigma^-1/2 (svcca's cca_core route), weighted on the side
+    # with fewer neurons, as google/svcca's compute_pwcca: Y (15) here, not X (20).
     xc, yc = X - X.mean(0), Y - Y.mean(0)
     inv_x = np.linalg.inv(np.real(sqrtm(xc.T @ xc)))
     inv_y = np.linalg.inv(np.real(sqrtm(yc.T @ yc)))
-    u, rho, _ = np.linalg.svd(inv_x @ xc.T @ yc @ inv_y)
-    variates = xc @ inv_x @ u[:, :15]
+    u, rho, vt = np.linalg.svd(inv_x @ xc.T @ yc @ inv_y, full_matrices=False)
+    variates = yc @ inv_y @ vt.T[:, :15]
     variates /= np.linalg.norm(variates, axis=0)
-    weights = np.abs(variates.T @ xc).sum(1)
+    weights = np.abs(variates.T @ yc).sum(1)
     assert pwcca(X, Y) == pytest.approx(np.sum(weights * rho[:15]) / weights.sum(), rel=1e-6)
+    assert pwcca(X, Y) == pytest.approx(pwcca(Y, X), rel=1e-12)        # symmetric
+    z = X[:, :15] + 0.3 * rng.normal(size=(120, 15))                    # as many neurons on both sides
+    assert pwcca(z, Y) == pytest.approx(pwcca(Y, z), rel=1e-12)
     assert pwcca(X, X) == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("measure", [linear_cka, rbf_cka, unbiased_cka, mean_cca, svcca, pwcca, minibatch_cka])
+def test_undefined_inputs_are_refused_with_a_reason(measure):
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        measure(np.where(X > 2.5, np.nan, X), Y)
+    with pytest.raises(ValueError, match="constant"):
+        measure(np.ones_like(X), Y)
+    with pytest.raises(ValueError, match="examples"):
+        measure(X[:1], Y[:1])
+    with pytest.raises(ValueError, match="different numbers"):
+        measure(X, Y[:-1])
+    if measure in (unbiased_cka, minibatch_cka):
+        with pytest.raises(ValueError, match="at least 4"):
+            measure(X[:3], Y[:3])
+
+
+def test_unbiased_cka_keeps_its_precision_under_a_large_offset():
+    offset = 1e6
+    assert unbiased_cka(X + offset, Y - offset) == pytest.approx(unbiased_cka(X, Y), rel=1e-9)
 
 
 def test_reduce_activations_pools_and_subsamples():
