@@ -17,6 +17,11 @@ for 8-bit images):
   drawn from a Poisson law, about 60 HU standard deviation at water; Gaussian, 25 grey levels, on
   8-bit images; seeded per image;
 - ``lowpass``: a Gaussian blur of 2 pixels (a softer reconstruction kernel).
+
+Whether the drop from the clean to the anti-correlated test set is more than chance is a paired
+permutation test (``permutation_test``): only the negatives differ between the two test sets, so under
+"the confounder changes nothing" each negative's two scores are exchangeable; swapping them at random
+``permutations`` times gives the null distribution of the AUROC difference.
 """
 
 from __future__ import annotations
@@ -99,8 +104,43 @@ class ConfounderConfig:
     fractions: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.5, 0.8, 1.0])   # the study's
     mode: str = "probe"                 # probe (frozen features) or finetune
     seed: int = 0
-    image_size: int = 64
+    image_size: int = 0                 # 0: each backbone's pretraining size (eval.inputs)
     n_boot: int = 500
+    permutations: int = 2000            # paired permutation test of the AUROC drop (0: none)
+
+
+def _auroc_rows(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """AUROC of fixed positive scores ``pos`` against each row of negative scores ``neg`` (R, n)."""
+    ordered = np.sort(pos)
+    below = np.searchsorted(ordered, neg, side="left")          # positives below each negative
+    not_above = np.searchsorted(ordered, neg, side="right")
+    above = len(pos) - not_above                                   # positives scored higher
+    ties = not_above - below
+    return (above + 0.5 * ties).sum(1) / (len(pos) * neg.shape[1])
+
+
+def permutation_test(positive: np.ndarray, clean: np.ndarray, confounded: np.ndarray, permutations: int = 2000,
+                     seed: int = 0) -> dict:
+    """Paired permutation test of AUROC(clean) - AUROC(confounded) where the two score vectors differ only
+    on the negatives (module docstring). Returns the observed drop and the two-sided p-value
+    ``(1 + #{|null| >= |observed|}) / (1 + permutations)``."""
+    positive = np.asarray(positive, bool)
+    pos, neg_clean, neg_conf = clean[positive], clean[~positive], confounded[~positive]
+    if not np.allclose(pos, confounded[positive], rtol=0, atol=1e-3):   # the same images: only rounding differs
+        raise ValueError("the permutation test needs the positives scored the same in both test sets")
+    if len(pos) == 0 or len(neg_clean) == 0:
+        return {"drop": None, "p_value": None, "permutations": 0}
+    observed = float(_auroc_rows(pos, neg_clean[None])[0] - _auroc_rows(pos, neg_conf[None])[0])
+    rng = np.random.default_rng(seed)
+    null = np.empty(permutations)
+    for start in range(0, permutations, 256):
+        swap = rng.random((min(256, permutations - start), len(neg_clean))) < 0.5
+        a = np.where(swap, neg_conf, neg_clean)
+        b = np.where(swap, neg_clean, neg_conf)
+        null[start:start + len(swap)] = _auroc_rows(pos, a) - _auroc_rows(pos, b)
+    p = (1 + np.sum(np.abs(null) >= abs(observed) - 1e-12)) / (1 + permutations) if permutations else None
+    return {"drop": round(observed, 5), "p_value": None if p is None else round(float(p), 5),
+            "permutations": permutations}
 
 
 def confounded_set(keys: list[str], positives: np.ndarray, fraction: float, seed: int) -> set[str]:
@@ -112,7 +152,8 @@ def confounded_set(keys: list[str], positives: np.ndarray, fraction: float, seed
 
 
 def run_confounders(data: str, backbones: list[str], label: str, cfg: ConfounderConfig, out, cache: str = "",
-                    name: str | None = None, probe_cfg=None, finetune_cfg=None) -> dict:
+                    name: str | None = None, probe_cfg=None, finetune_cfg=None, grey_window: str = "wide",
+                    order: int = 0) -> dict:
     """The experiment for each backbone and fraction (module docstring); OUT/confounders/<name>.json."""
     import json
     from pathlib import Path
@@ -143,11 +184,11 @@ def run_confounders(data: str, backbones: list[str], label: str, cfg: Confounder
     rows = []
     for source in backbones:
         model, card = load_backbone(source)
-        spec = input_spec(card, dataset.kind, cfg.image_size)
+        spec = input_spec(card, dataset.kind, cfg.image_size, grey_window)
         anti_test = confounded(split["test"], ~positive["test"])          # every negative confounded
         if cfg.mode == "probe":
             clean = cached_features(source, dataset, ["train", "val", "test"], cfg.image_size,
-                                    cache or Path(out) / "features")
+                                    cache or Path(out) / "features", grey_window=grey_window)
             feats = {s: np.asarray(clean[s].features) for s in split}
             # Confounded versions of every positive (train, val) and every negative (test), once.
             tagged = {s: compute_features(model, [inject(x.image, cfg.confounder, x.key)
@@ -164,12 +205,16 @@ def run_confounders(data: str, backbones: list[str], label: str, cfg: Confounder
                                                       confounded, finetune_cfg, cfg.seed)
             y = positive["test"].astype(np.int64)
             groups = dataset.groups("test")
-            row = {"backbone": source, "fraction": fraction,
+            row = {"backbone": source, "backbone_order": order + backbones.index(source), "input": spec.rule,
+                   "fraction": fraction,
                    "n_confounded_train": len(chosen["train"]), "n_positive_train": int(positive["train"].sum()),
                    "clean": metrics_with_ci(y, scores_clean, groups, False, cfg.n_boot, cfg.seed),
                    "confounded": metrics_with_ci(y, scores_anti, groups, False, cfg.n_boot, cfg.seed)}
             row["drop"] = {m: _diff(row["clean"][m]["value"], row["confounded"][m]["value"])
                            for m in ("accuracy", "balanced_accuracy", "auroc")}
+            if cfg.permutations:
+                row["permutation_test"] = permutation_test(positive["test"], scores_clean[:, 1], scores_anti[:, 1],
+                                                           cfg.permutations, cfg.seed)
             logger.info("confounder %s, %s, fraction %.2f: clean AUROC %s, anti-correlated AUROC %s", cfg.confounder,
                         source, fraction, row["clean"]["auroc"]["value"], row["confounded"]["auroc"]["value"])
             rows.append(row)
@@ -215,13 +260,13 @@ def _finetune(model, card, spec, split, positive, chosen, anti_test, confounded,
     import torch
 
     from ctssl.eval.inputs import prepare
-    from ctssl.finetune.finetune import FinetuneConfig, finetune, predict
+    from ctssl.finetune.finetune import FinetuneConfig, finetune_grid, predict
 
     def tensor(samples):
         return torch.stack([prepare(s.image, spec) for s in samples]).half()
 
     data = {s: tensor(confounded(split[s], [x.key in chosen[s] for x in split[s]])) for s in ("train", "val")}
-    result = finetune(model, card["backbone"], data["train"], positive["train"].astype(np.int64), data["val"],
-                      positive["val"].astype(np.int64), 2, finetune_cfg or FinetuneConfig(epochs=5), seed)
+    result = finetune_grid(model, card["backbone"], data["train"], positive["train"].astype(np.int64), data["val"],
+                           positive["val"].astype(np.int64), 2, finetune_cfg or FinetuneConfig(epochs=5), seed)
     best = result["best_val"]
     return predict(best, tensor(split["test"]), False), predict(best, tensor(anti_test), False)

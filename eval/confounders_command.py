@@ -25,7 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", default="probe", choices=["probe", "finetune"], help="probe (default) or finetune")
     parser.add_argument("--epochs", type=int, default=None, help="probe / fine-tuning epochs (default 50 / 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    parser.add_argument("--image-size", type=int, default=64, help="input size (default 64)")
+    parser.add_argument("--image-size", type=int, default=0,
+                        help="backbone input size (default 0: each backbone at the size it was pretrained at, 224 without one)")
     parser.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples (default 500)")
     parser.add_argument("--cache", default="", help="feature cache (default OUT/features)")
     parser.add_argument("--out", required=True, help="output folder (confounders/<name>.json)")

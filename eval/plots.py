@@ -27,8 +27,13 @@ def save(fig, path: str | Path) -> Path:
     return Path(path)
 
 
-def heatmaps(record: dict, path: str | Path) -> Path:
-    """One heat map per similarity measure: layers of A (rows) x layers of B (columns)."""
+def _short(source: str, width: int = 36) -> str:
+    return source if len(source) <= width else "…" + source[-(width - 1):]
+
+
+def heatmaps(record: dict, path: str | Path, label=_short) -> Path:
+    """One heat map per similarity measure: layers of A (rows) x layers of B (columns); ``label`` names a
+    backbone source readably."""
     plt = _pyplot()
     measures = list(record["matrices"])
     cols = min(3, len(measures))
@@ -40,13 +45,15 @@ def heatmaps(record: dict, path: str | Path) -> Path:
         ax.set_title(measure, fontsize=9)
         ax.set_xticks(range(len(record["layers_b"])), record["layers_b"], rotation=45, fontsize=7)
         ax.set_yticks(range(len(record["layers_a"])), record["layers_a"], fontsize=7)
+        ax.set_xlabel("B", fontsize=8)
+        ax.set_ylabel("A", fontsize=8)
         for (i, j), v in np.ndenumerate(m):
             if np.isfinite(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v < 0.6 else "black")
         fig.colorbar(im, ax=ax, fraction=0.046)
     for ax in list(axes.flat)[len(measures):]:
         ax.axis("off")
-    fig.suptitle(f"A = {record['a']}\nB = {record['b']}", fontsize=7)
+    fig.suptitle(f"A = {label(record['a'])}, B = {label(record['b'])}", fontsize=9)
     fig.tight_layout()
     return save(fig, path)
 
@@ -91,14 +98,43 @@ def embedding(points: np.ndarray, domains: list[str], labels: list[str], path: s
     return save(fig, path)
 
 
-def confounder_curves(rows: list[dict], metric: str, path: str | Path, title: str) -> Path:
-    """Clean vs confounded test metric as the confounded fraction of positives grows."""
+def confounder_curves(rows: list[dict], metric: str, path: str | Path, title: str, label=_short) -> Path:
+    """Clean vs confounded test metric as the confounded fraction of positives grows (mean over the rows of
+    one backbone and fraction, e.g. seeds)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, ax = plt.subplots(figsize=(5.2, 3.5))
     for backbone in dict.fromkeys(r["backbone"] for r in rows):
-        mine = sorted((r for r in rows if r["backbone"] == backbone), key=lambda r: r["fraction"])
-        f = [r["fraction"] for r in mine]
-        line, = ax.plot(f, [r["clean"][metric]["value"] for r in mine], marker="o", label=f"{backbone} clean")
-        ax.plot(f, [r["confounded"][metric]["value"] for r in mine], marker="x", linestyle="--",
-                color=line.get_color(), label=f"{backbone} anti-correlated")
+        mine = [r for r in rows if r["backbone"] == backbone]
+        f = sorted({r["fraction"] for r in mine})
+
+        def mean(kind, x):
+            values = [r[kind][metric]["value"] for r in mine if r["fraction"] == x and r[kind][metric]["value"] is not None]
+            return float(np.mean(values)) if values else np.nan
+
+        line, = ax.plot(f, [mean("clean", x) for x in f], marker="o", label=f"{label(backbone)}, clean")
+        ax.plot(f, [mean("confounded", x) for x in f], marker="x", linestyle="--", color=line.get_color(),
+                label=f"{label(backbone)}, anti-correlated")
     return _finish_lines(fig, ax, "fraction of positive training images carrying the confounder", metric, title, path)
+
+
+def layer_profile(series: dict, path: str | Path, title: str, ylabel: str = "mean CCA, pretrained vs fine-tuned") -> Path:
+    """``series``: {name: [(layer, mean, sd), ...]} -> one line per name over the layers, error bars."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.5))
+    for name, points in series.items():
+        x = np.arange(len(points))
+        ax.errorbar(x, [p[1] for p in points], yerr=[p[2] for p in points], marker="o", capsize=3, label=name)
+        ax.set_xticks(x, [p[0] for p in points])
+    ax.set_ylim(0, 1.02)
+    return _finish_lines(fig, ax, "layer", ylabel, title, path)
+
+
+def cut_curves(series: dict, metric: str, path: str | Path, title: str) -> Path:
+    """``series``: {name: [(cut label, mean, sd), ...]} -> test metric per cut point, one line per name."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 3.5))
+    for name, points in series.items():
+        x = np.arange(len(points))
+        ax.errorbar(x, [p[1] for p in points], yerr=[p[2] for p in points], marker="o", capsize=3, label=name)
+        ax.set_xticks(x, [p[0] for p in points])
+    return _finish_lines(fig, ax, "network kept (cut after)", metric, title, path)

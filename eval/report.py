@@ -11,8 +11,14 @@ Reads ``OUT/results.jsonl`` and ``OUT/comparisons.jsonl`` (probe, kNN, fine-tuni
 2. paired comparisons against the baseline backbone (difference, CI, p, error consistency);
 3. data-efficiency curves (metric vs label fraction, mean over seeds, band: CI or seed range);
 4. representation similarity heat maps; 5. domain gap; 6. confounders;
-7. provenance: every backbone's source, method, training data and weights hash; every dataset's
-   fingerprint; the ctssl version and git commit that produced the numbers.
+7. provenance: every backbone's source, method, training data, weights hash and evaluation input (how its
+   images were prepared, ``eval.inputs``); every dataset's fingerprint; the ctssl version and git commit
+   that produced the numbers.
+
+Fine-tuning runs add a table of each backbone's chosen learning rate and the grid behind it. A recipe's
+sweep (``OUT/sweep.json`` naming a study) opens with that study's tables and figures
+(``eval.study_report``); the hidden-representation and truncated-transfer results appear only there.
+Figures are drawn with the backbones' readable names (``OUT/names.json``).
 """
 
 from __future__ import annotations
@@ -39,7 +45,19 @@ def _load_folder(folder: Path) -> list[dict]:
 
 
 def _main_metric(record: dict) -> str:
-    return "accuracy" if "accuracy" in record["test"] else "auroc"
+    from ctssl.eval.runs import main_metric
+
+    return main_metric(record)
+
+
+TASK_NAMES = {"knn": "kNN", "probe": "linear probe", "finetune": "fine-tuning", "truncated": "truncated fine-tuning",
+              "hidden": "fine-tuning (cross-validated)"}
+
+
+def readable_task(name: str) -> str:
+    """'finetune best_val' -> 'fine-tuning (best_val)'; 'knn k=20' -> 'kNN (k=20)'."""
+    task, _, variant = name.partition(" ")
+    return TASK_NAMES.get(task, task) + (f" ({variant})" if variant else "")
 
 
 def _task_name(record: dict) -> str:
@@ -80,7 +98,7 @@ def headline(records: list[dict]) -> dict:
             top[_task_name(r)] = max(top.get(_task_name(r), 0.0), r["fraction"])
         rs = [r for r in rs if r["fraction"] == top[_task_name(r)]]
         names = list(dict.fromkeys(_task_name(r) for r in sorted(rs, key=lambda r: (r["task"], r.get("variant", "")))))
-        columns = [f"{n} (fraction {top[n]:g})" for n in names]
+        columns = [f"{readable_task(n)}, fraction {top[n]:g}" for n in names]
         backbones = list(dict.fromkeys(r["backbone"] for r in sorted(rs, key=lambda r: r["backbone_order"])))
         metric = _main_metric(rs[0])
         rows = []
@@ -157,7 +175,7 @@ border:1px solid #e3e7ef}code{background:#f1f4f9;padding:0 .25rem;border-radius:
 
 def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tuple[Path, Path]:
     """Write OUT/report.html and OUT/report.md; returns their paths."""
-    from ctssl.eval.plots import efficiency_curves
+    from ctssl.eval.plots import confounder_curves, efficiency_curves, heatmaps
     from ctssl.eval.runs import git_commit
 
     out = Path(out)
@@ -167,19 +185,35 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
     def label(source: str, width: int = 42) -> str:
         return names.get(source) or _short(source, width)
 
-    records = load_jsonl(out / "results.jsonl")
-    comparisons = load_jsonl(out / "comparisons.jsonl")
+    from ctssl.eval.study_report import OWN_TASKS, studies_to_render, study_sections
+
+    all_records = load_jsonl(out / "results.jsonl")
+    all_comparisons = load_jsonl(out / "comparisons.jsonl")
     similarity = _load_folder(out / "similarity")
     gaps = _load_folder(out / "gap")
     confounders = _load_folder(out / "confounders")
+    sweep = json.loads((out / "sweep.json").read_text())["config"] if (out / "sweep.json").exists() else {}
+    study = sweep.get("study") or ""
+    # Results a study section lays out itself stay out of the generic tables below.
+    records = [r for r in all_records if r["task"] not in OWN_TASKS]
+    comparisons = [c for c in all_comparisons if c["task"] not in OWN_TASKS]
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = f"generated {now} by ctssl {__version__} (git {git_commit() or 'unknown'})"
     h = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
          f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1><p class='meta'>{html.escape(meta)}</p>"]
     md = [f"# {title}", "", f"_{meta}_", ""]
-    if not any((records, similarity, gaps, confounders)):
+    if not any((all_records, similarity, gaps, confounders)):
         h.append("<p>No results found in this folder yet.</p>")
         md.append("No results found in this folder yet.")
+    for name in studies_to_render(study, all_records):
+        heading = f"Study: {name.replace('_', ' ')}"
+        cite = sweep.get("reference") if name == study else ""
+        h.append(f"<h2>{html.escape(heading)}</h2>" + (f"<p class='note'>Recipe <code>{html.escape(name)}</code>, "
+                                                        f"after {html.escape(cite)}</p>" if cite else ""))
+        md += [f"## {heading}", "", *([f"Recipe `{name}`, after {cite}", ""] if cite else [])]
+        parts, lines = study_sections(out, name, all_records, all_comparisons, confounders, label)
+        h += parts
+        md += lines
 
     if records:
         h.append("<h2>Downstream results</h2>")
@@ -192,26 +226,40 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
             h.append(f"<p class='note'>{html.escape(caption)}</p>" + _table(header, rows))
             md += [f"_{caption}_", "", *_md_table(header, rows)]
     if comparisons:
-        header = ["task", "fraction", "seed", "backbone", "vs baseline", "test", "metric", "Δ [95% CI]", "p",
-                  "error consistency κ"]
+        header = ["label", "task", "fraction", "seed", "backbone", "vs baseline", "test", "metric", "Δ [95% CI]",
+                  "relative Δ", "p", "error consistency κ"]
         tests = {"welch_t": "Welch t over seeds"}
-        rows = [[f"{c['task']} {c.get('variant') or ''}".strip(), f"{c['fraction']:g}", c["seed"], label(c["backbone"], 32),
-                 label(c["baseline"], 24), tests.get(c.get("test"), "paired bootstrap"), c["metric"],
-                 f"{_fmt(c['delta'], '+.3f')} [{_fmt(c['lower'], '+.3f')}, {_fmt(c['upper'], '+.3f')}]",
-                 _fmt(c["p_value"]), _fmt((c.get("agreement") or {}).get("error_consistency_kappa"))]
-                for c in comparisons]
+        rows = [[c.get("label", ""), readable_task(f"{c['task']} {c.get('variant') or ''}".strip()), f"{c['fraction']:g}",
+                 c["seed"], label(c["backbone"], 32), label(c["baseline"], 24), tests.get(c.get("test"), "paired bootstrap"),
+                 c["metric"], f"{_fmt(c['delta'], '+.3f')} [{_fmt(c['lower'], '+.3f')}, {_fmt(c['upper'], '+.3f')}]",
+                 _fmt(c.get("relative_delta"), "+.1%"), _fmt(c["p_value"]),
+                 _fmt((c.get("agreement") or {}).get("error_consistency_kappa"))]
+                for c in sorted(comparisons, key=lambda c: (c.get("label", ""), c["task"], c.get("variant") or "",
+                                                            c["fraction"], str(c["seed"])))]
         note = ("Per seed: paired patient-bootstrap on the same test samples (difference = backbone − baseline); "
                 "over seeds (seed 'all'): Welch's t-test of the per-seed metrics. Error consistency κ: 0 = "
                 "independent errors, 1 = the same samples right and wrong.")
         h.append(f"<h2>Paired comparisons</h2><p class='note'>{html.escape(note)}</p>" + _table(header, rows))
         md += ["## Paired comparisons", "", note, "", *_md_table(header, rows)]
+    tuned = [r for r in records if r["task"] == "finetune" and r.get("variant") == "best_val" and r.get("chosen")]
+    if tuned:
+        header = ["backbone", "fraction", "seed", "chosen lr", "weight decay", "best epoch", "grid (val metric)"]
+        rows = [[label(r["backbone"], 32), f"{r['fraction']:g}", str(r["seed"]), f"{r['chosen']['lr']:g}",
+                 f"{r['chosen']['weight_decay']:g}", str(r.get("best_epoch", "")),
+                 ", ".join(f"{g['lr']:g}: {_fmt(next((v for k, v in g.items() if k.startswith('val_')), None))}"
+                           for g in r.get("grid", []))]
+                for r in sorted(tuned, key=lambda r: (r["backbone_order"], r["fraction"], r["seed"]))]
+        note = ("Each backbone's fine-tuning learning rate, chosen on validation from the same grid with the same "
+                "epoch budget for every backbone.")
+        h.append(f"<h2>Fine-tuning choices</h2><p class='note'>{html.escape(note)}</p>" + _table(header, rows))
+        md += ["## Fine-tuning choices", "", note, "", *_md_table(header, rows)]
     series = efficiency_series(records, label)
     if series:
         h.append("<h2>Data efficiency</h2>")
         md += ["## Data efficiency", ""]
         for i, ((spec, target, task, metric), data) in enumerate(series.items()):
             path = efficiency_curves(data, metric, out / "figures" / f"efficiency-{i}.png",
-                                     f"{task} — {target} ({Path(spec).name})")
+                                     f"{readable_task(task)}: {target}, test {metric} by label fraction")
             h.append(_img(path))
             md += [f"![{task} data efficiency](figures/{path.name})", ""]
     if similarity:
@@ -221,7 +269,8 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
             layers = s["layers_a"]
             diag = [s["matrices"]["linear_cka"][i][i] for i in range(min(len(layers), len(s["layers_b"])))] \
                 if "linear_cka" in s["matrices"] else []
-            text = (f"A = {s['a']} · B = {s['b']} · {s['n_images']} images of {s['dataset']['spec']} ({s['split']})")
+            text = (f"A = {label(s['a'])} · B = {label(s['b'])} · {s['n_images']} images of {s['dataset']['spec']} "
+                    f"({s['split']})")
             h.append(f"<p class='note'>{html.escape(text)}</p>")
             md += [text, ""]
             if diag:
@@ -229,9 +278,11 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
                 row = [["linear CKA (same layer)", *[_fmt(v) for v in diag]]]
                 h.append(_table(header, row))
                 md += _md_table(header, row)
-            if s.get("figure") and Path(s["figure"]).exists():
-                h.append(_img(s["figure"]))
-                md += [f"![CKA heat maps](similarity/{Path(s['figure']).name})", ""]
+            path = heatmaps(s, out / "figures" / f"similarity-{s['name']}.png", label)
+            h.append(_img(path))
+            md += [f"![CKA heat maps](figures/{path.name})", ""]
+    if confounders and study == "source_matters":
+        confounders = []          # laid out by the study's section above
     if gaps:
         h.append("<h2>Domain gap</h2>")
         md += ["## Domain gap", ""]
@@ -260,26 +311,34 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
         for c in confounders:
             text = (f"confounder '{c['config']['confounder']}' in a fraction of the positive ({c['label']} = "
                     f"{c['positive']}) training images and in every negative test image; {c['config']['mode']}")
-            header = ["backbone", "fraction", "clean AUROC", "anti-correlated AUROC", "drop"]
+            header = ["backbone", "fraction", "clean AUROC", "anti-correlated AUROC", "drop", "permutation p"]
             rows = [[label(r["backbone"]), f"{r['fraction']:g}", _fmt(r["clean"]["auroc"]["value"]),
-                     _fmt(r["confounded"]["auroc"]["value"]), _fmt(r["drop"]["auroc"], "+.3f")] for r in c["rows"]]
+                     _fmt(r["confounded"]["auroc"]["value"]), _fmt(r["drop"]["auroc"], "+.3f"),
+                     _fmt((r.get("permutation_test") or {}).get("p_value"))] for r in c["rows"]]
             h.append(f"<p class='note'>{html.escape(text)}</p>" + _table(header, rows))
             md += [text, "", *_md_table(header, rows)]
-            if c.get("figure") and Path(c["figure"]).exists():
-                h.append(_img(c["figure"]))
-                md += [f"![confounders](confounders/{Path(c['figure']).name})", ""]
+            path = confounder_curves(c["rows"], "auroc", out / "figures" / f"confounders-{c['name']}.png",
+                                     f"Confounder '{c['config']['confounder']}' on {c['label']} = {c['positive']}",
+                                     label)
+            h.append(_img(path))
+            md += [f"![confounders](figures/{path.name})", ""]
     cards = {}
-    for r in records:
+    for r in all_records:
         cards.setdefault(r["backbone"], r["backbone_card"])
     for g in gaps:
         for r in g["rows"]:
             cards.setdefault(r["backbone"], {})
-    if cards or records:
-        header = ["backbone", "source", "method", "architecture", "pretraining data", "steps", "weights SHA-256"]
+    if cards or all_records:
+        inputs = {}
+        for r in all_records:
+            inputs.setdefault(r["backbone"], (r.get("input") or {}).get("rule", ""))
+        header = ["backbone", "source", "method", "architecture", "pretraining data", "steps", "weights SHA-256",
+                  "evaluation input"]
         rows = [[names.get(b, ""), b, c.get("method", ""), f"{c.get('backbone', '')} ({c.get('in_chans', '')} ch)",
-                 (c.get("data") or {}).get("shards") or "", c.get("steps", ""), (c.get("weights_sha256") or "")[:16]]
+                 (c.get("data") or {}).get("shards") or "", c.get("steps", ""), (c.get("weights_sha256") or "")[:16],
+                 inputs.get(b, "")]
                 for b, c in cards.items()]
-        datasets = {r["dataset"]["fingerprint"]: r["dataset"] for r in records}
+        datasets = {r["dataset"]["fingerprint"]: r["dataset"] for r in all_records}
         drows = [[d["spec"], d["label"], d["kind"], d["fingerprint"][:16], json.dumps(d["counts"])]
                  for d in datasets.values()]
         h.append("<h2>Provenance</h2>" + _table(header, rows) + _table(["dataset", "label", "kind", "fingerprint",

@@ -1,18 +1,29 @@
-"""Evaluation sweeps (tasks x backbones x label fractions x seeds) as independent jobs, for one
-machine or a SLURM array (slurm/eval-sweep.sh):
+"""Evaluation sweeps and the seed studies as recipes (eval/recipes/), as independent jobs for one machine
+or a SLURM array (slurm/eval-sweep.sh):
 
-  ctssl sweep plan --config sweep.yaml [--set key=value] [--count]
+  ctssl sweep [run] --recipe NAME --data D --backbone A --backbone B [--name a --name b] --out OUT
+      a seed study's protocol on your backbones and dataset, every job here, then the report
+  ctssl sweep plan (--config sweep.yaml | --recipe NAME ...) [--count]
       write OUT/sweep.json (resolved config and the job list); --count prints only the number
       of jobs (the array size)
-  ctssl sweep task --config sweep.yaml [--index I]
-      run job I (default $SLURM_ARRAY_TASK_ID); finished runs are skipped
-  ctssl sweep run --config sweep.yaml
-      every job in turn, on this machine
-  ctssl sweep report --config sweep.yaml
+  ctssl sweep task ... [--index I]
+      run job I (default $SLURM_ARRAY_TASK_ID); finished work is skipped
+  ctssl sweep report ...
       gather the finished runs into OUT/results.jsonl and OUT/comparisons.jsonl, write the
-      report (OUT/report.html, OUT/report.md), name the jobs not finished
+      report (OUT/report.html, OUT/report.md; a recipe's results as its paper's tables and
+      figures), name the jobs not finished
 
-sweep.yaml holds what differs from eval.sweep.SweepConfig, e.g.:
+Recipes (each file cites its paper; --set changes any setting, e.g. --set seeds=[0,1]):
+  radnet12m               fine-tuning and linear probing at label fractions, 4 seeds, Welch t-tests,
+                          relative deltas, feature reuse (RBF CKA of conv weights), who knew what
+  hidden_representations  5 patient-grouped folds, mean CCA at conv1 and each stage before/after
+                          fine-tuning, prediction similarity vs chance
+  source_matters          confounders (tag, low-pass, Poisson noise) in 0-100% of the positives,
+                          clean vs anti-correlated test, permutation tests
+  truncated_transfer      fine-tuning cut after every ResNet stage, head on the unpooled map, at
+                          data-poor label fractions
+
+A config file holds what differs from eval.sweep.SweepConfig, e.g.:
 
   out: runs/eval
   data: runs/demo/shards-ct
@@ -28,54 +39,87 @@ from __future__ import annotations
 import argparse
 import os
 
+PHASES = ("plan", "task", "run", "report")
+
+
+def _study_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--recipe", default=default, help="a seed study's recipe (eval/recipes/NAME.yaml)")
+    parser.add_argument("--data", default=default, help="dataset spec (sets data)")
+    parser.add_argument("--label", default=default, help="label to predict (sets label)")
+    parser.add_argument("--backbone", action="append", default=default,
+                        help="backbone source (repeatable; sets backbones; the first is the baseline)")
+    parser.add_argument("--name", action="append", default=default, help="readable backbone name (repeatable)")
+    parser.add_argument("--out", default=default, help="output folder (sets out)")
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="phase", metavar="PHASE", required=True)
-    plan = sub.add_parser("plan", help="resolve the config and write the job list")
-    plan.add_argument("--count", action="store_true", help="print only the number of jobs")
-    task = sub.add_parser("task", help="run one job")
-    task.add_argument("--index", type=int, default=None, help="job index (default $SLURM_ARRAY_TASK_ID)")
-    sub.add_parser("run", help="run every job here, in turn")
-    sub.add_parser("report", help="gather finished runs and write the report")
+    _study_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="phase", metavar="PHASE")
+    for phase, text in (("plan", "resolve the config and write the job list"), ("task", "run one job"),
+                        ("run", "run every job here, in turn, then the report (the default)"),
+                        ("report", "gather finished runs and write the report")):
+        p = sub.add_parser(phase, help=text)
+        _study_options(p, suppress=True)
+        if phase == "plan":
+            p.add_argument("--count", action="store_true", help="print only the number of jobs")
+        if phase == "task":
+            p.add_argument("--index", type=int, default=None, help="job index (default $SLURM_ARRAY_TASK_ID)")
+
+
+def resolve(args: argparse.Namespace):
+    """The sweep's config from the recipe, --config, --set and the named options."""
+    from ctssl.core.config import ConfigError
+    from ctssl.eval import sweep
+
+    recipe = getattr(args, "recipe", None)
+    if not args.config and not recipe:
+        raise ConfigError("ctssl sweep needs --recipe NAME or --config sweep.yaml (see ctssl sweep --help); "
+                          f"recipes: {sweep.recipe_names()}.")
+    options = {"data": getattr(args, "data", None), "label": getattr(args, "label", None),
+               "backbones": getattr(args, "backbone", None), "names": getattr(args, "name", None),
+               "out": getattr(args, "out", None)}
+    cfg = sweep.resolve_sweep_config(recipe, args.config, args.overrides, options)
+    sweep.validate(cfg)
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctssl.core.config import ConfigError, resolve_config
+    from ctssl.core.config import ConfigError
     from ctssl.core.logs import setup_logging
     from ctssl.eval import sweep
 
     setup_logging(args.log_level)
-    if not args.config:
-        raise ConfigError("ctssl sweep needs --config sweep.yaml (see ctssl sweep --help).")
-    cfg = resolve_config(sweep.SweepConfig, args.config, args.overrides)
-    sweep.validate(cfg)
-    if args.phase == "plan":
+    phase = args.phase or "run"
+    cfg = resolve(args)
+    if phase == "plan":
         path = sweep.write_plan(cfg)
         count = len(sweep.jobs(cfg))
         print(count if args.count else f"{count} jobs; plan written to {path}")
         return 0
-    if args.phase == "task":
+    if phase == "task":
         index = args.index if args.index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
         if index in (None, ""):
             raise ConfigError("ctssl sweep task needs --index or $SLURM_ARRAY_TASK_ID.")
         sweep.run_job(cfg, int(index))
         return 0
-    if args.phase == "run":
+    if phase == "run":
+        sweep.write_plan(cfg)
         for job in sweep.jobs(cfg):
             sweep.run_job(cfg, job["index"])
     return _report(cfg)
 
 
 def _report(cfg) -> int:
-    from ctssl.eval.runs import collate
+    from ctssl.eval.report import write_report
+    from ctssl.eval.runs import collate, save_names
     from ctssl.eval.sweep import missing_jobs
 
+    save_names(cfg.out, cfg.backbones, cfg.names)
     results, comparisons = collate(cfg.out, cfg.n_boot)
     missing = missing_jobs(cfg)
     print(f"results: {results}\ncomparisons: {comparisons}")
-    from ctssl.eval.report import write_report
-
-    html, markdown = write_report(cfg.out)
+    html, markdown = write_report(cfg.out, cfg.title or "ctssl evaluation report")
     print(f"report: {html}\nsummary: {markdown}")
     if missing:
         print(f"{len(missing)} job(s) not finished: indexes {[j['index'] for j in missing]}; rerun them with "

@@ -104,7 +104,8 @@ def test_wheel_top_level_is_ctssl_only(wheel):
     # The stage folders are inside the namespace, with their data files.
     for module in ("ctssl/data/ingest/run.py", "ctssl/shards/reader.py", "ctssl/pretrain/main.py",
                    "ctssl/finetune/finetune.py", "ctssl/eval/report.py", "ctssl/__main__.py",
-                   "ctssl/pretrain/recipes/simclr_rn50_ct.yaml", "ctssl/data/synth/phantom.py"):
+                   "ctssl/pretrain/recipes/simclr_rn50_ct.yaml", "ctssl/eval/recipes/hidden_representations.yaml",
+                   "ctssl/data/synth/phantom.py"):
         assert module in names, module
 
 

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shards": ("ctssl.shards.command", "verify or inspect a shard folder"),
     "probe": ("ctssl.eval.probe_command", "linear probe of frozen backbones (learning-rate grid chosen on validation)"),
     "knn": ("ctssl.eval.knn_command", "weighted kNN evaluation of frozen backbones (FAISS)"),
+    "extract": ("ctssl.eval.extract_command", "extract and cache frozen features (workers, GPU, SLURM array tasks)"),
     "finetune": ("ctssl.finetune.command", "fine-tune full or truncated backbones (early stopping, LLRD)"),
     "similarity": ("ctssl.eval.similarity_command", "layer-wise CKA / CCA similarity of two backbones"),
     "gap": ("ctssl.eval.gap_command", "domain gap between two datasets in a backbone's feature space"),
@@ -35,22 +36,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
 logger = logging.getLogger("ctssl")
 
 
-def add_common_options(parser: argparse.ArgumentParser) -> None:
-    """Options every stage shares: the configuration layers and logging."""
+def add_common_options(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
+    """Options every stage shares: the configuration layers and logging. ``suppress``: no defaults (a phase's
+    parser under a command that also takes them before the phase, so the phase does not reset them)."""
+    def default(value):
+        return argparse.SUPPRESS if suppress else value
+
     group = parser.add_argument_group("configuration and logging")
     group.add_argument(
-        "--config", metavar="FILE", default=None,
+        "--config", metavar="FILE", default=default(None),
         help="experiment YAML file holding only the settings that differ from the defaults",
     )
     group.add_argument(
-        "--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+        "--set", metavar="KEY=VALUE", action="append", default=default([]), dest="overrides",
         help="override one setting (repeatable), e.g. --set noise.scale=0.5; applied after --config",
     )
     group.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        "--log-level", default=default("INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="console and log-file verbosity (default: INFO)",
     )
-    group.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    group.add_argument("--debug", action="store_true", default=default(False), help="show the traceback of an error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,10 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.configure(cmd)
-        # Commands with phases (e.g. `ctssl shards verify`) take the options after the phase.
+        # Commands with phases (e.g. `ctssl shards verify`) take the options after the phase; where the phase
+        # is optional (`ctssl sweep --recipe ...` runs), also before it.
         phases = [a for a in cmd._actions if isinstance(a, argparse._SubParsersAction)]
-        for target in (list(phases[0].choices.values()) if phases else [cmd]):
-            add_common_options(target)
+        if not phases or not phases[0].required:
+            add_common_options(cmd)
+        for target in (list(phases[0].choices.values()) if phases else []):
+            add_common_options(target, suppress=not phases[0].required)
         cmd.set_defaults(_module=module)
     return parser
 

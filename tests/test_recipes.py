@@ -1,0 +1,226 @@
+"""The seed studies as sweep recipes (eval/recipes/): each recipe holds its paper's protocol, runs end to end
+on the synthetic corpus in a tiny configuration, and its report shows that paper's tables and figures; the
+pieces the recipes add (patient-grouped folds, spatial CCA, svcca's 98% mean, the permutation test,
+relative deltas) against independent references."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctssl.eval import sweep
+from ctssl.eval.confounders import _auroc_rows, permutation_test
+from ctssl.eval.folds import fold_indices, patient_folds
+from ctssl.eval.hidden import spatial_activations, spatial_cca, svcca_mean
+
+CTSSL = [sys.executable, "-m", "ctssl"]
+BACKBONES = ["--backbone", "random:resnet18:3", "--backbone", "random:resnet18:3:1", "--name", "random A",
+             "--name", "random B"]
+TINY = ["--set", "image_size=32", "--set", "n_boot=50", "--set", "finetune.epochs=1", "--set", "finetune.lrs=[0.001]",
+        "--set", "finetune.batch_size=64", "--set", "probe.epochs=10", "--set", "probe.lrs=[0.01,0.1]",
+        "--set", "probe.weight_decays=[0.0]", "--log-level", "WARNING"]
+
+
+def test_recipes_hold_their_papers_protocols():
+    assert set(sweep.recipe_names()) == {"radnet12m", "hidden_representations", "source_matters", "truncated_transfer"}
+    cfg = {name: sweep.resolve_sweep_config(name, options={"data": "d", "backbones": ["a", "b"]})
+           for name in sweep.recipe_names()}
+    for name, c in cfg.items():
+        sweep.validate(c)
+        assert c.study == name and c.recipe == name and c.reference and c.title
+        assert re.search(r"arXiv|FIELD-NOTES", c.reference), name
+    assert cfg["radnet12m"].tasks == ["finetune", "probe"] and len(cfg["radnet12m"].seeds) == 4
+    h = cfg["hidden_representations"].hidden
+    assert (h.folds, h.positions, h.channels, h.repeats) == (5, 10_000, 64, 5)
+    assert cfg["source_matters"].confounders.fractions == [0.0, 0.1, 0.2, 0.5, 0.8, 1.0]
+    assert set(cfg["source_matters"].confounders.kinds) == {"tag", "lowpass", "noise"}
+    assert cfg["truncated_transfer"].truncation.cuts == [1, 2, 3, 0]
+    assert not cfg["truncated_transfer"].finetune.truncate_pool           # head on the unpooled map
+    assert "2106.05152" in cfg["truncated_transfer"].reference and "2302.08272" in cfg["hidden_representations"].reference
+
+
+def test_job_lists_and_recipe_in_a_config_file(tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text("recipe: truncated_transfer\ndata: d\nbackbones: [a, b]\nseeds: [0]\n")
+    cfg = sweep.resolve_sweep_config(None, str(config))
+    assert cfg.study == "truncated_transfer" and cfg.seeds == [0]
+    jobs = sweep.jobs(cfg)
+    assert len(jobs) == 2 * 4 * 3 * 1 and {j["cut"] for j in jobs} == {0, 1, 2, 3}
+    assert [j["index"] for j in jobs] == list(range(len(jobs)))
+    hidden = sweep.resolve_sweep_config("hidden_representations", options={"data": "d", "backbones": ["a"]})
+    assert [j["fold"] for j in sweep.jobs(hidden)] == [0, 1, 2, 3, 4]
+    source = sweep.resolve_sweep_config("source_matters", options={"data": "d", "backbones": ["a", "b"]})
+    assert len(sweep.jobs(source)) == 2 * 3 * 3
+    from ctssl.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="Unknown recipe 'nope'"):
+        sweep.resolve_sweep_config("nope")
+    with pytest.raises(ConfigError, match="hidden.folds must be at least 3"):
+        sweep.validate(sweep.resolve_sweep_config("hidden_representations", overrides=["hidden.folds=2"],
+                                                  options={"data": "d", "backbones": ["a"]}))
+
+
+def test_patient_folds_are_grouped_balanced_and_fixed():
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"p{i}" for i in range(23)], rng.integers(5, 60, 23))
+    folds = patient_folds(groups, 5, seed=3)
+    assert np.array_equal(folds, patient_folds(groups, 5, seed=3))
+    for g in np.unique(groups):                                   # a patient sits in one fold only
+        assert len(np.unique(folds[groups == g])) == 1
+    sizes = np.bincount(folds, minlength=5)
+    assert sizes.min() > 0 and sizes.max() - sizes.min() <= 60   # within one patient of each other
+    for f in range(5):
+        idx = fold_indices(folds, f, 5)
+        assert sorted(np.concatenate(list(idx.values()))) == list(range(len(groups)))
+        assert not set(groups[idx["train"]]) & set(groups[idx["test"]])
+        assert not set(groups[idx["val"]]) & set(groups[idx["test"]])
+    with pytest.raises(ValueError, match="at least 5 patients"):
+        patient_folds(np.array(["a", "b", "c"]), 5)
+
+
+def test_svcca_mean_matches_svcca_sum_threshold():
+    """google/svcca cca_core.sum_threshold: the first i whose leading sum reaches the threshold."""
+    def reference(array, threshold=0.98):
+        for i in range(len(array)):
+            if np.sum(array[:i]) / np.sum(array) >= threshold:
+                return float(np.mean(array[:i]))
+        return float(np.mean(array))
+
+    rho = np.array([0.99, 0.9, 0.5, 0.2, 0.01, 0.005])
+    assert svcca_mean(rho) == pytest.approx(reference(rho))
+    assert svcca_mean(rho) > rho.mean()
+
+
+def test_spatial_cca_of_a_network_with_itself_and_with_noise():
+    import torch
+
+    from ctssl.eval.sources import load_backbone
+
+    model, _ = load_backbone("random:resnet18:3")
+    x = torch.randn(12, 3, 32, 32)
+    a = spatial_activations(model, x, positions=400, seed=1)
+    b = spatial_activations(load_backbone("random:resnet18:3")[0], x, positions=400, seed=1)
+    assert list(a) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+    for layer in a:       # the same architecture and images: the same positions, the same activations
+        np.testing.assert_array_equal(a[layer], b[layer])
+    same = spatial_cca(a["conv1"], b["conv1"], channels=16, repeats=3)
+    assert same["mean_cca"] > 0.999 and same["positions"] == len(a["conv1"]) >= 400
+    noise = spatial_cca(a["conv1"], np.random.default_rng(0).normal(size=(len(a["conv1"]), 64)), channels=16)
+    assert noise["mean_cca"] < 0.35
+    deep = spatial_cca(a["layer4"], b["layer4"] + 0.0, channels=64)
+    assert deep["channels"][0] <= max(1, len(a["layer4"]) // 10)     # at most one channel per 10 datapoints
+    with pytest.raises(ValueError, match="NaN"):
+        spatial_cca(a["conv1"] * np.nan, b["conv1"])
+
+
+def test_permutation_test_and_its_auroc():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    positive = rng.random(300) < 0.3
+    clean = np.where(positive, rng.normal(1, 1, 300), rng.normal(0, 1, 300))
+    neg = clean[~positive]
+    assert _auroc_rows(clean[positive], neg[None])[0] == pytest.approx(roc_auc_score(positive, clean))
+    none = permutation_test(positive, clean, clean.copy(), 500)
+    assert none["drop"] == 0 and none["p_value"] == 1.0
+    shifted = np.where(positive, clean, clean + 1.5)              # confounded negatives scored higher
+    effect = permutation_test(positive, clean, shifted, 500)
+    assert effect["drop"] > 0.3 and effect["p_value"] <= 2 / 501
+    with pytest.raises(ValueError, match="positives"):
+        permutation_test(positive, clean, clean + 1.0, 10)
+
+
+def _run(recipe: str, eval_shards, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [*CTSSL, "sweep", "--recipe", recipe, "--data", str(eval_shards), "--out", str(out), *BACKBONES, *TINY,
+           *extra]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_radnet12m_recipe_end_to_end(eval_shards, tmp_path):
+    out = tmp_path / "radnet"
+    _run("radnet12m", eval_shards, out, "--label", "region", "--set", "fractions=[0.5,1.0]", "--set", "seeds=[0,1]")
+    records = _records(out)
+    assert {(r["task"], r["fraction"], r["seed"]) for r in records} == {
+        (t, f, s) for t in ("finetune", "probe") for f in (0.5, 1.0) for s in (0, 1)}
+    tuned = [r for r in records if r["task"] == "finetune"]
+    assert all(r["chosen"]["lr"] == 0.001 and r["feature_reuse"]["conv1"] <= 1.0 for r in tuned)
+    comparisons = [json.loads(line) for line in (out / "comparisons.jsonl").read_text().splitlines()]
+    welch = [c for c in comparisons if c["seed"] == "all"]
+    assert welch and all(c["relative_delta"] == pytest.approx(c["delta"] / c["means"][0], abs=1e-4)
+                         for c in welch if c["relative_delta"] is not None)
+    report = (out / "report.md").read_text()
+    for heading in ("Study: radnet12m", "Table 1: fine-tuning and linear evaluation", "Table 2: feature reuse",
+                    "Table 3: who knew what", "Fine-tuning choices", "random B"):
+        assert heading in report, heading
+
+
+def test_hidden_representations_recipe_end_to_end(eval_shards, tmp_path):
+    out = tmp_path / "hidden"
+    _run("hidden_representations", eval_shards, out, "--label", "region", "--set", "hidden.folds=3",
+         "--set", "hidden.positions=300", "--set", "hidden.images=16", "--set", "hidden.channels=16",
+         "--set", "hidden.repeats=2")
+    records = _records(out)
+    assert sorted((r["backbone"], r["fold"]) for r in records) == sorted(
+        (b, f) for b in ("random:resnet18:3", "random:resnet18:3:1") for f in range(3))
+    for r in records:
+        assert set(r["cca_pretrained_vs_finetuned"]) == {"conv1", "layer1", "layer2", "layer3", "layer4"}
+        assert 0 < r["cca_pretrained_vs_finetuned"]["conv1"]["mean_cca"] <= 1
+        assert r["n_train"] and r["n_val"] and r["n_test"]
+    # The folds cover every labelled sample once, the same for both backbones.
+    by_backbone = {}
+    for r in records:
+        by_backbone.setdefault(r["backbone"], 0)
+        by_backbone[r["backbone"]] += r["n_test"]
+    assert len(set(by_backbone.values())) == 1
+    report = (out / "report.md").read_text()
+    for heading in ("Table 1: fine-tuned performance", "Table 2: similarity of pretrained and fine-tuned",
+                    "Table 3: prediction similarity", "figures/hidden-cca.png"):
+        assert heading in report, heading
+    assert (out / "figures" / "hidden-cca.png").stat().st_size > 1000
+    assert "hidden fold" not in report                     # not in the generic tables
+
+
+def test_truncated_transfer_recipe_end_to_end(eval_shards, tmp_path):
+    out = tmp_path / "truncated"
+    _run("truncated_transfer", eval_shards, out, "--label", "region", "--set", "truncation.cuts=[1,0]",
+         "--set", "fractions=[1.0]", "--set", "seeds=[0]")
+    records = [r for r in _records(out) if r["variant"].endswith("best_val")]
+    assert {(r["variant"], r["cut"]) for r in records} == {("stage 1 best_val", 1), ("full best_val", 0)}
+    params = {r["cut"]: r["parameters"] for r in records}
+    assert params[1] < params[0] / 10                    # the truncated ResNet-18 keeps a small part
+    report = (out / "report.md").read_text()
+    assert "Table 1: test performance by cut point" in report and "figures/truncation-0.png" in report
+
+
+def test_source_matters_recipe_end_to_end(eval_shards, tmp_path):
+    out = tmp_path / "source"
+    _run("source_matters", eval_shards, out, "--label", "region", "--set", "confounders.positive=thorax",
+         "--set", "confounders.kinds=[tag,noise]", "--set", "confounders.fractions=[0.0,1.0]", "--set", "seeds=[0]",
+         "--set", "confounders.permutations=200")
+    files = sorted(p.name for p in (out / "confounders").glob("*.json"))
+    assert len(files) == 4 and all(re.match(r"(tag|noise)-random-resnet18-3(-1)?-s0\.json", f) for f in files)
+    rows = [row for f in (out / "confounders").glob("*.json") for row in json.loads(f.read_text())["rows"]]
+    assert all(0 < row["permutation_test"]["p_value"] <= 1 for row in rows)
+    report = (out / "report.md").read_text()
+    assert "Confounder 'tag'" in report and "Confounder 'noise'" in report and "median p" in report
+    assert "## Shortcut robustness (confounders)" not in report      # the study's layout replaces the generic one
+
+
+def test_sweep_command_errors_are_one_line(tmp_path):
+    for args, needle in ((["sweep", "--recipe", "nope", "--data", "d", "--backbone", "a"], "Unknown recipe"),
+                         (["sweep", "plan", "--recipe", "radnet12m"], "needs a dataset"),
+                         (["sweep", "plan"], "needs --recipe NAME or --config")):
+        result = subprocess.run([*CTSSL, *args, "--out", str(tmp_path / "x")], capture_output=True, text=True)
+        assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr, result.stderr
