@@ -22,13 +22,20 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
                   "eval/similarity/ct_vs_natural.json", "eval/gap/ct_vs_natural.json",
                   "eval/confounders/tag-thorax.json", "eval/report.md"):
         assert (out / stage).exists(), stage
+    assert "## Lesion presence (headline)" in printed and "## Body region" in printed
+    assert printed.index("Lesion presence") < printed.index("Body region")
     records = [json.loads(line) for line in (out / "eval" / "results.jsonl").read_text().splitlines()]
     assert {r["task"] for r in records} == {"knn", "probe", "finetune"}
+    assert {r["dataset"]["label"] for r in records} == {"lesion", "region"}
+    tuned = [r for r in records if r["task"] == "finetune"]
+    assert len({r["backbone"] for r in tuned}) == 4 and all(r["dataset"]["label"] == "lesion" for r in tuned)
+    assert all(r["chosen"]["lr"] in (3e-4, 1e-3, 3e-3) and len(r["grid"]) == 3 for r in tuned)
+    assert "chosen lr" in printed
     assert len({r["backbone"] for r in records}) == 4 and {r["fraction"] for r in records} >= {0.1, 1.0}
     assert all(0.0 <= r["test"]["accuracy"]["value"] <= 1.0 for r in records)
     page = (out / "eval" / "report.html").read_text()
-    for section in ("Downstream results", "Data efficiency", "Representation similarity", "Domain gap",
-                    "Shortcut robustness", "Provenance"):
+    for section in ("Downstream results", "Fine-tuning choices", "Data efficiency", "Representation similarity",
+                    "Domain gap", "Shortcut robustness", "Provenance"):
         assert section in page
 
     # A rerun finds every stage complete and recomputes nothing.

@@ -1,12 +1,18 @@
 """`ctssl demo`: the study in miniature, on the embedded synthetic data.
 
 Runs the pipeline's stages as a user would run them one by one (the same sequence of commands is
-in the README): synthetic CT corpus and natural-image stand-in -> CT shards (ingest) and
-natural-image shards -> SimCLR on CT, DINO on CT, SimCLR on natural images -> kNN, linear probe
-(two label fractions) and fine-tuning of body region on held-out patients for random init and the
-three pretrained backbones -> layer-wise similarity of CT- vs natural-pretrained features -> domain
-gap between the CT and natural corpora -> the confounder (shortcut) experiment -> the HTML report.
-Each stage writes into ``OUT/`` and is skipped when its output is complete, so a rerun resumes.
+in the README): synthetic CT corpus (every study with lesions: nodules, liver lesions, haemorrhages) and
+natural-image stand-in -> CT shards (ingest), shuffled training shards and natural-image shards ->
+SimCLR on CT, DINO on CT, SimCLR on natural images -> on held-out patients, for random init and the three
+pretrained backbones: lesion presence per slice (the headline: kNN, linear probe at two label fractions,
+fine-tuning with a learning-rate grid chosen on validation) and body region (kNN, linear probe) ->
+layer-wise similarity of CT- vs natural-pretrained features -> domain gap between the CT and natural
+corpora -> the confounder (shortcut) experiment -> the HTML report. Each stage writes into ``OUT/`` and is
+skipped when its output is complete, so a rerun resumes.
+
+Lesion presence is the headline because pretraining can matter there: a lesion is a small, low-contrast
+part of the slice, and random features leave room above them (body region, which any feature separates,
+is kept as the second task).
 """
 
 from __future__ import annotations
@@ -38,13 +44,16 @@ class DemoSize:
     natural_per_class: tuple[int, int]
     natural_size: int
     finetune_epochs: int
+    finetune_fraction: float
     samples: int           # similarity / gap images
 
 
 FULL = DemoSize(patients=24, matrix=128, image_size=128, view_size=64, ct_epochs=3, dino_epochs=2, natural_epochs=12,
-                batch_size=32, natural_per_class=(48, 16), natural_size=96, finetune_epochs=8, samples=400)
+                batch_size=32, natural_per_class=(48, 16), natural_size=96, finetune_epochs=6, finetune_fraction=0.25,
+                samples=400)
 QUICK = DemoSize(patients=8, matrix=64, image_size=48, view_size=32, ct_epochs=1, dino_epochs=1, natural_epochs=2,
-                 batch_size=16, natural_per_class=(8, 4), natural_size=32, finetune_epochs=2, samples=80)
+                 batch_size=16, natural_per_class=(8, 4), natural_size=32, finetune_epochs=2, finetune_fraction=1.0,
+                 samples=80)
 
 
 def _stage(number: int, name: str, done: bool, fn) -> None:
@@ -97,6 +106,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     start = time.perf_counter()
     _stage(1, "synthetic CT corpus and natural-image stand-in", (corpus / "synth-summary.json").exists(),
            lambda: run_synth(SynthConfig(out=str(corpus), patients=size.patients, matrix=size.matrix, workers=2,
+                                         lesion_rate=1.0,
                                          natural=NaturalConfig(train_per_class=size.natural_per_class[0],
                                                                val_per_class=size.natural_per_class[1],
                                                                size=size.natural_size))))
@@ -121,18 +131,24 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
                  **{name: str(spec[1] / "backbone.safetensors") for name, spec in runs.items()}}
     names = {source: name for name, source in backbones.items()}
     save_names(evaluation, list(names), list(names.values()))
-    spec = EvalSpec(dataset=str(ct), backbones=list(backbones.values()), label="region", fractions=[0.1, 1.0],
-                    seeds=[0], image_size=size.view_size, n_boot=500)
+    lesion = EvalSpec(dataset=str(ct), backbones=list(backbones.values()), label="lesion", fractions=[0.1, 1.0],
+                      seeds=[0], image_size=size.view_size, n_boot=500)
+    region = EvalSpec(**{**lesion.__dict__, "label": "region"})
 
     def downstream():
-        knn_runs(spec, evaluation, ks=[20])
-        probe_runs(spec, ProbeConfig(epochs=100 if not quick else 30), evaluation)
-        tuned = EvalSpec(**{**spec.__dict__, "fractions": [0.1 if not quick else 1.0]})
-        finetune_runs(tuned, FinetuneConfig(epochs=size.finetune_epochs, patience=3), evaluation)
+        probe = ProbeConfig(epochs=100 if not quick else 30)
+        for spec in (lesion, region):
+            knn_runs(spec, evaluation, ks=[20])
+            probe_runs(spec, probe, evaluation)
+        # Every backbone: the same epochs and lr grid, its own lr chosen on validation patients.
+        tuned = EvalSpec(**{**lesion.__dict__, "fractions": [size.finetune_fraction]})
+        finetune_runs(tuned, FinetuneConfig(epochs=size.finetune_epochs, patience=3, lrs=[3e-4, 1e-3, 3e-3]),
+                      evaluation)
         collate(evaluation, 500)
 
     # Protocol runs skip what is done; the stage is complete when every run record exists.
-    _stage(8, "kNN, linear probe and fine-tuning of body region", False, downstream)
+    _stage(8, "lesion presence (kNN, linear probe, fine-tuning) and body region (kNN, linear probe)", False,
+           downstream)
     ct_simclr, natural_simclr = backbones["SimCLR on CT"], backbones["SimCLR on natural images"]
     _stage(9, "representation similarity: CT- vs natural-pretrained", (evaluation / "similarity" /
            "ct_vs_natural.json").exists(),
@@ -141,7 +157,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     _stage(10, "domain gap: CT slices vs natural images", (evaluation / "gap" / "ct_vs_natural.json").exists(),
            lambda: run_gap(str(ct), str(natural), list(backbones.values()), evaluation, label="region",
                            label_b="class", max_samples=size.samples, image_size=size.view_size, name="ct_vs_natural"))
-    _stage(11, "confounder experiment: an 'L' tag on thorax slices", (evaluation / "confounders" /
+    _stage(11, "confounder experiment: an 'R' tag on thorax slices", (evaluation / "confounders" /
            "tag-thorax.json").exists(),
            lambda: run_confounders(str(ct), [backbones["random init"], natural_simclr, ct_simclr], "region",
                                    ConfounderConfig(confounder="tag", positive="thorax", fractions=[0.0, 0.5, 1.0],
@@ -153,22 +169,52 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
 
 
 def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, quick: bool, html: Path) -> Path:
-    """OUT/summary.md: the headline table with readable backbone names, and where the report is."""
-    from ctssl.eval.report import load_jsonl, headline
+    """OUT/summary.md: the headline tables (lesion presence, then body region) with readable backbone names,
+    each backbone's chosen fine-tuning lr, and where the report is."""
+    from ctssl.eval.report import headline, load_jsonl
 
     records = load_jsonl(evaluation / "results.jsonl")
     lines = ["# ctssl demo" + (" (--quick)" if quick else ""), "",
-             "Body region (head / thorax / abdomen / pelvis) of held-out patients of the synthetic CT corpus, "
-             "from frozen or fine-tuned ResNet-18 features; accuracy on the test patients with its 95% "
-             "patient-bootstrap CI.", ""]
-    for table in headline(records):
-        lines += ["| backbone | " + " | ".join(table["columns"]) + " |", "|" + " --- |" * (len(table["columns"]) + 1)]
+             "Held-out patients of the synthetic CT corpus, from frozen or fine-tuned ResNet-18 features. Lesion "
+             "presence per slice (binary): test AUROC; body region (head / thorax / abdomen / pelvis): test "
+             "accuracy; each with its 95% patient-bootstrap CI. Label fractions are of the training patients.", ""]
+    intro = {"lesion": "## Lesion presence (headline)", "region": "## Body region"}
+    for table in sorted(headline(records), key=lambda t: list(intro).index(t["label"]) if t["label"] in intro else 9):
+        metric = {"auroc": "AUROC", "accuracy": "accuracy"}.get(table["metric"], table["metric"])
+        lines += [intro.get(table["label"], f"## {table['label']}"), "", f"Test {metric}.", "",
+                  "| backbone | " + " | ".join(table["columns"]) + " |", "|" + " --- |" * (len(table["columns"]) + 1)]
         for backbone, cells in table["rows"]:
             lines.append(f"| {names.get(backbone, backbone)} | " + " | ".join(cells) + " |")
-    lines += ["", f"Report (tables, paired tests, data-efficiency curves, CKA heat maps, domain gap, confounders, "
+        lines.append("")
+        probes = sorted({r["fraction"] for r in records if r["task"] == "probe" and r["dataset"]["label"] == table["label"]})
+        if len(probes) > 1:
+            from ctssl.eval.runs import main_metric
+
+            rows = []
+            for backbone in dict.fromkeys(r["backbone"] for r in sorted(records, key=lambda r: r["backbone_order"])):
+                mine = {r["fraction"]: r for r in records if r["task"] == "probe" and r["backbone"] == backbone
+                        and r["dataset"]["label"] == table["label"]}
+                cells = [f"{mine[f]['test'][main_metric(mine[f])]['value']:.3f}" if f in mine and
+                         mine[f]["test"][main_metric(mine[f])]["value"] is not None else "n/a" for f in probes]
+                rows.append(f"| {names.get(backbone, backbone)} | " + " | ".join(cells) + " |")
+            lines += ["Linear probe by label fraction:", "",
+                      "| backbone | " + " | ".join(f"{f:g}" for f in probes) + " |", "|" + " --- |" * (len(probes) + 1),
+                      *rows, ""]
+    tuned = [r for r in records if r["task"] == "finetune" and r.get("variant") == "best_val"]
+    if tuned:
+        lines += ["Fine-tuning learning rate chosen on validation (same grid and epochs for every backbone):", "",
+                  "| backbone | fraction | chosen lr | grid (validation " + tuned[0]["select"] + ") |",
+                  "| --- | --- | --- | --- |"]
+        for r in sorted(tuned, key=lambda r: r["backbone_order"]):
+            grid = ", ".join(f"{g['lr']:g}: {next(v for k, v in g.items() if k.startswith('val_')):.3f}"
+                             for g in r["grid"])
+            lines.append(f"| {names.get(r['backbone'], r['backbone'])} | {r['fraction']:g} | {r['chosen']['lr']:g} | "
+                         f"{grid} |")
+        lines.append("")
+    lines += [f"Report (tables, paired tests, data-efficiency curves, CKA heat maps, domain gap, confounders, "
               f"provenance): `{html}`", "",
-              f"Total time: {seconds:.0f} s. Outputs: `synth/`, `shards-ct/`, `shards-natural/`, `simclr-ct/`, "
-              "`dino-ct/`, `simclr-natural/` (checkpoints, metrics, backbone.safetensors), `eval/` (runs, "
+              f"Total time: {seconds:.0f} s. Outputs: `synth/`, `shards-ct/`, `shards-ct-shuffled/`, `shards-natural/`, "
+              "`simclr-ct/`, `dino-ct/`, `simclr-natural/` (checkpoints, metrics, backbone.safetensors), `eval/` (runs, "
               "results.jsonl, comparisons.jsonl, similarity/, gap/, confounders/, report.html, report.md)."]
     path = out / "summary.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -1,12 +1,13 @@
 """Run the study in miniature on the embedded synthetic data and print where the report is.
 
 Stages (each skipped when already complete, so a rerun resumes): synthetic CT corpus and
-natural-image stand-in; CT shards; natural-image shards; SimCLR and DINO on CT, SimCLR on
-natural images; kNN, linear probe and fine-tuning of body region on held-out patients for random
-init and the three pretrained backbones; CKA/CCA similarity; domain gap; the confounder
-experiment; OUT/eval/report.html and OUT/summary.md.
+natural-image stand-in; CT shards, shuffled for pretraining; natural-image shards; SimCLR and DINO on
+CT, SimCLR on natural images; on held-out patients, for random init and the three pretrained backbones:
+lesion presence (kNN, linear probe, fine-tuning with an lr grid chosen on validation) and body region
+(kNN, linear probe); CKA/CCA similarity; domain gap; the confounder experiment; OUT/eval/report.html
+and OUT/summary.md.
 
-  ctssl demo                 # about 10 minutes on 2 CPU cores
+  ctssl demo                 # about 11 minutes on 2 CPU cores
   ctssl demo --quick         # about 2 minutes; what the tests run
 """
 
