@@ -46,7 +46,7 @@ def build_manifest(shards: list[dict], config: dict, version: str, extra: dict |
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "ctssl_version": version,
-        "encoding": {"hu": "CTHU v1: byte-shuffled little-endian int16 HU, Zstandard (shards/FORMAT.md)",
+        "encoding": {"hu": "CTHU v2: byte-shuffled little-endian int16 HU, Zstandard with its checksum (shards/FORMAT.md)",
                      "json": "UTF-8 JSON metadata"},
         "shards": shards,
         "splits": dict(sorted(splits.items())),
