@@ -117,24 +117,25 @@ def confounder_curves(rows: list[dict], metric: str, path: str | Path, title: st
     return _finish_lines(fig, ax, "fraction of positive training images carrying the confounder", metric, title, path)
 
 
-def layer_profile(series: dict, path: str | Path, title: str, ylabel: str = "mean CCA, pretrained vs fine-tuned") -> Path:
-    """``series``: {name: [(layer, mean, sd), ...]} -> one line per name over the layers, error bars."""
+def _categorical_lines(series: dict):
+    """``series``: {name: [(x label, mean, sd), ...]} -> a figure with one error-bar line per name."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.5))
     for name, points in series.items():
         x = np.arange(len(points))
         ax.errorbar(x, [p[1] for p in points], yerr=[p[2] for p in points], marker="o", capsize=3, label=name)
         ax.set_xticks(x, [p[0] for p in points])
+    return fig, ax
+
+
+def layer_profile(series: dict, path: str | Path, title: str, ylabel: str = "mean CCA, pretrained vs fine-tuned") -> Path:
+    """``series``: {name: [(layer, mean, sd), ...]} -> one line per name over the layers, error bars."""
+    fig, ax = _categorical_lines(series)
     ax.set_ylim(0, 1.02)
     return _finish_lines(fig, ax, "layer", ylabel, title, path)
 
 
 def cut_curves(series: dict, metric: str, path: str | Path, title: str) -> Path:
     """``series``: {name: [(cut label, mean, sd), ...]} -> test metric per cut point, one line per name."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.2, 3.5))
-    for name, points in series.items():
-        x = np.arange(len(points))
-        ax.errorbar(x, [p[1] for p in points], yerr=[p[2] for p in points], marker="o", capsize=3, label=name)
-        ax.set_xticks(x, [p[0] for p in points])
+    fig, ax = _categorical_lines(series)
     return _finish_lines(fig, ax, "network kept (cut after)", metric, title, path)

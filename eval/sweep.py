@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctssl.core.atomic import atomic_write_text
-from ctssl.core.config import to_dict
+from ctssl.core.config import recipe_path, to_dict
 from ctssl.eval.hidden import HiddenSettings
 from ctssl.eval.probe import ProbeConfig
 from ctssl.finetune.finetune import FinetuneConfig
@@ -86,19 +86,6 @@ class SweepConfig:
     confounders: ConfounderSettings = field(default_factory=ConfounderSettings)
 
 
-def recipe_names() -> list[str]:
-    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
-
-
-def recipe_path(name: str) -> Path:
-    path = RECIPES / f"{name}.yaml"
-    if not path.is_file():
-        from ctssl.core.config import ConfigError
-
-        raise ConfigError(f"Unknown recipe '{name}'. Valid recipes are {recipe_names()}.")
-    return path
-
-
 def resolve_sweep_config(recipe: str | None = None, config_file: str | None = None, overrides=(),
                          options: dict | None = None) -> SweepConfig:
     """Defaults, then the recipe, the user's file, ``--set`` overrides and the named options, in that order."""
@@ -106,7 +93,7 @@ def resolve_sweep_config(recipe: str | None = None, config_file: str | None = No
 
     user = load_yaml_layer(config_file) if config_file else None
     recipe = recipe or (str(user.get("recipe") or "") if user is not None else "")
-    layers = ([recipe_path(recipe), {"recipe": recipe}] if recipe else []) + ([user] if user is not None else [])
+    layers = ([recipe_path(RECIPES, recipe), {"recipe": recipe}] if recipe else []) + ([user] if user is not None else [])
     cfg = resolve_config(SweepConfig, layers, overrides, options)
     if recipe:
         cfg.recipe = recipe

@@ -69,13 +69,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def resolve(args: argparse.Namespace):
     """The sweep's config from the recipe, --config, --set and the named options."""
-    from ctssl.core.config import ConfigError
+    from ctssl.core.config import ConfigError, recipe_names
     from ctssl.eval import sweep
 
     recipe = getattr(args, "recipe", None)
     if not args.config and not recipe:
         raise ConfigError("ctssl sweep needs --recipe NAME or --config sweep.yaml (see ctssl sweep --help); "
-                          f"recipes: {sweep.recipe_names()}.")
+                          f"recipes: {recipe_names(sweep.RECIPES)}.")
     options = {"data": getattr(args, "data", None), "label": getattr(args, "label", None),
                "backbones": getattr(args, "backbone", None), "names": getattr(args, "name", None),
                "out": getattr(args, "out", None)}

@@ -173,26 +173,13 @@ METHOD_DEFAULTS: dict[str, dict] = {
 }
 
 
-def recipe_names() -> list[str]:
-    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
-
-
-def recipe_path(name: str) -> Path:
-    path = RECIPES / f"{name}.yaml"
-    if not path.is_file():
-        from ctssl.core.config import ConfigError
-
-        raise ConfigError(f"Unknown recipe '{name}'. Valid recipes are {recipe_names()}.")
-    return path
-
-
 def resolve_pretrain_config(recipe: str | None = None, config_file: str | None = None, overrides=(),
                             options: dict | None = None) -> PretrainConfig:
     """The layers of the module docstring, merged; the method (and so its defaults) is whatever the
     recipe, the file, the overrides and the options finally choose."""
-    from ctssl.core.config import resolve_config
+    from ctssl.core.config import recipe_path, resolve_config
 
-    layers = ([recipe_path(recipe)] if recipe else []) + ([config_file] if config_file else [])
+    layers = ([recipe_path(RECIPES, recipe)] if recipe else []) + ([config_file] if config_file else [])
     overrides = list(overrides)
     first = resolve_config(PretrainConfig, layers, overrides, options)
     if first.method.name not in METHOD_DEFAULTS:

@@ -21,10 +21,11 @@ import sys
 
 
 def _recipes_epilog() -> str:
-    from ctssl.pretrain.config import RECIPES, recipe_names
+    from ctssl.core.config import recipe_names
+    from ctssl.pretrain.config import RECIPES
 
     lines = ["recipes (--recipe NAME; pretrain/recipes/NAME.yaml, each citing its source):"]
-    for name in recipe_names():
+    for name in recipe_names(RECIPES):
         first = next((line.lstrip("# ").strip() for line in (RECIPES / f"{name}.yaml").read_text().splitlines()
                       if line.startswith("#")), "")
         lines.append(f"  {name:<26} {first}")

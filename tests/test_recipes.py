@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ctssl.core.config import recipe_names
 from ctssl.eval import sweep
 from ctssl.eval.confounders import _auroc_rows, permutation_test
 from ctssl.eval.folds import fold_indices, patient_folds
@@ -28,9 +29,9 @@ TINY = ["--set", "image_size=32", "--set", "n_boot=50", "--set", "finetune.epoch
 
 
 def test_recipes_hold_their_papers_protocols():
-    assert set(sweep.recipe_names()) == {"radnet12m", "hidden_representations", "source_matters", "truncated_transfer"}
+    assert set(recipe_names(sweep.RECIPES)) == {"radnet12m", "hidden_representations", "source_matters", "truncated_transfer"}
     cfg = {name: sweep.resolve_sweep_config(name, options={"data": "d", "backbones": ["a", "b"]})
-           for name in sweep.recipe_names()}
+           for name in recipe_names(sweep.RECIPES)}
     for name, c in cfg.items():
         sweep.validate(c)
         assert c.study == name and c.recipe == name and c.reference and c.title

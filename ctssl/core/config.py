@@ -30,6 +30,19 @@ class ConfigError(ValueError):
     """A configuration that cannot be resolved; the message says which key and why."""
 
 
+def recipe_names(folder: str | Path) -> list[str]:
+    """The recipes in ``folder`` (one YAML layer each, named by its file), sorted."""
+    return sorted(p.stem for p in Path(folder).glob("*.yaml"))
+
+
+def recipe_path(folder: str | Path, name: str) -> Path:
+    """The YAML layer of recipe ``name`` in ``folder``; an unknown name is a ConfigError listing the valid ones."""
+    path = Path(folder) / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"Unknown recipe '{name}'. Valid recipes are {recipe_names(folder)}.")
+    return path
+
+
 def resolve_config(
     schema: type[T],
     config_file: str | Path | Sequence[str | Path | Mapping] | None = None,
