@@ -44,12 +44,23 @@ logger = logging.getLogger(__name__)
 
 
 class StopSignal:
-    """SIGTERM / SIGUSR1 (SLURM preemption or time limit) ask for a checkpoint and a clean exit."""
+    """SIGTERM / SIGUSR1 (SLURM preemption or time limit) ask for a checkpoint and a clean exit, while
+    training runs; the previous handlers come back when it ends (a training run inside a longer Python
+    process must not leave processes forked later deaf to SIGTERM)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self):
         self.received: str | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignal":
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     def _handle(self, signum, frame):
         self.received = signal.Signals(signum).name
@@ -233,7 +244,8 @@ def train(cfg: PretrainConfig) -> dict:
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     lock = _lock_output(accelerator, out)
     try:
-        return _train(cfg, accelerator, runtime, out, main, rank, world)
+        with StopSignal() as stop:
+            return _train(cfg, accelerator, runtime, out, main, rank, world, stop)
     finally:
         if lock is not None:
             lock.release()
@@ -253,7 +265,7 @@ def _lock_output(accelerator: Accelerator, out: Path):
     return lock
 
 
-def _train(cfg, accelerator, runtime, out, main, rank, world) -> dict:
+def _train(cfg, accelerator, runtime, out, main, rank, world, stop: StopSignal) -> dict:
     kind = data_kind(cfg.data.shards, cfg.data.kind)
     preflight(cfg.data.shards, cfg.data.split, kind)
     if main:
@@ -330,7 +342,6 @@ def _train(cfg, accelerator, runtime, out, main, rank, world) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tensorboard"))
-    stop = StopSignal()
     momentum = cfg.method.dino
     saved_at = -1
     history: list[dict] = []

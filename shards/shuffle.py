@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import random
 import shutil
 from collections import Counter
@@ -44,6 +43,7 @@ from ctssl import __version__
 from ctssl.core.atomic import TMP_MARK, atomic_write_text
 from ctssl.core.config import ConfigError
 from ctssl.core.lock import OutputLock
+from ctssl.core.pool import fork_pool
 from ctssl.core.spill import PickleAppender, read_batches
 from ctssl.shards.manifest import MANIFEST_NAME, build_manifest, load_manifest, write_manifest
 from ctssl.shards.reader import iter_shard
@@ -154,16 +154,21 @@ def _task_lock(out: Path, phase: str, task: int):
     return stack
 
 
+def _open_task(source: Path, out: Path, phase: str, task: int) -> tuple[dict, Path]:
+    """The plan and the done-marker of task ``task`` of ``phase``; a task outside the plan is a ConfigError."""
+    plan = load_plan(source, out)
+    if not 0 <= task < len(plan[phase]):
+        raise ConfigError(f"{phase} task {task} is outside the plan's 0..{len(plan[phase]) - 1}")
+    return plan, _done(out, phase, task)
+
+
 def scatter(source: str | Path, out: str | Path, task: int, lock: bool = True) -> dict:
     """Scatter task ``task`` (module docstring); a finished task is a no-op."""
     source, out = Path(source), Path(out)
     if lock:
         with _task_lock(out, "scatter", task):
             return scatter(source, out, task, lock=False)
-    plan = load_plan(source, out)
-    if not 0 <= task < len(plan["scatter"]):
-        raise ConfigError(f"scatter task {task} is outside the plan's 0..{len(plan['scatter']) - 1}")
-    done = _done(out, "scatter", task)
+    plan, done = _open_task(source, out, "scatter", task)
     if done.exists():
         return json.loads(done.read_text())
     (out / WORK / "parts").mkdir(parents=True, exist_ok=True)
@@ -204,10 +209,7 @@ def gather(source: str | Path, out: str | Path, task: int, lock: bool = True) ->
     if lock:
         with _task_lock(out, "gather", task):
             return gather(source, out, task, lock=False)
-    plan = load_plan(source, out)
-    if not 0 <= task < len(plan["gather"]):
-        raise ConfigError(f"gather task {task} is outside the plan's 0..{len(plan['gather']) - 1}")
-    done = _done(out, "gather", task)
+    plan, done = _open_task(source, out, "gather", task)
     if done.exists():
         return json.loads(done.read_text())
     missing = _missing(out, "scatter", len(plan["scatter"]))
@@ -285,7 +287,7 @@ def _run_shuffle(source: Path, out: Path, cfg: ShuffleConfig, workers: int) -> d
     for phase, count in ((scatter, len(plan["scatter"])), (gather, len(plan["gather"]))):
         jobs = [(phase, str(source), str(out), t, False) for t in range(count)]
         if workers > 1 and count > 1:
-            with multiprocessing.get_context("fork").Pool(min(workers, count)) as pool:
+            with fork_pool(min(workers, count)) as pool:
                 pool.map(_call, jobs, chunksize=1)
         else:
             for job in jobs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ctssl.core.config import ConfigError
-from ctssl.pretrain.config import RECIPES, recipe_names, resolve_pretrain_config, validate
+from ctssl.core.config import ConfigError, recipe_names
+from ctssl.pretrain.config import RECIPES, resolve_pretrain_config, validate
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data.image_size=32", "data.global_batch_size=4", "max_steps=2", "data.num_workers=0",
@@ -23,9 +24,9 @@ TINY = ["data.image_size=32", "data.global_batch_size=4", "max_steps=2", "data.n
 
 
 def test_there_are_the_study_recipes_and_each_cites_a_source():
-    assert set(recipe_names()) == {"simclr_rn50_radnet12m", "simclr_rn50_ct", "simclr_rn50_imagenet",
-                                   "dino_rn50_ct", "dino_rn50_imagenet", "dino_vits16_ct", "dino_vits16_imagenet"}
-    for name in recipe_names():
+    assert set(recipe_names(RECIPES)) == {"simclr_rn50_radnet12m", "simclr_rn50_ct", "simclr_rn50_imagenet",
+                                          "dino_rn50_ct", "dino_rn50_imagenet", "dino_vits16_ct", "dino_vits16_imagenet"}
+    for name in recipe_names(RECIPES):
         text = (RECIPES / f"{name}.yaml").read_text()
         assert text.startswith("#") and "Source:" in text, name
         assert isinstance(yaml.safe_load(text), dict)
@@ -60,8 +61,10 @@ def test_every_recipe_trains_two_steps(name, ct_shards, natural_shards, tmp_path
     cfg = resolve_pretrain_config(name, None, [*TINY, *label],
                                   {"data.shards": str(natural_shards if natural else ct_shards), "out": str(tmp_path)})
     validate(cfg)
+    before = signal.getsignal(signal.SIGTERM)
     result = train(cfg)
     assert result["steps"] == 2 and math.isfinite(result["final_loss"])
+    assert signal.getsignal(signal.SIGTERM) is before      # the preemption handler lives only while training
     card = json.loads((tmp_path / "backbone.json").read_text())
     assert card["config"]["resolved"]["global_batch"] == 4
     assert card["exported"] == ("teacher" if name.startswith("dino") else "backbone")
@@ -69,7 +72,7 @@ def test_every_recipe_trains_two_steps(name, ct_shards, natural_shards, tmp_path
 
 def test_help_lists_the_recipes_and_bad_settings_are_one_line():
     run = subprocess.run([sys.executable, str(REPO / "pretrain" / "main.py"), "--help"], capture_output=True, text=True)
-    assert run.returncode == 0 and all(name in run.stdout for name in recipe_names())
+    assert run.returncode == 0 and all(name in run.stdout for name in recipe_names(RECIPES))
     for bad, expect in ((["--set", "precision=fp8"], "precision"), (["--set", "data.batch_size=0"], "batch_size"),
                         (["--set", "data.windows=[lung,nope]"], "nope"), (["--recipe", "nope"], "Unknown recipe"),
                         (["--shards", "/nonexistent/shards"], "/nonexistent/shards")):

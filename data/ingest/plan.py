@@ -28,7 +28,6 @@ import heapq
 import json
 import logging
 import math
-import multiprocessing
 import re
 import shutil
 import zlib
@@ -42,6 +41,7 @@ from tqdm import tqdm
 from ctssl import __version__
 from ctssl.core.atomic import TMP_MARK, atomic_write_text
 from ctssl.core.config import ConfigError
+from ctssl.core.pool import fork_pool
 from ctssl.core.spill import PickleAppender, read_batches
 from ctssl.data.dicom_series import DicomSeries, is_problem
 from ctssl.data.guard import DataError
@@ -178,7 +178,7 @@ def scan_to_partitions(paths: list[Path], cfg: IngestConfig, keyer: Keyer, folde
     args = (keyer, cfg.max_frames, cfg.file_seconds, False)
     try:
         if cfg.workers > 1 and len(names) > 64:
-            with multiprocessing.get_context("fork").Pool(cfg.workers, initializer=_scan_init, initargs=args) as pool:
+            with fork_pool(cfg.workers, _scan_init, args) as pool:
                 for path, result in zip(names, pool.imap(_scan_one, names, chunksize=64)):
                     consume(path, result)
         else:

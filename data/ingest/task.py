@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import re
 import signal
@@ -32,6 +31,7 @@ from tqdm import tqdm
 from ctssl.core.atomic import TMP_MARK, atomic_write_text
 from ctssl.core.config import ConfigError
 from ctssl.core.lock import OutputLock
+from ctssl.core.pool import fork_pool
 from ctssl.data.dicom_series import FrameLoader, is_problem
 from ctssl.data.guard import DataError, LibraryMessages, describe, is_data_failure, time_budget
 from ctssl.data.ingest.config import IngestConfig, processing_config
@@ -307,8 +307,7 @@ def _run_task(out: Path, plan: dict, task: int, workers: int, strict: bool, jour
     start, written = time.perf_counter(), 0
     try:
         if workers > 1:
-            ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg,)) as pool:
+            with fork_pool(workers, _init_worker, (cfg,)) as pool:
                 for item, result in zip(todo, pool.imap(process_item, todo, chunksize=1)):
                     writers.add(item, result)
                     written += len(result.samples)
