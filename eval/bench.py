@@ -9,9 +9,9 @@
   same run.
 - ``extract``: frozen-feature extraction images/s through ``eval.features.extract_units`` (ResNet-18
   and ResNet-50 at 64 and 224 px, CT slices prepared as the evaluation stages prepare them): every
-  image decoded and prepared in the main process (the previous, single-process path) against 2 DataLoader workers
-  preparing whole batches while the main process runs the model, in the same run; on the GPU too
-  when there is one.
+  image decoded and prepared in the main process (the previous, single-process path) against whole batches
+  prepared in the main process and against 2 DataLoader workers preparing them while the main process runs
+  the model, in the same run; on the GPU too when there is one.
 - ``eval-scale``: streamed exact kNN over a 200,000 x 2048 float32 bank on disk (as ``ctssl knn``
   reads a bank larger than memory), its time and peak memory, projected to 12 million rows.
 

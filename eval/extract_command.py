@@ -27,7 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="results folder; the cache is OUT/features unless --cache")
     parser.add_argument("--cache", default="", help="feature cache folder")
     parser.add_argument("--batch-size", type=int, default=0, help="batch (default 8 on CPU, 256 on GPU)")
-    parser.add_argument("--workers", type=int, default=None, help="loader workers (default: CPUs less one, <= 8)")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (default: with a GPU the CPUs less one, <= 8; on CPU none)")
     parser.add_argument("--task-index", type=int, default=None, help="array task (default $SLURM_ARRAY_TASK_ID)")
     parser.add_argument("--num-tasks", type=int, default=None, help="array tasks in all")
     parser.add_argument("--merge", action="store_true", help="assemble the tasks' parts")

@@ -17,8 +17,8 @@ run, prints a table and writes JSON.
   ctssl bench knn [--out DIR]
       kNN queries/s: FAISS flat, streamed and IVF, torch brute force vs scikit-learn brute force
   ctssl bench extract [--out DIR]
-      feature extraction images/s (data only, ResNet-18/50) with 2 loader workers vs the previous
-      one-image-at-a-time path
+      feature extraction images/s (data only, ResNet-18/50): batched in the main process and with 2
+      loader workers, each vs the previous one-image-at-a-time path
   ctssl bench eval-scale [--out DIR]
       streamed exact kNN on a 200,000 x 2048 bank on disk, time and allocated memory, projected to 12M slices
   ctssl bench all [--out DIR] [--skip SUITE]
@@ -48,7 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for name, text in (("loader", "loader CPU time per sample vs ctssl 0.1's views and lightly's"),
                        ("batches", "what training batches are made of, vs i.i.d. sampling"),
                        ("train", "training step images/s"), ("knn", "kNN search queries/s vs scikit-learn"),
-                       ("extract", "feature extraction images/s, loader workers vs main process"),
+                       ("extract", "feature extraction images/s, batched and loader workers vs one image at a time"),
                        ("eval-scale", "12M-slice kNN time and memory, measured and projected")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--out", default="runs/bench", help="work folder")
