@@ -46,10 +46,31 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def build_state(model, optimizer, scaler, step: int, epoch: int, config: dict, rng: list[dict]) -> dict:
+def build_state(model, optimizer, scaler, step: int, epoch: int, config: dict, rng: list[dict],
+                loader: list[dict] | None = None) -> dict:
+    """``loader``: per rank, each loader worker's (epoch, slots consumed) (pretrain.loader)."""
     return {"model": model.state_dict(), "backbone": model.export_backbone.state_dict(),
             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-            "step": step, "epoch": epoch, "config": config, "rng": rng}
+            "step": step, "epoch": epoch, "config": config, "rng": rng, "loader": loader or []}
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint or export could not be written (a full disk, a quota); the previous one is intact."""
+
+
+def _write_failure(path: Path, err: BaseException) -> CheckpointWriteError:
+    import errno
+    import shutil
+
+    reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else " ".join(str(err).split())[:160]
+    try:
+        free = shutil.disk_usage(path.parent).free
+        if free < 64 * 2**20 and not (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)):
+            reason = f"{reason}; {free / 2**20:.0f} MiB free on that disk"
+    except OSError:
+        pass
+    return CheckpointWriteError(f"cannot write {path.name} in {path.parent} ({reason}); the previous one is intact. "
+                                "Free space (or raise the quota), then rerun the same command to resume.")
 
 
 def save_checkpoint(state: dict, out: str | Path) -> Path:
@@ -61,10 +82,38 @@ def save_checkpoint(state: dict, out: str | Path) -> Path:
         torch.save(state, tmp)
         os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:   # torch reports a failed write as a RuntimeError ("unexpected pos")
+        raise _write_failure(path, err) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+# Settings a resumed run may change without changing what it trains: where and how often it writes and
+# monitors, the machine's share of the work.
+RESUMABLE_CHANGES = ("out", "monitor.", "checkpoint_every", "stop_check_every", "data.num_workers", "compile",
+                     "data.record_keys", "memory.", "resolved.num_workers", "resolved.micro_batch_size",
+                     "resolved.micro_batches", "resolved.activation", "resolved.estimated", "resolved.whole_batch",
+                     "resolved.budget", "resolved.channels_last", "resolved.processes", "resolved.batch_per_process")
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_changes(saved: dict, current: dict) -> dict[str, tuple]:
+    """Settings (dotted keys) that differ between a checkpoint's resolved configuration and this run's,
+    apart from ``RESUMABLE_CHANGES``: key -> (saved, current)."""
+    a, b = _flatten(saved or {}), _flatten(current)
+    keys = sorted(set(a) | set(b))
+    return {k: (a.get(k), b.get(k)) for k in keys
+            if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES)}
 
 
 def clean_temporaries(out: str | Path) -> int:
@@ -95,13 +144,19 @@ def restore(state: dict, model, optimizer, scaler) -> None:
 
 def export_backbone(model, out: str | Path, card: dict) -> Path:
     """``backbone.safetensors`` (``model.export_backbone``: the backbone that is evaluated) and its card."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     out = Path(out)
     path = out / "backbone.safetensors"
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.export_backbone.state_dict().items()}
     tmp = out / f"backbone{TMP_MARK}.safetensors"
-    save_file(tensors, str(tmp), metadata={"format": "pt", "ctssl": "backbone"})
-    os.replace(tmp, path)
-    atomic_write_text(out / "backbone.json", json.dumps(card, indent=1, default=str) + "\n")
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "ctssl": "backbone"})
+        os.replace(tmp, path)
+        atomic_write_text(out / "backbone.json", json.dumps(card, indent=1, default=str) + "\n")
+    except (OSError, SafetensorError) as err:
+        if tmp.exists():
+            tmp.unlink()
+        raise _write_failure(path, err) from None
     return path

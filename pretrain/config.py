@@ -51,12 +51,13 @@ class DataConfig:
     split: str = "train"
     kind: str = "auto"                     # "ct" (.hu samples), "natural" (encoded images) or auto
     image_size: int = 224                  # global view size
-    batch_size: int = 64                   # per process (ignored when global_batch_size is set)
+    batch_size: Optional[int] = None       # per process; null: 64 (only one of batch_size, global_batch_size)
     global_batch_size: int = 0             # 0: batch_size x processes; else split evenly over the processes
     num_workers: Optional[int] = None      # loader workers per process; null: CPUs per process - 1 (<= 16)
     interleave: int = 4                    # shards each worker reads at once, samples drawn at random among them
     shuffle_buffer: int = 1024             # samples (still encoded) each worker draws from at random
     epoch_samples: int = 0                 # samples per epoch; 0: the split's count in the manifest
+    record_keys: bool = False              # audit: each step's sample keys to OUT/keys/rank{R}.txt
     # CT only. intensity "windows": each window of `windows` (data.windowing.WINDOWS) becomes a channel;
     # "minmax": per-slice min-max to [0, 1] (the RadNet-12M recipe), replicated to model.in_chans.
     intensity: str = "windows"
@@ -85,6 +86,17 @@ class SimCLRConfig:
     gather_distributed: bool = True        # negatives from every process (lightly default: False)
 
 
+DEFAULT_BATCH = 64
+
+
+@dataclass
+class MemoryConfig:
+    """How a process's batch is split to fit memory (docs/pretraining.md, "Memory")."""
+
+    micro_batch_size: int = 0              # 0: auto (GPU: the largest that fits budget_gb; CPU: the whole batch)
+    budget_gb: Optional[float] = None      # activation memory per process; null: 60% of the GPU's memory
+
+
 @dataclass
 class DINOConfig:
     hidden_dim: int = 2048
@@ -103,6 +115,11 @@ class DINOConfig:
     local_crops: int = 8
     local_size: int = 96
     local_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    # main_dino.py's DataAugmentationDINO: blur p 1.0 on the first global view, 0.1 on the second (which is
+    # also solarised with p 0.2), 0.5 on the local views. CT: blur in HU, solarisation of the windowed image.
+    global_blur_prob: list[float] = field(default_factory=lambda: [1.0, 0.1])
+    global_solarize_prob: list[float] = field(default_factory=lambda: [0.0, 0.2])
+    local_blur_prob: float = 0.5
 
 
 @dataclass
@@ -136,6 +153,8 @@ class MonitorConfig:
     knn_split: str = "val"                 # split of the queries
     knn_shards: str = ""                   # shards of the monitor's samples; "" = data.shards
     collapse_std: float = 0.3              # warn when std(L2-normalised embedding) * sqrt(dim) falls below
+    knn_scan: int = 4096                   # samples read at most, per split, to draw the kNN monitor's samples
+    progress_seconds: float = 60.0         # without a terminal (SLURM logs): a progress line at most this often
     tensorboard: bool = True
 
 
@@ -155,6 +174,7 @@ class PretrainConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
 
 # The methods' reference optimisation settings (layer 2 of the module docstring).
@@ -189,6 +209,18 @@ def resolve_pretrain_config(recipe: str | None = None, config_file: str | None =
     return resolve_config(PretrainConfig, [METHOD_DEFAULTS[first.method.name], *layers], overrides, options)
 
 
+def batch_per_process(cfg: PretrainConfig, world: int) -> int:
+    """The per-process batch: ``data.global_batch_size`` split over the processes, else ``data.batch_size``."""
+    if cfg.data.global_batch_size:
+        if cfg.data.global_batch_size % world:
+            from ctssl.core.config import ConfigError
+
+            raise ConfigError(f"data.global_batch_size {cfg.data.global_batch_size} is not divisible by the "
+                              f"{world} processes.")
+        return cfg.data.global_batch_size // world
+    return cfg.data.batch_size or DEFAULT_BATCH
+
+
 def validate(cfg: PretrainConfig) -> None:
     """Every setting checked before anything runs; one ConfigError naming each bad key and its valid values."""
     from ctssl.core.config import ConfigError
@@ -214,8 +246,15 @@ def validate(cfg: PretrainConfig) -> None:
     unknown = [w for w in cfg.data.windows if w not in WINDOWS]
     check(not unknown, f"data.windows: unknown window(s) {unknown}; valid windows are {sorted(WINDOWS)}")
     check(bool(cfg.data.windows) or cfg.data.intensity == "minmax", "data.windows is empty")
-    check(cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
+    check(cfg.data.batch_size is None or cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
     check(cfg.data.global_batch_size >= 0, f"data.global_batch_size must be >= 0, got {cfg.data.global_batch_size}")
+    check(not (cfg.data.batch_size and cfg.data.global_batch_size),
+          f"data.batch_size (--batch-size) {cfg.data.batch_size} and data.global_batch_size "
+          f"{cfg.data.global_batch_size} are both set: the global batch (a recipe sets it) is split over the "
+          "processes and, where it does not fit in memory, into micro-batches with the same loss "
+          "(memory.micro_batch_size); change it with --set data.global_batch_size=N, or drop --batch-size")
+    check(cfg.memory.micro_batch_size >= 0, f"memory.micro_batch_size must be >= 0, got {cfg.memory.micro_batch_size}")
+    check(cfg.memory.budget_gb is None or cfg.memory.budget_gb > 0, f"memory.budget_gb must be positive or null, got {cfg.memory.budget_gb}")
     check(cfg.data.image_size >= 8, f"data.image_size must be >= 8, got {cfg.data.image_size}")
     check(cfg.data.num_workers is None or cfg.data.num_workers >= 0, f"data.num_workers must be >= 0 or null, got {cfg.data.num_workers}")
     check(cfg.data.interleave >= 1 and cfg.data.shuffle_buffer >= 1, "data.interleave and data.shuffle_buffer must be >= 1")
@@ -239,6 +278,12 @@ def validate(cfg: PretrainConfig) -> None:
     check(o.weight_decay >= 0 and (o.weight_decay_end is None or o.weight_decay_end >= 0), "weight decays must be >= 0")
     check(o.warmup_epochs >= 0 and o.clip_grad >= 0, "optim.warmup_epochs and optim.clip_grad must be >= 0")
     d = cfg.method.dino
+    probs = [*d.global_blur_prob, *d.global_solarize_prob, d.local_blur_prob]
+    check(len(d.global_blur_prob) == 2 and len(d.global_solarize_prob) == 2 and all(0 <= p <= 1 for p in probs),
+          "method.dino.global_blur_prob and global_solarize_prob must be two probabilities each (one per global "
+          f"view), local_blur_prob a probability; got {d.global_blur_prob}, {d.global_solarize_prob}, {d.local_blur_prob}")
+    check(cfg.monitor.knn_scan >= 1 and cfg.monitor.progress_seconds > 0,
+          "monitor.knn_scan must be >= 1 and monitor.progress_seconds > 0")
     check(d.local_crops >= 0 and d.local_size >= 8, f"method.dino.local_crops >= 0 and local_size >= 8, got {d.local_crops}, {d.local_size}")
     check(cfg.method.simclr.temperature > 0 and d.student_temp > 0 and d.teacher_temp > 0, "temperatures must be positive")
     if problems:

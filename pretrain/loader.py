@@ -1,28 +1,40 @@
 """The training loader: shards (CT ``.hu`` slices or encoded natural images) -> batches, exactly one per
-training step, reproducible from the run seed and resumable at any step.
+training step, every training sample once per epoch, reproducible from the run seed and resumable at
+any step.
 
-Sampling (docs/pretraining.md, "Batches"):
+An epoch is a pass (docs/pretraining.md, "Epochs and batches"):
 
-- each process (rank) reads its own stream; each of its ``W`` loader workers builds whole batches;
-- a worker draws shards with replacement (so no rank or worker ever runs dry and every rank yields
-  exactly the number of batches the step count asks for; uneven shards cannot hang a collective,
-  webdataset #188/#225), keeps ``data.interleave`` shards open and takes each sample from one of them at
-  random, through a shuffle buffer of ``data.shuffle_buffer`` still-encoded samples;
-- on series-ordered shards (the ingest output) this still puts runs of neighbouring slices of few
-  series into each batch; ``ctssl shards shuffle`` writes shards in uniformly random order, after which
-  batches are i.i.d. samples of the corpus (``ctssl bench batches`` measures both).
+- an epoch is ``steps_per_epoch = samples // global batch`` steps; step ``s`` of a process is built by
+  its loader worker ``s mod W`` (a *virtual worker*, so that the mapping survives a restart with the same
+  ``W``), so each of the ``R x W`` readers (rank, virtual worker) knows from the manifest alone how many
+  samples it needs in the epoch (its *quota*: its steps x the per-process batch);
+- the split's shards are put in a random order drawn for the epoch (the same on every process), their
+  samples concatenated, and the sequence cut into consecutive slices of the readers' quotas: every
+  sample goes to exactly one reader (a shard may be split between two neighbouring readers, each
+  reading its own range), and the ``samples mod global batch`` left at the end wait for a later epoch
+  (a different order every epoch);
+- a reader takes its slice ``data.interleave`` pieces at a time (a *chunk*), drawing each sample from
+  one of them at random through a buffer of ``data.shuffle_buffer`` still-encoded samples, emptied at
+  the chunk's end, so that where a reader stands is known from a count alone;
+- a sample that fails its checksum or decoding, or that a shard ending early never delivered, still
+  takes its place in the count (a *slot*); its batch takes the next slot instead, and a reader whose
+  quota runs out that way continues with a second pass over its own slice. Every rank yields exactly
+  the steps' batches whatever the shards hold, so no collective can hang (webdataset #188/#225).
 
-Randomness, per rank and per worker, reproducible (docs/pretraining.md, "Seeds"): training step ``s``
-is built by *virtual worker* ``s mod W``; its stream restarts every ``SEGMENT_STEPS`` steps from a seed
-derived from (run seed, rank, virtual worker, segment), and every sample's augmentation comes from its
-own generator seeded by (stream seed, position in the stream). So two ranks never share crops, and a
-run resumed at step ``s`` (its workers skip, without decoding, what the segment already consumed)
-sees the same batches as a run that was never interrupted, given the same number of processes and
-workers.
+On series-ordered shards (the ingest output) this still puts runs of neighbouring slices of few series
+into each batch; ``ctssl shards shuffle`` writes shards in uniformly random order, after which batches
+are i.i.d. samples of the corpus (``ctssl bench batches`` measures both).
 
-Bad data (docs/ingest.md): a sample whose checksum or decoding fails is skipped and replaced by the
-next; a shard that ends early or whose tar is damaged is counted; each batch carries the counts
-since the worker's previous batch (``skipped``, ``missing``), which the training loop logs per epoch.
+Randomness, per rank and per worker, reproducible (docs/pretraining.md, "Seeds"): a reader's stream in
+epoch ``e`` is seeded by (run seed, epoch, rank, virtual worker), and every sample's augmentation by
+(stream seed, slot). Each batch carries the reader's position (slots consumed in the epoch); the
+checkpoint keeps them, and a resumed run skips whole chunks without reading and replays at most one
+chunk without decoding: it sees the same batches as a run that was never interrupted, given the same
+number of processes and workers, and its start does not grow with the corpus.
+
+Bad data (docs/ingest.md): each batch carries the counts since the worker's previous batch
+(``skipped``: damaged samples; ``missing``: samples a shard that ended early never delivered), which
+the training loop logs per epoch.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import os
 import random
 import signal
 from collections import Counter
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -44,7 +57,7 @@ from ctssl.shards.reader import ShardError, decode_image, iter_shard
 
 logger = logging.getLogger(__name__)
 
-SEGMENT_STEPS = 500
+BAD_SLOT = None          # a slot whose sample could not be read
 
 
 def data_kind(shards: str, kind: str = "auto") -> str:
@@ -67,7 +80,8 @@ def split_shards(shards: str, split: str) -> list[tuple[str, int]]:
 
 def preflight(shards: str, split: str, kind: str, tries: int = 64) -> None:
     """Refuse, before anything starts, a split that is empty or whose first samples all fail to read
-    or decode (a wrong folder, a wrong kind, an unreadable disk), instead of a loader that spins."""
+    or decode (a wrong folder, a wrong kind, an unreadable disk), instead of a loader that spins.
+    Reads at most ``tries`` samples of at most 8 shards, whatever the corpus size."""
     listed = split_shards(shards, split)
     if sum(n for _, n in listed) == 0:
         raise ValueError(f"Split '{split}' of {shards} holds no samples.")
@@ -92,13 +106,17 @@ def preflight(shards: str, split: str, kind: str, tries: int = 64) -> None:
                      f"{' (' + problems[0] + ')' if problems else ''}; `ctssl shards verify {shards}` tells more.")
 
 
-def steps_per_epoch(cfg, global_batch: int) -> int:
+def epoch_samples(cfg) -> int:
+    """The samples an epoch is made of: ``data.epoch_samples``, or the split's count in the manifest."""
     manifest = load_manifest(cfg.data.shards)
     split = manifest["splits"].get(cfg.data.split)
     if split is None:
         raise ValueError(f"Split '{cfg.data.split}' is not in {cfg.data.shards} (has {sorted(manifest['splits'])}).")
-    samples = cfg.data.epoch_samples or split["samples"]
-    return max(1, samples // global_batch)
+    return cfg.data.epoch_samples or split["samples"]
+
+
+def steps_per_epoch(cfg, global_batch: int) -> int:
+    return max(1, epoch_samples(cfg) // global_batch)
 
 
 def derive_seed(*parts) -> int:
@@ -113,134 +131,216 @@ def owned_steps(start: int, stop: int, workers: int, virtual: int) -> list[int]:
     return list(range(first, stop, workers))
 
 
-class SampleStream:
-    """The raw samples one virtual worker reads in one segment (module docstring), in order.
+# ---------------------------------------------------------------------------------------- who reads what
+@dataclass(frozen=True)
+class Piece:
+    """Samples [start, stop) of one shard (which holds ``count`` samples by its manifest)."""
 
-    ``shards`` are this worker's own: it reads them in a random order, each once per pass (a new order
-    every pass), ``interleave`` at a time, so a sample never meets itself in a batch."""
+    path: str
+    start: int
+    stop: int
+    count: int
 
-    def __init__(self, shards: list[tuple[str, int]], seed: int, interleave: int, buffer: int, counts: Counter):
-        self.shards, self.rng = shards, random.Random(seed)
-        self.interleave, self.buffer, self.counts = max(1, min(interleave, len(shards))), max(1, buffer), counts
-        self._order: list[int] = []
-        self._empty = 0
+    def __len__(self) -> int:
+        return self.stop - self.start
 
-    def _next_shard(self) -> tuple[str, int]:
-        if not self._order:
-            self._order = list(range(len(self.shards)))
-            self.rng.shuffle(self._order)
-        return self.shards[self._order.pop()]
 
-    def _shard(self) -> Iterator[dict]:
-        path, expected = self._next_shard()
+def quotas(per_epoch: int, epoch: int, world: int, workers: int, batch: int) -> list[int]:
+    """Samples each reader (index ``rank * workers + virtual``) needs in ``epoch``."""
+    first = epoch * per_epoch
+    per_worker = [len(owned_steps(first, first + per_epoch, workers, v)) * batch for v in range(workers)]
+    return per_worker * world
 
-        def report(key, reason):
-            if key:
-                self.counts["skipped"] += 1
-            else:
-                self.counts["missing"] += _missing(reason)
-            logger.warning("loader: %s%s: %s", os.path.basename(path), f" {key}" if key else "", reason)
 
-        yielded = False
-        for sample in iter_shard(path, decode=False, on_error=report, expected=expected):
-            yielded = True
+def epoch_pieces(shards: list[tuple[str, int]], seed: int, epoch: int, needs: list[int]) -> list[list[Piece]]:
+    """Each reader's slice of the epoch: the split's shards in the epoch's random order (as many orders
+    one after another as the quotas ask for, when an epoch is set longer than the split), their samples
+    concatenated and cut into consecutive runs of ``needs[i]`` samples (module docstring)."""
+    out: list[list[Piece]] = [[] for _ in needs]
+    if not any(needs) or not any(n for _, n in shards):
+        return out
+    reader, wanted, repeat = 0, needs[0], 0
+    while True:
+        order = list(range(len(shards)))
+        random.Random(derive_seed(seed, "epoch-order", epoch, repeat)).shuffle(order)
+        for index in order:
+            path, count = shards[index]
+            start = 0
+            while start < count:
+                while wanted == 0:
+                    reader += 1
+                    if reader == len(needs):
+                        return out
+                    wanted = needs[reader]
+                take = min(wanted, count - start)
+                out[reader].append(Piece(path, start, start + take, count))
+                start += take
+                wanted -= take
+        repeat += 1
+
+
+# --------------------------------------------------------------------------------------------- streams
+def piece_slots(piece: Piece, counts: Counter) -> Iterator[dict | None]:
+    """Exactly ``len(piece)`` slots of a shard's samples [start, stop): raw samples, or ``BAD_SLOT`` for
+    one that is damaged or that the shard never delivered (counted in ``counts``)."""
+    position, lost = 0, [0]
+
+    def report(key, reason):
+        if key:
+            counts["skipped"] += 1
+            lost[0] += 1
+        logger.warning("loader: %s%s: %s", os.path.basename(piece.path), f" {key}" if key else "", reason)
+
+    def slots_for_lost():
+        nonlocal position
+        while lost[0]:
+            lost[0] -= 1
+            if piece.start <= position < piece.stop:
+                yield BAD_SLOT
+            position += 1
+
+    for sample in iter_shard(piece.path, decode=False, on_error=report):
+        yield from slots_for_lost()
+        if position >= piece.stop:
+            return
+        if position >= piece.start:
             yield sample
-        self._empty = 0 if yielded else self._empty + 1
-        if self._empty > max(100, 10 * len(self.shards)):
-            raise RuntimeError(f"{self._empty} shards in a row held no readable sample: the training split is "
-                               "unreadable (ctssl shards verify tells what is wrong).")
+        position += 1
+        if position >= piece.stop:
+            return
+    yield from slots_for_lost()
+    shortfall = piece.stop - max(position, piece.start)
+    if shortfall > 0:                   # the shard ended before the manifest's count
+        counts["missing"] += shortfall
+        logger.warning("loader: %s ended %d sample(s) short of its manifest count", os.path.basename(piece.path),
+                       shortfall)
+        for _ in range(shortfall):
+            yield BAD_SLOT
 
-    def __iter__(self) -> Iterator[dict]:
-        streams = [self._shard() for _ in range(self.interleave)]
-        buf: list[dict] = []
+
+def chunk_slots(pieces: list[Piece], seed: int, buffer: int, counts: Counter) -> Iterator[dict | None]:
+    """The slots of one chunk (a few pieces read at once), mixed: each slot drawn from one of the pieces
+    at random, through a shuffle buffer that is emptied at the end (so the chunk yields exactly the sum of
+    its pieces' lengths)."""
+    rng = random.Random(seed)
+    streams = [piece_slots(p, counts) for p in pieces if len(p)]
+    buf: list = []
+    while streams:
+        i = rng.randrange(len(streams))
+        slot = next(streams[i], StopIteration)
+        if slot is StopIteration:
+            streams.pop(i)
+            continue
+        if len(buf) < buffer:
+            buf.append(slot)
+            continue
+        j = rng.randrange(buffer)
+        out, buf[j] = buf[j], slot
+        yield out
+    rng.shuffle(buf)
+    yield from buf
+
+
+class ReaderStream:
+    """The slots one reader (rank, virtual worker) reads in one epoch, from ``position`` on: its slice,
+    ``interleave`` pieces per chunk, then further passes over the same slice (new mixing seeds) for as
+    long as damaged samples make it ask for more."""
+
+    def __init__(self, pieces: list[Piece], seed: int, interleave: int, buffer: int, counts: Counter):
+        self.chunks = [pieces[i:i + interleave] for i in range(0, len(pieces), max(1, interleave))]
+        self.sizes = [sum(len(p) for p in chunk) for chunk in self.chunks]
+        self.seed, self.buffer, self.counts = seed, max(1, buffer), counts
+
+    def slots(self, position: int = 0) -> Iterator[dict | None]:
+        period = sum(self.sizes)
+        if period == 0:
+            return
+        passes, offset = divmod(position, period)
         while True:
-            i = self.rng.randrange(len(streams))
-            sample = next(streams[i], None)
-            if sample is None:          # that shard is done: open the next one in its place
-                streams[i] = self._shard()
-                continue
-            if len(buf) < self.buffer:
-                buf.append(sample)
-                continue
-            j = self.rng.randrange(self.buffer)
-            out, buf[j] = buf[j], sample
-            yield out
+            for c, (chunk, size) in enumerate(zip(self.chunks, self.sizes)):
+                if offset >= size:             # consumed before the restart: skipped without reading
+                    offset -= size
+                    continue
+                stream = chunk_slots(chunk, derive_seed(self.seed, passes, c), self.buffer, self.counts)
+                for _ in range(offset):        # replayed without decoding
+                    next(stream)
+                offset = 0
+                yield from stream
+            passes += 1
 
 
-def worker_shards(shards: list[tuple[str, int]], seed: int, segment: int, rank: int, world: int, virtual: int,
-                  workers: int, interleave: int) -> list[tuple[str, int]]:
-    """The shards a (rank, virtual worker) reads in a segment: a disjoint share of a permutation common
-    to all processes, so no two workers read one shard at once (no sample twice in a global batch);
-    every shard when there are too few to give each worker ``interleave`` of its own."""
-    readers = world * workers
-    if len(shards) < readers * max(1, interleave):
-        return list(shards)
-    order = list(range(len(shards)))
-    random.Random(derive_seed(seed, "partition", segment)).shuffle(order)
-    return [shards[i] for i in order[rank * workers + virtual::readers]]
-
-
-def _missing(reason: str) -> int:
-    """The number of samples a shard-level problem cost (``ended after a of b samples (n missing)``)."""
-    if "missing)" in reason:
-        try:
-            return int(reason.rsplit("(", 1)[1].split()[0])
-        except (IndexError, ValueError):
-            return 1
-    return 0
-
-
+# --------------------------------------------------------------------------------------------- batches
 class TrainBatches(torch.utils.data.IterableDataset):
-    """The batches of one process for steps [start, stop): whole batches built in the workers."""
+    """The batches of one process for steps [start, stop): whole batches built in the workers.
+
+    ``positions``: virtual worker -> (epoch, slots consumed) at ``start``, from the checkpoint; without
+    it, a worker resuming inside an epoch assumes one slot per sample of its earlier batches."""
 
     def __init__(self, shards: list[tuple[str, int]], maker, kind: str, batch: int, seed: int, rank: int,
-                 world: int, start: int, stop: int, workers: int, interleave: int, buffer: int,
-                 segment: int = SEGMENT_STEPS, render: bool = False):
+                 world: int, start: int, stop: int, workers: int, interleave: int, buffer: int, per_epoch: int,
+                 render: bool = False, positions: dict | None = None):
         super().__init__()
         self.render = render and kind == "ct"   # CPU-only runs: the workers render the views too
         self.shards, self.maker, self.kind, self.batch = shards, maker, kind, batch
         self.seed, self.rank, self.world, self.start, self.stop = seed, rank, world, start, stop
-        self.workers, self.interleave, self.buffer, self.segment = max(1, workers), interleave, buffer, segment
+        self.workers, self.interleave, self.buffer = max(1, workers), interleave, buffer
+        self.per_epoch, self.positions = per_epoch, dict(positions or {})
+
+    def _resume_position(self, virtual: int, epoch: int, step: int) -> int:
+        saved = self.positions.get(virtual)
+        if saved is not None and saved[0] == epoch:
+            return int(saved[1])
+        return len(owned_steps(epoch * self.per_epoch, step, self.workers, virtual)) * self.batch
+
+    def _stream(self, virtual: int, epoch: int, step: int, counts: Counter):
+        needs = quotas(self.per_epoch, epoch, self.world, self.workers, self.batch)
+        reader = self.rank * self.workers + virtual
+        pieces = epoch_pieces(self.shards, self.seed, epoch, needs)[reader]
+        stream_seed = derive_seed(self.seed, "stream", epoch, self.rank, virtual)
+        position = self._resume_position(virtual, epoch, step)
+        stream = ReaderStream(pieces, stream_seed, self.interleave, self.buffer, counts)
+        return stream.slots(position), stream_seed, position
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         virtual = (worker + self.start) % self.workers
         counts: Counter = Counter()
-        current_segment, stream, position, stream_seed = None, None, 0, 0
+        current_epoch, slots, position, stream_seed = None, None, 0, 0
         for step in owned_steps(self.start, self.stop, self.workers, virtual):
-            segment = step // self.segment
-            if segment != current_segment:
-                current_segment = segment
-                stream_seed = derive_seed(self.seed, "stream", self.rank, virtual, segment)
-                mine = worker_shards(self.shards, self.seed, segment, self.rank, self.world, virtual, self.workers,
-                                     self.interleave)
-                stream = iter(SampleStream(mine, stream_seed, self.interleave, self.buffer, counts))
-                position = 0
-                # Resuming inside a segment: what the segment's earlier steps of this worker read.
-                skip = len(owned_steps(segment * self.segment, step, self.workers, virtual)) * self.batch
-                for _ in range(skip):
-                    next(stream)
-                position = skip
-            items, failed = [], 0
+            epoch = step // self.per_epoch
+            if epoch != current_epoch:
+                current_epoch = epoch
+                slots, stream_seed, position = self._stream(virtual, epoch, step, counts)
+            items, keys, failed = [], [], 0
             while len(items) < self.batch:
-                raw = next(stream)
+                raw = next(slots, StopIteration)
+                if raw is StopIteration:
+                    raise RuntimeError(f"rank {self.rank} worker {virtual} has no samples in epoch {epoch}: "
+                                       "the training split is empty.")
                 sample_seed = derive_seed(stream_seed, position)
                 position += 1
-                try:
-                    items.append(self._prepare(raw, sample_seed))
-                except (ShardError, OSError, ValueError) as err:
-                    counts["skipped"] += 1
+                if raw is BAD_SLOT:
                     failed += 1
-                    logger.warning("loader: sample %s skipped: %s", raw.get("key"), err)
-                    if failed > 10 * self.batch + 100:
-                        raise RuntimeError(f"{failed} samples in a row could not be decoded; is this a "
-                                           f"{self.kind} shard set?") from err
+                else:
+                    try:
+                        items.append(self._prepare(raw, sample_seed))
+                        keys.append(raw["key"])
+                        continue
+                    except (ShardError, OSError, ValueError) as err:
+                        counts["skipped"] += 1
+                        failed += 1
+                        logger.warning("loader: sample %s skipped: %s", raw.get("key"), err)
+                if failed > 10 * self.batch + 100:
+                    raise RuntimeError(f"{failed} samples in a row could not be read or decoded; is this a "
+                                       f"{self.kind} shard set? (ctssl shards verify tells what is wrong)")
             batch = self._collate(items)
             if self.render:
                 generator = torch.Generator().manual_seed(derive_seed(self.seed, "noise", self.rank, step))
                 batch = {"views": self.maker.render(batch, generator)}
+            batch["keys"] = keys
             batch["step"] = torch.tensor(step)
+            batch["position"] = torch.tensor([virtual, epoch, position])
             batch["skipped"] = torch.tensor(counts.pop("skipped", 0))
             batch["missing"] = torch.tensor(counts.pop("missing", 0))
             yield batch
@@ -283,13 +383,17 @@ def default_workers(processes_per_node: int) -> int:
     return max(1, min(16, cpus // max(1, processes_per_node) - 1))
 
 
+PREFETCH = 4     # batches each loader worker prepares ahead
+
+
 def make_loader(cfg, maker, kind: str, rank: int, world: int, start: int, stop: int, batch: int, workers: int,
-                pin_memory: bool = False, render_in_workers: bool = False):
+                pin_memory: bool = False, render_in_workers: bool = False, positions: dict | None = None):
     """A DataLoader yielding the batches of steps [start, stop) of process ``rank``. ``kind`` "ct" or
     "natural"; "meta" yields each batch's sample metadata only (what the batch is made of)."""
+    per_epoch = steps_per_epoch(cfg, batch * world)
     dataset = TrainBatches(split_shards(cfg.data.shards, cfg.data.split), maker, kind, batch, cfg.seed, rank, world,
-                           start, stop, workers, cfg.data.interleave, cfg.data.shuffle_buffer,
-                           render=render_in_workers and workers > 0)
-    extra = {"prefetch_factor": 4, "worker_init_fn": _worker_init} if workers > 0 else {}
+                           start, stop, workers, cfg.data.interleave, cfg.data.shuffle_buffer, per_epoch,
+                           render=render_in_workers and workers > 0, positions=positions)
+    extra = {"prefetch_factor": PREFETCH, "worker_init_fn": _worker_init} if workers > 0 else {}
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                                        **extra)

@@ -47,7 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="model.backbone")
     parser.add_argument("--epochs", type=int, default=None, help="epochs")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    parser.add_argument("--batch-size", type=int, default=None, help="per-process batch size")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="per-process batch size (data.batch_size; a recipe fixes the global batch instead)")
+    parser.add_argument("--accept-changes", action="store_true",
+                        help="resume the run in --out with settings that differ from its checkpoint's (recorded in "
+                             "OUT/history.jsonl); without it such a resume is refused, naming the differences")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser.parse_args(argv)
@@ -58,6 +62,7 @@ def main(argv=None) -> int:
     from ctssl.core.lock import LockError
     from ctssl.core.logs import setup_logging
     from ctssl.pretrain.config import resolve_pretrain_config
+    from ctssl.pretrain.health import NonFiniteError
     from ctssl.shards.reader import ShardError
 
     args = parse_args(argv)
@@ -71,12 +76,16 @@ def main(argv=None) -> int:
         setup_logging(args.log_level, f"{cfg.out}/logs/rank{rank}.log", is_main=rank == 0)
         from ctssl.pretrain.train import train
 
-        result = train(cfg)
-    except (ConfigError, LockError, ShardError, FileNotFoundError, NotADirectoryError, PermissionError,
-            ValueError) as err:
+        result = train(cfg, accept_changes=args.accept_changes)
+    except NonFiniteError as err:
         if args.debug:
             raise
-        print(f"{who}: {err} (--debug shows the traceback)", file=sys.stderr)
+        print(f"{who}: {err}", file=sys.stderr)
+        return 1
+    except (ConfigError, LockError, ShardError, OSError, ValueError) as err:
+        if args.debug:
+            raise
+        print(f"{who}: {' '.join(str(err).split())} (--debug shows the traceback)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{who}: interrupted; rerun the same command to resume.", file=sys.stderr)

@@ -1,10 +1,14 @@
 """The pretraining loop. Distributed work lives here only, in the Accelerator.
 
-The method computes the loss (pretrain.methods); this loop renders the CT views on the device, calls
-backward, clips, sets the step's learning rate and weight decay, steps the optimizer, updates the
-teacher EMA, logs, monitors, checkpoints and exports. One code path for every precision (Accelerate's
-autocast and grad scaler). What it does, step by step, and where it departs from the references is in
-docs/pretraining.md.
+``train(cfg)`` reads top to bottom: ``setup`` builds a small ``Run`` (the model, the optimizer, the views,
+the batch plan, what a resumed run continues from); ``Loop.run`` then takes one batch per step and
+calls ``Loop.step`` (views on the device, schedule, forward and backward, possibly in micro-batches,
+clipping, optimizer step, teacher EMA) and the interval work in order: log, stop check, epoch end,
+checkpoint, kNN monitor. The method computes the loss (pretrain.methods); pretrain.step turns it into
+gradients. What it does, and where it departs from the references, is in docs/pretraining.md.
+
+Module map: config -> views, loader, backbones, methods -> step, memory, optim, schedules, health,
+monitor, signals, progress, checkpoint -> train -> main.
 """
 
 from __future__ import annotations
@@ -12,209 +16,41 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
-import signal
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from lightly.models.utils import get_weight_decay_parameters
 from lightly.utils.scheduler import cosine_schedule
-from tqdm import tqdm
 
 from ctssl import __version__
 from ctssl.core.atomic import atomic_write_text
-from ctssl.core.config import save_config, to_dict
-from ctssl.core.lock import LockError, OutputLock
+from ctssl.core.config import ConfigError, save_config, to_dict
 from ctssl.core.logs import append_jsonl
 from ctssl.pretrain.backbones import build_backbone
-from ctssl.pretrain.checkpoint import (build_state, clean_temporaries, export_backbone, load_checkpoint, restore,
-                                       rng_state, save_checkpoint, set_rng_state)
-from ctssl.pretrain.config import PretrainConfig
+from ctssl.pretrain.checkpoint import (build_state, clean_temporaries, config_changes, export_backbone,
+                                       load_checkpoint, restore, rng_state, save_checkpoint, set_rng_state)
+from ctssl.pretrain.config import PretrainConfig, batch_per_process, validate
+from ctssl.pretrain.health import Health
 from ctssl.pretrain.loader import data_kind, default_workers, derive_seed, make_loader, preflight, steps_per_epoch
+from ctssl.pretrain.memory import activation_bytes_per_sample, device_memory_bytes, plan_micro_batches
 from ctssl.pretrain.methods import build_method
+from ctssl.pretrain.monitor import KNNMonitor, ct_eval_view, natural_eval_batch
+from ctssl.pretrain.optim import build_optimizer, clip_and_measure
+from ctssl.pretrain.progress import Progress
+from ctssl.pretrain.schedules import resolve_lr, set_schedule, warmup_problem, warmup_steps
+from ctssl.pretrain.signals import StopSignal, agree, lock_output
+from ctssl.pretrain.step import forward_backward
 from ctssl.pretrain.syncbn import convert_sync_batchnorm, has_batchnorm
-from ctssl.pretrain.views import CTViewMaker, crop_specs, natural_eval_view, natural_views
+from ctssl.pretrain.views import CTViewMaker, crop_specs, finish_natural, natural_views
 
 logger = logging.getLogger(__name__)
-
-
-class StopSignal:
-    """SIGTERM / SIGUSR1 (SLURM preemption or time limit) ask for a checkpoint and a clean exit, while
-    training runs; the previous handlers come back when it ends (a training run inside a longer Python
-    process must not leave processes forked later deaf to SIGTERM)."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.received: str | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "StopSignal":
-        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
-
-
-def resolve_lr(cfg: PretrainConfig, global_batch: int) -> float:
-    """The peak learning rate: ``optim.lr``, or ``optim.base_lr`` scaled by the global batch."""
-    if cfg.optim.lr > 0:
-        return cfg.optim.lr
-    scaling = cfg.optim.lr_scaling
-    if scaling == "sqrt":
-        return cfg.optim.base_lr * math.sqrt(global_batch)
-    if scaling == "linear":
-        return cfg.optim.base_lr * global_batch / 256
-    return cfg.optim.base_lr
-
-
-def build_optimizer(cfg: PretrainConfig, model: torch.nn.Module, lr: float):
-    """Group 0: weights (weight decay, LARS adaptation); group 1: biases and norms (neither), as DINO's
-    ``get_params_groups`` and lightly's benchmarks do. The schedule sets lr and decay every step."""
-    params, no_decay = get_weight_decay_parameters([m for m in model.children()])
-    groups = [{"params": [p for p in params if p.requires_grad], "weight_decay": cfg.optim.weight_decay},
-              {"params": [p for p in no_decay if p.requires_grad], "weight_decay": 0.0}]
-    name = cfg.optim.name
-    if name == "lars":
-        from ctssl.pretrain.lars import LARS
-
-        return LARS(groups, lr=lr, momentum=cfg.optim.momentum)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.optim.momentum)
-    return torch.optim.AdamW(groups, lr=lr)
-
-
-def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
-    """Linear warm-up from ``peak / warmup`` to ``peak`` over ``warmup`` steps, then cosine to ``floor``
-    (DINO's ``cosine_scheduler`` with ``min_lr``; SimCLR's warm-up and cosine decay)."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def wd_at(step: int, total: int, start: float, end: float | None) -> float:
-    """Weight decay: constant, or cosine from ``start`` to ``end`` over training (DINO: 0.04 -> 0.4)."""
-    if end is None:
-        return start
-    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total - 1))))
-
-
-def clip_per_parameter(model: torch.nn.Module, clip: float) -> None:
-    """DINO's ``clip_gradients``: each parameter's gradient scaled to norm ``clip`` when above it."""
-    for p in model.parameters():
-        if p.grad is not None:
-            norm = p.grad.detach().norm(2)
-            p.grad.mul_(torch.clamp(clip / (norm + 1e-6), max=1.0))
-
-
-class KNNMonitor:
-    """Weighted kNN accuracy (eval.knn) of the exported backbone (DINO: the teacher): a bank of labelled
-    training samples, queries from a held-out split, both a seeded random subset of at most
-    ``knn_samples``. Damaged samples are skipped, as the loader skips them."""
-
-    def __init__(self, cfg: PretrainConfig, eval_view):
-        self.label = cfg.monitor.knn_label
-        shards = cfg.monitor.knn_shards or cfg.data.shards
-        bank = _labelled_subset(shards, cfg.data.split, self.label, cfg.monitor.knn_samples, cfg.seed)
-        query = _labelled_subset(shards, cfg.monitor.knn_split, self.label, cfg.monitor.knn_samples, cfg.seed)
-        self.classes = sorted({v for _, v in bank})
-        query = [(img, v) for img, v in query if v in self.classes]
-        self.enabled = len(self.classes) >= 2 and len(query) >= 1
-        if not self.enabled:
-            logger.warning("kNN monitor off: need labelled '%s' samples of >= 2 classes in split '%s' "
-                           "and some in split '%s'", self.label, cfg.data.split, cfg.monitor.knn_split)
-            return
-        self.bank = eval_view([img for img, _ in bank])
-        self.bank_labels = torch.tensor([self.classes.index(v) for _, v in bank])
-        self.query = eval_view([img for img, _ in query])
-        self.query_labels = torch.tensor([self.classes.index(v) for _, v in query])
-        logger.info("kNN monitor: %d bank and %d query samples, %d classes of '%s'",
-                    len(bank), len(query), len(self.classes), self.label)
-
-    @torch.no_grad()
-    def _features(self, backbone, images, device, channels_last):
-        feats = []
-        for start in range(0, len(images), 64):
-            x = images[start:start + 64].to(device)
-            if channels_last:
-                x = x.to(memory_format=torch.channels_last)
-            feats.append(backbone(x).float().cpu())
-        return torch.cat(feats)
-
-    def __call__(self, backbone, device, channels_last: bool) -> float:
-        from ctssl.eval.knn import knn_accuracy
-
-        was_training = backbone.training
-        backbone.eval()
-        bank = self._features(backbone, self.bank, device, channels_last)
-        query = self._features(backbone, self.query, device, channels_last)
-        backbone.train(was_training)
-        return knn_accuracy(query, self.query_labels, bank, self.bank_labels, len(self.classes),
-                            k=min(20, len(bank)))
-
-
-def _labelled_subset(shards: str, split: str, label: str, n: int, seed: int, scan_factor: int = 20):
-    """A seeded uniform sample of at most ``n`` (image, label) pairs from the first
-    ``scan_factor * n`` labelled samples met in a seeded random order of the split's shards."""
-    from ctssl.shards.reader import ShardError, decode_image, iter_shard, shard_paths
-
-    def skip(key, reason):
-        logger.warning("kNN monitor: skipped %s: %s", key or "the rest of a shard", reason)
-
-    rng = random.Random(seed)
-    paths = shard_paths(shards, split)
-    rng.shuffle(paths)
-    chosen, seen = [], 0
-    for path in paths:
-        for raw in iter_shard(path, decode=False, on_error=skip):
-            meta = json.loads(raw["json"])
-            value = meta.get("labels", {}).get(label, meta.get(label))
-            if value is None:
-                continue
-            seen += 1
-            if len(chosen) < n:
-                chosen.append(raw)
-            elif (j := rng.randrange(seen)) < n:
-                chosen[j] = raw
-            if seen >= scan_factor * n:
-                break
-        if seen >= scan_factor * n:
-            break
-    out = []
-    for raw in chosen:
-        try:
-            image, meta = decode_image(raw)
-        except ShardError as err:
-            skip(err.key, err.reason)
-            continue
-        out.append((image, str(meta.get("labels", {}).get(label, meta.get(label)))))
-    return out
-
-
-def _ct_eval_view(maker: CTViewMaker, cfg: PretrainConfig):
-    """Whole slices, no augmentation, as evaluation prepares them (pretrain.views.whole_slices)."""
-    from ctssl.pretrain.views import whole_slices
-
-    windows = maker.spec.windows
-    def view(slices):
-        if windows:
-            return torch.cat([whole_slices(slices[i:i + 64], cfg.data.image_size, windows, cfg.data.normalize_mean,
-                                           cfg.data.normalize_std) for i in range(0, len(slices), 64)])
-        identity = [CTViewMaker.identity(*s.shape) for s in slices]   # min-max intensity: the renderer's own
-        return torch.cat([maker.render(CTViewMaker.collate(slices[i:i + 64], identity[i:i + 64]),
-                                       sizes=[cfg.data.image_size])[0] for i in range(0, len(slices), 64)])
-    return view
 
 
 def resolve_runtime(cfg: PretrainConfig, accelerator: Accelerator | None = None) -> dict:
@@ -223,49 +59,85 @@ def resolve_runtime(cfg: PretrainConfig, accelerator: Accelerator | None = None)
     precision = cfg.precision or ("bf16" if cuda and torch.cuda.is_bf16_supported() else "no")
     channels_last = cfg.channels_last if cfg.channels_last is not None else (
         cuda and cfg.model.backbone.startswith("resnet"))
-    import os
-
     local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes if accelerator is not None else 1))
     workers = cfg.data.num_workers if cfg.data.num_workers is not None else default_workers(local)
     return {"precision": precision, "channels_last": bool(channels_last), "num_workers": int(workers)}
 
 
-def train(cfg: PretrainConfig) -> dict:
-    """Pretrain as configured; resumes from ``cfg.out`` if a checkpoint is there."""
-    from ctssl.pretrain.config import validate
-
+def train(cfg: PretrainConfig, accept_changes: bool = False) -> dict:
+    """Pretrain as configured; resumes from ``cfg.out`` if a checkpoint is there (refusing other settings
+    unless ``accept_changes``)."""
+    started = time.perf_counter()
     validate(cfg)
     runtime = resolve_runtime(cfg)
     # Without CUDA, `accelerate launch --multi_gpu` would start independent world-size-1 processes;
     # cpu=True makes them one gloo process group (MULTI_CPU).
     accelerator = Accelerator(mixed_precision=runtime["precision"], cpu=not torch.cuda.is_available())
     runtime = resolve_runtime(cfg, accelerator)
-    out = Path(cfg.out)
-    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
-    lock = _lock_output(accelerator, out)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True      # fixed shapes every step: let cuDNN pick its kernels once
+    lock = lock_output(accelerator, Path(cfg.out))
     try:
         with StopSignal() as stop:
-            return _train(cfg, accelerator, runtime, out, main, rank, world, stop)
+            run = setup(cfg, accelerator, runtime, accept_changes, started)
+            return Loop(run, stop).run()
     finally:
         if lock is not None:
             lock.release()
 
 
-def _lock_output(accelerator: Accelerator, out: Path):
-    """The main process locks OUT; every process learns whether it could (and exits together)."""
-    lock, message = None, ""
-    if accelerator.is_main_process:
-        try:
-            lock = OutputLock(out, "pretraining").acquire()
-        except LockError as err:
-            message = str(err)
-    failed = torch.tensor(1.0 if message else 0.0, device=accelerator.device)
-    if float(accelerator.reduce(failed, "max")) > 0:
-        raise LockError(message or f"{out} is in use by another run.")
-    return lock
+# ------------------------------------------------------------------------------------------------ setup
+@dataclass
+class Run:
+    """What the loop needs, built once by ``setup``."""
+
+    cfg: PretrainConfig
+    accelerator: Accelerator
+    out: Path
+    kind: str
+    maker: object                  # CTViewMaker (CT) or lightly's transform (natural images)
+    in_chans: int
+    model: torch.nn.Module         # as prepared (DDP) and maybe compiled: what the step calls
+    method: torch.nn.Module        # the unwrapped method
+    prepared: torch.nn.Module      # as prepared (DDP), for no_sync and clipping
+    optimizer: torch.optim.Optimizer
+    batch: int                     # per process
+    micro: int                     # per micro-batch
+    per_epoch: int
+    total: int
+    warmup: int
+    peak_lr: float
+    resolved: dict
+    start_step: int = 0
+    loader_positions: dict = field(default_factory=dict)
+    monitor: KNNMonitor | None = None
+    startup: dict = field(default_factory=dict)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch * self.accelerator.num_processes
 
 
-def _train(cfg, accelerator, runtime, out, main, rank, world, stop: StopSignal) -> dict:
+def _views_and_inputs(cfg: PretrainConfig, kind: str):
+    crops = crop_specs(cfg.method.name, cfg)
+    if kind == "ct":
+        in_chans = cfg.model.in_chans or (len(cfg.data.windows) if cfg.data.intensity == "windows" else 3)
+        maker = CTViewMaker(cfg.data, crops, in_chans)
+        return crops, in_chans, maker, ct_eval_view(maker, cfg.data)
+    return crops, cfg.model.in_chans or 3, natural_views(cfg.method.name, cfg), natural_eval_batch(cfg.data.image_size)
+
+
+def setup(cfg: PretrainConfig, accelerator: Accelerator, runtime: dict, accept_changes: bool,
+          started: float) -> Run:
+    from ctssl.shards.reader import samples_read
+
+    read_before = samples_read()
+    out, main, rank, world = Path(cfg.out), accelerator.is_main_process, accelerator.process_index, \
+        accelerator.num_processes
     kind = data_kind(cfg.data.shards, cfg.data.kind)
     preflight(cfg.data.shards, cfg.data.split, kind)
     if main:
@@ -273,230 +145,91 @@ def _train(cfg, accelerator, runtime, out, main, rank, world, stop: StopSignal) 
         if removed:
             logger.info("removed %d file(s) left by interrupted writes in %s", removed, out)
         _warn_if_series_ordered(cfg, kind)
-    if cfg.data.global_batch_size:
-        if cfg.data.global_batch_size % world:
-            raise ValueError(f"data.global_batch_size {cfg.data.global_batch_size} is not divisible by the "
-                             f"{world} processes.")
-        batch = cfg.data.global_batch_size // world
-    else:
-        batch = cfg.data.batch_size
-    global_batch = batch * world
-    crops = crop_specs(cfg.method.name, cfg)
-    if kind == "ct":
-        in_chans = cfg.model.in_chans or (len(cfg.data.windows) if cfg.data.intensity == "windows" else 3)
-        maker = CTViewMaker(cfg.data, crops, in_chans)
-        eval_view = _ct_eval_view(maker, cfg)
-    else:
-        in_chans = cfg.model.in_chans or 3
-        maker = natural_views(cfg.method.name, cfg)
-        single = natural_eval_view(cfg.data.image_size)
-        eval_view = lambda images: torch.stack([single(im) for im in images])  # noqa: E731
+    batch = batch_per_process(cfg, world)
+    crops, in_chans, maker, eval_view = _views_and_inputs(cfg, kind)
 
     set_seed(cfg.seed)        # the same initial weights on every process (DDP also broadcasts them)
     backbone, dim = build_backbone(cfg.model.backbone, in_chans, cfg.model.init, cfg.model.weights,
                                    cfg.model.drop_path)
-    model = build_method(cfg.method.name, backbone, dim, cfg.method)
-    sync_bn = cfg.model.sync_bn and world > 1 and has_batchnorm(model)
+    method = build_method(cfg.method.name, backbone, dim, cfg.method).to(accelerator.device)
+    per_sample = activation_bytes_per_sample(method, crops, in_chans, runtime["precision"])
+    plan = plan_micro_batches(batch, per_sample, cfg.memory.micro_batch_size, cfg.memory.budget_gb,
+                              device_memory_bytes(accelerator.device))
+    sync_bn = cfg.model.sync_bn and world > 1 and has_batchnorm(method)
     if sync_bn:
-        model = convert_sync_batchnorm(model)
+        method = convert_sync_batchnorm(method)
     if runtime["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    # From here on every process draws from its own generators (dropout, stochastic depth, noise).
-    _seed_process(cfg.seed, rank)
-    per_epoch = steps_per_epoch(cfg, global_batch)
+        method = method.to(memory_format=torch.channels_last)
+    _seed_process(cfg.seed, rank)   # from here on every process draws from its own generators
+    per_epoch = steps_per_epoch(cfg, batch * world)
     total = cfg.max_steps or cfg.epochs * per_epoch
-    lr = resolve_lr(cfg, global_batch)
-    optimizer = build_optimizer(cfg, model, lr)
-    warmup = max(1, int(round(cfg.optim.warmup_epochs * per_epoch)))
-    resolved = {**to_dict(cfg), "resolved": {"lr": lr, "global_batch": global_batch, "batch_per_process": batch,
-                                             "processes": world, "steps_per_epoch": per_epoch, "total_steps": total,
-                                             "warmup_steps": warmup, "data_kind": kind, "in_chans": in_chans,
-                                             "sync_bn": sync_bn, **runtime}}
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(resolved, out / "config.yaml")
+    peak = resolve_lr(cfg.optim, batch * world)
+    warmup = warmup_steps(cfg.optim.warmup_epochs, per_epoch)
+    optimizer = build_optimizer(cfg.optim, method, peak)
+    resolved = {**to_dict(cfg), "resolved": {
+        "lr": peak, "global_batch": batch * world, "batch_per_process": batch, "processes": world,
+        "steps_per_epoch": per_epoch, "total_steps": total, "warmup_steps": warmup, "data_kind": kind,
+        "in_chans": in_chans, "sync_bn": sync_bn, **{k: v for k, v in plan.items()}, **runtime}}
+    if main and (problem := warmup_problem(warmup, total, cfg.optim.warmup_epochs, per_epoch)):
+        logger.warning("%s", problem)
+    if plan["micro_batches"] > 1 and main:
+        logger.info("each process's batch of %d runs as %d micro-batches of %d (about %.1f GiB of activations "
+                    "each, %.1f GiB for the whole batch); the gradient is the whole batch's (docs/pretraining.md, "
+                    "Memory)", batch, plan["micro_batches"], plan["micro_batch_size"], plan["estimated_activation_gb"],
+                    plan["whole_batch_activation_gb"])
 
-    step = 0
+    start, positions = 0, {}
     state = load_checkpoint(out)
     if state is not None:
-        restore(state, model, optimizer, accelerator.scaler)
-        step = state["step"]
-        rngs = state.get("rng") or []
+        _check_resume(state, resolved, out, accept_changes, main)
+        restore(state, method, optimizer, accelerator.scaler)
+        start = state["step"]
+        rngs, loaders = state.get("rng") or [], state.get("loader") or []
         if len(rngs) == world:
             set_rng_state(rngs[rank])
         elif main:
             logger.warning("checkpoint holds generator states of %d process(es), this run has %d: not restored",
                            len(rngs), world)
+        if len(loaders) == world:
+            positions = {int(v): tuple(p) for v, p in loaders[rank].items()}
         previous = (state.get("config") or {}).get("resolved", {})
         if main and previous.get("num_workers", runtime["num_workers"]) != runtime["num_workers"]:
             logger.warning("resuming with %d loader workers instead of %d: the data stream continues "
                            "differently from an uninterrupted run", runtime["num_workers"], previous["num_workers"])
+            positions = {}
         if main:
-            logger.info("resumed from %s at step %d", out / "checkpoints" / "last.pt", step)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-    forward = torch.compile(model) if cfg.compile else model
+            logger.info("resumed from %s at step %d", out / "checkpoints" / "last.pt", start)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(resolved, out / "config.yaml")
+        append_jsonl(out / "history.jsonl", {"event": "resume" if state is not None else "start", "step": start,
+                                             "processes": world, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    prepared, optimizer = accelerator.prepare(method, optimizer)
+    unwrapped = accelerator.unwrap_model(prepared)
+    model = torch.compile(prepared) if cfg.compile else prepared
     monitor = KNNMonitor(cfg, eval_view) if main else None
-    writer = None
-    if main and cfg.monitor.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tensorboard"))
-    momentum = cfg.method.dino
-    saved_at = -1
-    history: list[dict] = []
-    stopped_by = None
-    data_problems: Counter = Counter()
-    noise = torch.Generator(device=accelerator.device)
-
-    def checkpoint() -> None:
-        nonlocal saved_at
-        if saved_at == step:
-            return
-        saved_at = step
-        rngs = _gather_rng(world)
-        accelerator.wait_for_everyone()
-        if main:
-            save_checkpoint(build_state(unwrapped, optimizer, accelerator.scaler, step, step // per_epoch, resolved,
-                                        rngs), out)
-
-    def knn(tag: str) -> None:
-        if main and monitor is not None and monitor.enabled:
-            acc = monitor(unwrapped.export_backbone, accelerator.device, runtime["channels_last"])
-            record = {"step": step, "epoch": step // per_epoch, "knn_accuracy": acc, "when": tag}
-            history.append(record)
-            append_jsonl(out / "metrics.jsonl", record)
-            if writer:
-                writer.add_scalar("monitor/knn_accuracy", acc, step)
-            logger.info("step %d: kNN accuracy (%s) %.3f", step, cfg.monitor.knn_label, acc)
-        accelerator.wait_for_everyone()
-
-    def epoch_end(epoch: int) -> None:
-        counts = torch.tensor([data_problems["skipped"], data_problems["missing"]], dtype=torch.float64,
-                              device=accelerator.device)
-        counts = accelerator.reduce(counts, "sum")
-        if main:
-            record = {"step": step, "epoch": epoch, "skipped_samples": int(counts[0]), "missing_samples": int(counts[1])}
-            append_jsonl(out / "metrics.jsonl", record)
-            if counts.sum() > 0:
-                logger.warning("epoch %d: %d damaged sample(s) skipped, %d missing from shards that ended early "
-                               "(ctssl shards verify names them)", epoch, int(counts[0]), int(counts[1]))
-        data_problems.clear()
-
-    bar = tqdm(total=total, initial=step, unit="step", desc=f"{cfg.method.name} {cfg.model.backbone}",
-               disable=not main or None)
-    if step == 0:
-        knn("init")
-    last_log, window_samples = time.perf_counter(), 0
-    loss_value = float("nan")
-    # The views are rendered on the GPU; without one, in the loader workers (the same code, in parallel).
-    loader = make_loader(cfg, maker, kind, rank, world, step, total, batch, runtime["num_workers"],
-                         pin_memory=torch.cuda.is_available(), render_in_workers=not torch.cuda.is_available())
-    for data in loader:
-        epoch = step // per_epoch
-        data_problems["skipped"] += int(data.pop("skipped"))
-        data_problems["missing"] += int(data.pop("missing"))
-        data_step = int(data.pop("step"))
-        if data_step != step:
-            raise RuntimeError(f"loader out of step: batch for step {data_step} at step {step}")
-        views = _views(data, kind, maker, accelerator.device, noise, derive_seed(cfg.seed, "noise", rank, step))
-        if runtime["channels_last"]:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        _set_schedule(optimizer, cfg, step, total, warmup, lr)
-        with accelerator.autocast():
-            loss, logs = forward(views, epoch)
-        accelerator.backward(loss)
-        if hasattr(unwrapped, "after_backward"):
-            unwrapped.after_backward(epoch)
-        if cfg.optim.clip_grad > 0:
-            if cfg.optim.clip_mode == "per_param":
-                accelerator.unscale_gradients()
-                clip_per_parameter(unwrapped, cfg.optim.clip_grad)
-            else:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        unwrapped.update_teacher(cosine_schedule(step, total, momentum.momentum_start, momentum.momentum_end))
-        step += 1
-        window_samples += global_batch
-        bar.update(1)
-
-        if step % cfg.monitor.log_every == 0 or step == total:   # the only per-step host syncs
-            loss_value = float(accelerator.reduce(logs["loss"].float(), "mean"))
-            ratio = float(accelerator.reduce(logs["collapse_ratio"].float(), "mean"))
-            now = time.perf_counter()
-            rate = window_samples / (now - last_log)
-            last_log, window_samples = now, 0
-            group = optimizer.param_groups[0]
-            record = {"step": step, "epoch": epoch, "loss": loss_value, "lr": group["lr"],
-                      "weight_decay": group["weight_decay"], "images_per_s": round(rate, 1),
-                      "images_per_s_per_process": round(rate / world, 1), "collapse_ratio": round(ratio, 4)}
-            if torch.cuda.is_available():
-                record["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            if main:
-                append_jsonl(out / "metrics.jsonl", record)
-                if writer:
-                    for key in ("loss", "lr", "weight_decay", "images_per_s", "collapse_ratio"):
-                        writer.add_scalar(f"train/{key}", record[key], step)
-                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{rate:.0f}")
-                if not math.isfinite(loss_value):
-                    logger.error("non-finite loss %s at step %d", loss_value, step)
-                if ratio < cfg.monitor.collapse_std:
-                    logger.warning("COLLAPSE WARNING step %d: std of the normalised embeddings is %.2f of the "
-                                   "healthy 1/sqrt(d); representations are becoming constant", step, ratio)
-        if step % cfg.stop_check_every == 0 or step == total:
-            flag = torch.tensor(1.0 if stop.received else 0.0, device=accelerator.device)
-            if float(accelerator.reduce(flag, "max")) > 0:
-                stopped_by = stop.received or "SIGTERM"
-                break
-        if step % per_epoch == 0 or step == total:
-            epoch_end(epoch)
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step % per_epoch == 0:
-            checkpoint()
-        if cfg.monitor.knn_every and step % cfg.monitor.knn_every == 0:
-            knn("periodic")
-        elif not cfg.monitor.knn_every and step % per_epoch == 0:
-            knn("epoch end")
-    bar.close()
-    checkpoint()
-    result = {"steps": step, "total_steps": total, "final_loss": loss_value, "stopped_by": stopped_by,
-              "knn": history, "checkpoint": str(out / "checkpoints" / "last.pt")}
-    if main and stopped_by is None:
-        card = {"ctssl_version": __version__, "method": cfg.method.name, "backbone": cfg.model.backbone,
-                "exported": "teacher" if cfg.method.name == "dino" else "backbone",
-                "in_chans": in_chans, "data": {"shards": cfg.data.shards, "kind": kind, "split": cfg.data.split,
-                                               "windows": cfg.data.windows if kind == "ct" and
-                                               cfg.data.intensity == "windows" else None,
-                                               "intensity": cfg.data.intensity if kind == "ct" else "rgb",
-                                               "image_size": cfg.data.image_size},
-                "steps": step, "epochs": step / per_epoch, "knn": history, "config": resolved}
-        result["backbone"] = str(export_backbone(unwrapped, out, card))
-        atomic_write_text(out / "result.json", json.dumps(result, indent=1) + "\n")
-    if writer:
-        writer.close()
-    if stopped_by and main:
-        logger.warning("%s received: checkpoint saved at step %d; rerun the same command to resume",
-                       stopped_by, step)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return result
+    startup = {"startup_seconds": round(time.perf_counter() - started, 2),
+               "startup_samples_read": samples_read() - read_before}
+    return Run(cfg, accelerator, out, kind, maker, in_chans, model, unwrapped, prepared, optimizer, batch,
+               plan["micro_batch_size"], per_epoch, total, warmup, peak, resolved, start, positions, monitor, startup)
 
 
-def _views(data: dict, kind: str, maker, device, generator: torch.Generator, seed: int) -> list[torch.Tensor]:
-    if "views" in data:   # natural images, or CT views rendered by the workers (no GPU)
-        return [v.to(device, non_blocking=True) for v in data["views"]]
-    batch = {k: v.to(device, non_blocking=True) for k, v in data.items()}
-    generator.manual_seed(seed)
-    return maker.render(batch, generator)
-
-
-def _set_schedule(optimizer, cfg: PretrainConfig, step: int, total: int, warmup: int, peak: float) -> None:
-    lr = lr_at(step, total, warmup, peak, cfg.optim.min_lr)
-    wd = wd_at(step, total, cfg.optim.weight_decay, cfg.optim.weight_decay_end)
-    for i, group in enumerate(optimizer.param_groups):
-        group["lr"] = lr
-        if i == 0:      # only the weights are regularised
-            group["weight_decay"] = wd
+def _check_resume(state: dict, resolved: dict, out: Path, accept_changes: bool, main: bool) -> None:
+    """A resumed run is the same run: other settings are refused, naming them, unless accepted (then the
+    change is recorded in OUT/history.jsonl)."""
+    changes = config_changes(state.get("config") or {}, resolved)
+    if not changes:
+        return
+    text = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in list(changes.items())[:8])
+    more = f" and {len(changes) - 8} more" if len(changes) > 8 else ""
+    if not accept_changes:
+        raise ConfigError(f"{out} holds a run at step {state['step']} with other settings: {text}{more}. Rerun with "
+                          "its settings to resume it, --accept-changes to continue it with these (recorded in "
+                          "history.jsonl), or another --out to start a new run.")
+    if main:
+        append_jsonl(out / "history.jsonl", {"event": "accepted changes", "step": state["step"],
+                                             "changes": {k: list(v) for k, v in changes.items()}})
+        logger.warning("continuing the run at step %d with changed settings: %s%s", state["step"], text, more)
 
 
 def _seed_process(seed: int, rank: int) -> None:
@@ -506,17 +239,6 @@ def _seed_process(seed: int, rank: int) -> None:
     torch.manual_seed(s)
 
 
-def _gather_rng(world: int) -> list[dict]:
-    state = rng_state()
-    if world == 1:
-        return [state]
-    import torch.distributed as dist
-
-    states: list = [None] * world
-    dist.all_gather_object(states, state)
-    return states
-
-
 def _warn_if_series_ordered(cfg: PretrainConfig, kind: str) -> None:
     from ctssl.shards.manifest import load_manifest
 
@@ -524,3 +246,237 @@ def _warn_if_series_ordered(cfg: PretrainConfig, kind: str) -> None:
         logger.warning("%s holds shards in series order (the ingest output): batches will hold runs of "
                        "neighbouring slices of few series. Train on `ctssl shards shuffle %s --out DIR` "
                        "(docs/pretraining.md, Batches).", cfg.data.shards, cfg.data.shards)
+
+
+# ------------------------------------------------------------------------------------------------- loop
+class Loop:
+    def __init__(self, run: Run, stop: StopSignal):
+        self.r, self.stop = run, stop
+        a = run.accelerator
+        self.step_no = run.start_step
+        self.health = Health(run.method, a.device)
+        self.noise = torch.Generator(device=a.device)
+        self.positions = dict(run.loader_positions)
+        self.problems: Counter = Counter()
+        self.history: list[dict] = []
+        self.saved_at = -1
+        self.loss_value = float("nan")
+        self.window = {"start": time.perf_counter(), "samples": 0, "wait": 0.0}
+        self.writer = None
+        if run.main and run.cfg.monitor.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run.out / "tensorboard"))
+        self.progress = Progress(run.total, run.start_step, f"{run.cfg.method.name} {run.cfg.model.backbone}",
+                                 run.main, run.cfg.monitor.progress_seconds)
+        self.keys = None
+        if run.cfg.data.record_keys:
+            (run.out / "keys").mkdir(parents=True, exist_ok=True)
+            self.keys = open(run.out / "keys" / f"rank{a.process_index}.txt", "a", encoding="utf-8")
+
+    # ..................................................................................... the run
+    def run(self) -> dict:
+        r, cfg = self.r, self.r.cfg
+        if r.main:
+            append_jsonl(r.out / "metrics.jsonl", {"step": self.step_no, **r.startup})
+            logger.info("start-up: %.1f s, %d samples read before step %d", r.startup["startup_seconds"],
+                        r.startup["startup_samples_read"], self.step_no)
+        if self.step_no == 0:
+            self.knn("init")
+        stopped_by = None
+        loader = make_loader(cfg, r.maker, r.kind, r.accelerator.process_index, r.accelerator.num_processes,
+                             self.step_no, r.total, r.batch, r.resolved["resolved"]["num_workers"],
+                             pin_memory=torch.cuda.is_available(), render_in_workers=not torch.cuda.is_available(),
+                             positions=self.positions)
+        waited = time.perf_counter()
+        for data in loader:
+            self.window["wait"] += time.perf_counter() - waited
+            epoch = self.step_no // r.per_epoch
+            self.step(data, epoch)
+            stopped_by = self.interval_work(epoch)
+            if stopped_by:
+                break
+            waited = time.perf_counter()
+        self.progress.close()
+        return self.finish(stopped_by)
+
+    def step(self, data: dict, epoch: int) -> None:
+        r, a = self.r, self.r.accelerator
+        self.problems["skipped"] += int(data.pop("skipped"))
+        self.problems["missing"] += int(data.pop("missing"))
+        virtual, data_epoch, position = (int(v) for v in data.pop("position"))
+        self.positions[virtual] = (data_epoch, position)
+        keys = data.pop("keys")
+        if self.keys is not None:
+            self.keys.write("".join(f"{self.step_no}\t{k}\n" for k in keys))
+        data_step = int(data.pop("step"))
+        if data_step != self.step_no:
+            raise RuntimeError(f"loader out of step: batch for step {data_step} at step {self.step_no}")
+        views = self.device_views(data)
+        set_schedule(r.optimizer, r.cfg.optim, self.step_no, r.total, r.warmup, r.peak_lr)
+        loss, logs = forward_backward(r.model, r.method, views, epoch, r.micro, a)
+        if hasattr(r.method, "after_backward"):
+            r.method.after_backward(epoch)
+        grad_norm = clip_and_measure(a, r.prepared, r.method, r.cfg.optim)
+        self.health.observe(self.step_no, loss, grad_norm)
+        r.optimizer.step()
+        r.optimizer.zero_grad(set_to_none=True)
+        d = r.cfg.method.dino
+        r.method.update_teacher(cosine_schedule(self.step_no, r.total, d.momentum_start, d.momentum_end))
+        self.logs, self.grad_norm = logs, grad_norm
+        self.step_no += 1
+        self.window["samples"] += r.global_batch
+        self.progress.step()
+
+    def device_views(self, data: dict) -> list[torch.Tensor]:
+        """The step's views on the device: CT slices rendered there (or already in the workers on a CPU-only
+        run), natural images finished there from uint8."""
+        r = self.r
+        device = r.accelerator.device
+        if "views" in data:
+            views = [v.to(device, non_blocking=True) for v in data["views"]]
+            if r.kind == "natural":
+                views = finish_natural(views)
+        else:
+            batch = {k: v.to(device, non_blocking=True) for k, v in data.items()}
+            self.noise.manual_seed(derive_seed(r.cfg.seed, "noise", r.accelerator.process_index, self.step_no))
+            views = r.maker.render(batch, self.noise)
+        if r.resolved["resolved"]["channels_last"]:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return views
+
+    def interval_work(self, epoch: int) -> str | None:
+        """Logging, stop check, epoch end, checkpoint and monitor, in that order; the stop reason, if any."""
+        r, cfg, step = self.r, self.r.cfg, self.step_no
+        end = step == r.total
+        if step % cfg.monitor.log_every == 0 or end:
+            self.log(epoch)
+        if step % cfg.stop_check_every == 0 or end:
+            if agree(r.accelerator, self.stop.requested() is not None):
+                return self.stop.requested() or "SIGTERM"
+        if step % r.per_epoch == 0 or end:
+            self.epoch_end(epoch)
+        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step % r.per_epoch == 0:
+            self.checkpoint()
+        if cfg.monitor.knn_every and step % cfg.monitor.knn_every == 0:
+            self.knn("periodic")
+        elif not cfg.monitor.knn_every and step % r.per_epoch == 0:
+            self.knn("epoch end")
+        return None
+
+    def log(self, epoch: int) -> None:
+        """The logging step's figures (the only host synchronisation of ordinary steps)."""
+        r, a = self.r, self.r.accelerator
+        self.health.check(a, self.step_no)
+        loss = float(a.reduce(self.logs["loss"].float(), "mean"))
+        ratio = float(a.reduce(self.logs["collapse_ratio"].float(), "mean"))
+        self.loss_value = loss
+        now = time.perf_counter()
+        elapsed = now - self.window["start"]
+        rate = self.window["samples"] / elapsed
+        group = r.optimizer.param_groups[0]
+        record = {"step": self.step_no, "epoch": epoch, "loss": loss, "lr": group["lr"],
+                  "weight_decay": group["weight_decay"], "grad_norm": float(self.grad_norm),
+                  "images_per_s": round(rate, 1), "images_per_s_per_process": round(rate / a.num_processes, 1),
+                  "data_wait_fraction": round(self.window["wait"] / elapsed, 3), "collapse_ratio": round(ratio, 4)}
+        if torch.cuda.is_available():
+            record["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        self.window = {"start": now, "samples": 0, "wait": 0.0}
+        if r.main:
+            append_jsonl(r.out / "metrics.jsonl", record)
+            if self.writer:
+                for key in ("loss", "lr", "weight_decay", "images_per_s", "collapse_ratio", "grad_norm"):
+                    self.writer.add_scalar(f"train/{key}", record[key], self.step_no)
+            self.progress.logged(record)
+            if ratio < r.cfg.monitor.collapse_std:
+                logger.warning("COLLAPSE WARNING step %d: std of the normalised embeddings is %.2f of the "
+                               "healthy 1/sqrt(d); representations are becoming constant", self.step_no, ratio)
+
+    def epoch_end(self, epoch: int) -> None:
+        r, a = self.r, self.r.accelerator
+        counts = torch.tensor([self.problems["skipped"], self.problems["missing"]], dtype=torch.float64,
+                              device=a.device)
+        counts = a.reduce(counts, "sum")
+        if r.main:
+            append_jsonl(r.out / "metrics.jsonl", {"step": self.step_no, "epoch": epoch,
+                                                   "skipped_samples": int(counts[0]),
+                                                   "missing_samples": int(counts[1])})
+            if counts.sum() > 0:
+                logger.warning("epoch %d: %d damaged sample(s) skipped, %d missing from shards that ended early "
+                               "(ctssl shards verify names them)", epoch, int(counts[0]), int(counts[1]))
+        self.problems.clear()
+
+    def checkpoint(self) -> None:
+        """Checked for non-finite values first (nothing non-finite is ever saved); every process agrees on
+        whether the write succeeded."""
+        r, a = self.r, self.r.accelerator
+        if self.saved_at == self.step_no:
+            return
+        self.health.check(a, self.step_no, weights=True)
+        self.saved_at = self.step_no
+        rngs = _gather(a.num_processes, rng_state())
+        loaders = _gather(a.num_processes, {str(v): list(p) for v, p in self.positions.items()})
+        error = None
+        if r.main:
+            try:
+                save_checkpoint(build_state(r.method, r.optimizer, a.scaler, self.step_no, self.step_no // r.per_epoch,
+                                            r.resolved, rngs, loaders), r.out)
+            except OSError as err:
+                error = err
+        if agree(a, error is not None):
+            raise error or OSError("the main process could not write the checkpoint")
+
+    def knn(self, tag: str) -> None:
+        r = self.r
+        if r.main and r.monitor is not None and r.monitor.enabled:
+            acc = r.monitor(r.method.export_backbone, r.accelerator.device, r.resolved["resolved"]["channels_last"])
+            record = {"step": self.step_no, "epoch": self.step_no // r.per_epoch, "knn_accuracy": acc, "when": tag}
+            self.history.append(record)
+            append_jsonl(r.out / "metrics.jsonl", record)
+            if self.writer:
+                self.writer.add_scalar("monitor/knn_accuracy", acc, self.step_no)
+            logger.info("step %d: kNN accuracy (%s) %.3f", self.step_no, r.cfg.monitor.knn_label, acc)
+        r.accelerator.wait_for_everyone()
+
+    def finish(self, stopped_by: str | None) -> dict:
+        r, cfg, a = self.r, self.r.cfg, self.r.accelerator
+        if self.keys is not None:
+            self.keys.close()
+        self.checkpoint()
+        result = {"steps": self.step_no, "total_steps": r.total,
+                  "final_loss": self.loss_value if math.isfinite(self.loss_value) else None,
+                  "stopped_by": stopped_by, "knn": self.history,
+                  "checkpoint": str(r.out / "checkpoints" / "last.pt")}
+        if r.main and stopped_by is None:
+            result["backbone"] = str(export_backbone(r.method, r.out, self.card()))
+            atomic_write_text(r.out / "result.json", json.dumps(result, indent=1) + "\n")
+        if self.writer:
+            self.writer.close()
+        if stopped_by and r.main:
+            logger.warning("%s: checkpoint saved at step %d; rerun the same command to resume",
+                           f"{stopped_by} received" if stopped_by != "stop file" else "stop requested (stop file)",
+                           self.step_no)
+        a.wait_for_everyone()
+        a.end_training()
+        return result
+
+    def card(self) -> dict:
+        r, cfg = self.r, self.r.cfg
+        ct = r.kind == "ct"
+        return {"ctssl_version": __version__, "method": cfg.method.name, "backbone": cfg.model.backbone,
+                "exported": "teacher" if cfg.method.name == "dino" else "backbone", "in_chans": r.in_chans,
+                "data": {"shards": cfg.data.shards, "kind": r.kind, "split": cfg.data.split,
+                         "windows": cfg.data.windows if ct and cfg.data.intensity == "windows" else None,
+                         "intensity": cfg.data.intensity if ct else "rgb", "image_size": cfg.data.image_size},
+                "steps": self.step_no, "epochs": self.step_no / r.per_epoch, "knn": self.history,
+                "config": r.resolved}
+
+
+def _gather(world: int, obj) -> list:
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list = [None] * world
+    dist.all_gather_object(out, obj)
+    return out

@@ -38,12 +38,27 @@ RATIO = (3 / 4, 4 / 3)
 NOISE_UPSAMPLE_STD = 0.625   # std left by bilinear x2 upsampling of white noise: sqrt(0.75^2 + 0.25^2)^2
 
 
-def crop_specs(method: str, cfg) -> list[tuple[int, tuple[float, float]]]:
-    """(size, scale range) of every view of ``method``."""
+@dataclass(frozen=True)
+class ViewRecipe:
+    """One view of a method: its size, crop scale range and the probabilities of its blur and solarisation."""
+
+    size: int
+    scale: tuple[float, float]
+    blur_prob: float
+    solarize_prob: float = 0.0
+
+
+def crop_specs(method: str, cfg) -> list[ViewRecipe]:
+    """Every view of ``method``. SimCLR: two views alike (the SimCLR paper). DINO: main_dino.py's
+    DataAugmentationDINO: the first global view always blurred, the second rarely and sometimes
+    solarised, the local views blurred half of the time."""
     if method == "dino":
         d = cfg.method.dino
-        return [(cfg.data.image_size, tuple(d.global_scale))] * 2 + [(d.local_size, tuple(d.local_scale))] * d.local_crops
-    return [(cfg.data.image_size, tuple(cfg.data.augment.crop_scale))] * 2
+        globals_ = [ViewRecipe(cfg.data.image_size, tuple(d.global_scale), blur, solarize)
+                    for blur, solarize in zip(d.global_blur_prob, d.global_solarize_prob)]
+        return globals_ + [ViewRecipe(d.local_size, tuple(d.local_scale), d.local_blur_prob)] * d.local_crops
+    a = cfg.data.augment
+    return [ViewRecipe(cfg.data.image_size, tuple(a.crop_scale), a.blur_prob)] * 2
 
 
 def crop_box(rng: random.Random, h: int, w: int, scale, ratio=RATIO) -> tuple[float, float, float, float]:
@@ -74,16 +89,20 @@ class ViewSpec:
 class CTViewMaker:
     """CT views from HU slices: ``draw`` in the workers, ``render`` on the device (module docstring)."""
 
-    PARAMS = ("box", "hflip", "vflip", "blur", "noise", "level", "width", "brightness", "contrast")
+    PARAMS = ("box", "hflip", "vflip", "blur", "noise", "level", "width", "brightness", "contrast", "solarize")
 
-    def __init__(self, data_cfg, crops: list[tuple[int, tuple[float, float]]], in_chans: int | None = None):
-        self.aug, self.crops = data_cfg.augment, crops
+    def __init__(self, data_cfg, crops: list, in_chans: int | None = None):
+        """``crops``: ViewRecipes, or (size, scale) pairs that take ``data.augment``'s blur probability."""
+        self.aug = data_cfg.augment
+        self.crops = [c if isinstance(c, ViewRecipe) else ViewRecipe(c[0], tuple(c[1]), self.aug.blur_prob)
+                      for c in crops]
         intensity = data_cfg.intensity
         if intensity not in ("windows", "minmax"):
             raise ValueError(f"Unknown intensity '{intensity}'. Valid: ['windows', 'minmax'].")
         windows = [get_window(name) for name in data_cfg.windows] if intensity == "windows" else []
         channels = len(windows) if windows else (in_chans or 1)
         self.spec = ViewSpec(windows, channels, data_cfg.normalize_mean, data_cfg.normalize_std)
+        self._windows_on: dict = {}      # device -> (levels, widths): built once, not copied every step
 
     # ------------------------------------------------------------------ workers (CPU, per sample)
     def draw(self, rng: random.Random, h: int, w: int) -> dict[str, np.ndarray]:
@@ -92,12 +111,13 @@ class CTViewMaker:
         out = {"box": np.zeros((views, 4), np.float32), "hflip": np.zeros(views, bool), "vflip": np.zeros(views, bool),
                "blur": np.zeros(views, np.float32), "noise": np.zeros(views, np.float32),
                "level": np.zeros((views, c), np.float32), "width": np.ones((views, c), np.float32),
-               "brightness": np.ones(views, np.float32), "contrast": np.ones(views, np.float32)}
-        for v, (_size, scale) in enumerate(self.crops):
-            out["box"][v] = crop_box(rng, h, w, scale)
+               "brightness": np.ones(views, np.float32), "contrast": np.ones(views, np.float32),
+               "solarize": np.zeros(views, bool)}
+        for v, view in enumerate(self.crops):
+            out["box"][v] = crop_box(rng, h, w, view.scale)
             out["hflip"][v] = rng.random() < a.hflip
             out["vflip"][v] = rng.random() < a.vflip
-            if rng.random() < a.blur_prob:
+            if rng.random() < view.blur_prob:
                 out["blur"][v] = rng.uniform(*a.blur_sigma)
             if rng.random() < a.noise_prob:
                 out["noise"][v] = rng.uniform(*a.noise_hu)
@@ -109,6 +129,8 @@ class CTViewMaker:
             if rng.random() < a.intensity_jitter_prob:
                 out["brightness"][v] = rng.uniform(max(0.0, 1 - a.brightness), 1 + a.brightness)
                 out["contrast"][v] = rng.uniform(max(0.0, 1 - a.contrast), 1 + a.contrast)
+            if view.solarize_prob > 0:
+                out["solarize"][v] = rng.random() < view.solarize_prob
         return out
 
     @staticmethod
@@ -118,7 +140,7 @@ class CTViewMaker:
                 "vflip": np.zeros(views, bool), "blur": np.zeros(views, np.float32),
                 "noise": np.zeros(views, np.float32), "level": np.zeros((views, channels), np.float32),
                 "width": np.ones((views, channels), np.float32), "brightness": np.ones(views, np.float32),
-                "contrast": np.ones(views, np.float32)}
+                "contrast": np.ones(views, np.float32), "solarize": np.zeros(views, bool)}
 
     @staticmethod
     def collate(slices: list[np.ndarray], params: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
@@ -140,26 +162,35 @@ class CTViewMaker:
         """One (B, C, S, S) float32 tensor per view, on the batch's device (module docstring)."""
         hu = batch["hu"].float()
         b = hu.shape[0]
-        sizes = sizes or [size for size, _ in self.crops]
+        sizes = sizes or [view.size for view in self.crops]
+        blur = any(view.blur_prob > 0 for view in self.crops)
+        solarize = any(view.solarize_prob > 0 for view in self.crops)
         views = []
         for v, size in enumerate(sizes):
             x = resize_boxes(hu, batch["box"][:, v], size)
             x = torch.where(batch["hflip"][:, v, None, None, None], x.flip(-1), x)
             x = torch.where(batch["vflip"][:, v, None, None, None], x.flip(-2), x)
-            if self.aug.blur_prob > 0:
+            if blur:
                 x = gaussian_blur_batch(x, batch["blur"][:, v], max(self.aug.blur_sigma))
             if self.aug.noise_prob > 0:
                 x = x + correlated_noise_batch(b, size, batch["noise"][:, v], generator)
             x = self._intensity(x, hu, batch, v)
+            if solarize:     # DINO's solarisation (PIL's threshold 128) of the windowed image
+                x = torch.where(batch["solarize"][:, v, None, None, None] & (x >= 0.5), 1 - x, x)
             views.append(x.sub_(self.spec.mean).div_(self.spec.std))
         return views
+
+    def _window_tensors(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._windows_on:
+            self._windows_on[device] = (torch.tensor([lv for lv, _ in self.spec.windows], device=device),
+                                        torch.tensor([wd for _, wd in self.spec.windows], device=device))
+        return self._windows_on[device]
 
     def _intensity(self, x: torch.Tensor, hu: torch.Tensor, batch, v: int) -> torch.Tensor:
         """(B, 1, S, S) HU -> (B, C, S, S) in [0, 1], then brightness/contrast jitter."""
         spec = self.spec
         if spec.windows:
-            level = torch.tensor([lv for lv, _ in spec.windows], device=x.device)
-            width = torch.tensor([wd for _, wd in spec.windows], device=x.device)
+            level, width = self._window_tensors(x.device)
             jit_width = width * batch["width"][:, v]                       # (B, C)
             low = level + batch["level"][:, v] * width - jit_width / 2
             x = window_batch(x, low, jit_width)
@@ -230,22 +261,62 @@ def correlated_noise_batch(b: int, size: int, sigma: torch.Tensor, generator: to
     return noise * (sigma.view(-1, 1, 1, 1) / NOISE_UPSAMPLE_STD)
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 def natural_views(method: str, cfg):
-    """lightly's transform for ``method`` on PIL images; returns a callable -> list of tensors."""
+    """lightly's transform for ``method`` on PIL images, ending in uint8 tensors (B, 3, S, S) instead of
+    normalised float32 ones: the loader workers ship a quarter of the bytes through shared memory, and the
+    device finishes each view (``finish_natural``: / 255, ImageNet normalisation)."""
     if method == "dino":
         from lightly.transforms import DINOTransform
 
         d = cfg.method.dino
-        return DINOTransform(global_crop_size=cfg.data.image_size, global_crop_scale=tuple(d.global_scale),
-                             local_crop_size=d.local_size, local_crop_scale=tuple(d.local_scale),
-                             n_local_views=d.local_crops)
-    from lightly.transforms import SimCLRTransform
+        transform = DINOTransform(global_crop_size=cfg.data.image_size, global_crop_scale=tuple(d.global_scale),
+                                  local_crop_size=d.local_size, local_crop_scale=tuple(d.local_scale),
+                                  n_local_views=d.local_crops, normalize=None)
+    else:
+        from lightly.transforms import SimCLRTransform
 
-    return SimCLRTransform(input_size=cfg.data.image_size, min_scale=cfg.data.augment.crop_scale[0])
+        transform = SimCLRTransform(input_size=cfg.data.image_size, min_scale=cfg.data.augment.crop_scale[0],
+                                    normalize=None)
+    return _uint8_output(transform)
+
+
+def _uint8_output(transform):
+    """Replace the float conversion at the end of each of lightly's view pipelines by PIL -> uint8."""
+    import torchvision.transforms as T
+
+    done: set[int] = set()
+    for view in transform.transforms:
+        steps = view.transform.transforms
+        if id(steps) in done:        # lightly reuses one pipeline for all local views
+            continue
+        done.add(id(steps))
+        found = [i for i, t in enumerate(steps) if type(t).__name__ == "ToTensor"]
+        if len(found) != 1 or found[0] != len(steps) - 1:
+            raise RuntimeError(f"unexpected lightly view pipeline {steps}: cannot ship uint8 views")
+        steps[found[0]] = T.PILToTensor()
+    return transform
+
+
+_IMAGENET_ON: dict = {}     # device -> (mean, std) x 255, built once, not copied every step
+
+
+def finish_natural(views: list[torch.Tensor]) -> list[torch.Tensor]:
+    """uint8 (B, 3, S, S) views -> float32, ImageNet-normalised, on their device."""
+    out = []
+    for x in views:
+        if x.device not in _IMAGENET_ON:
+            _IMAGENET_ON[x.device] = (torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1) * 255,
+                                      torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1) * 255)
+        mean, std = _IMAGENET_ON[x.device]
+        out.append((x.float() - mean) / std)
+    return out
 
 
 def natural_eval_view(size: int):
     import torchvision.transforms as T
 
-    return T.Compose([T.Resize((size, size)), T.ToTensor(),
-                      T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    return T.Compose([T.Resize((size, size)), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

@@ -24,6 +24,12 @@ from ctssl.shards.manifest import MANIFEST_NAME, load_manifest
 CHECKSUM_EXT = "crc"
 IMAGE_MEMBERS = ("bmp", "jpeg", "jpg", "png", "webp")   # natural-image shards (shards.from_images)
 OnError = Callable[[str | None, str], None]
+_READ = [0]     # samples iter_shard has read in this process (what start-up reads is measured with it)
+
+
+def samples_read() -> int:
+    """How many samples ``iter_shard`` has read in this process so far (good and damaged)."""
+    return _READ[0]
 
 
 class ShardError(ValueError):
@@ -101,6 +107,7 @@ def iter_shard(path: Path, decode: bool = True, on_error: OnError | None = None,
 
     def finish(key, parts):
         nonlocal good, bad
+        _READ[0] += 1
         try:
             sample = _sample(key, parts, decode)
         except ShardError as err:

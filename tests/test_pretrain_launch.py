@@ -56,7 +56,7 @@ def test_simclr_two_processes_then_resume(ct_shards, tmp_path):
     assert (out / "checkpoints" / "last.pt").exists() and (out / "backbone.safetensors").exists()
     card = json.loads((out / "backbone.json").read_text())
     assert card["method"] == "simclr" and card["steps"] == 3 and card["in_chans"] == 3
-    log = launch(out, ct_shards, "--max-steps", "5")
+    log = launch(out, ct_shards, "--max-steps", "5", "--accept-changes")   # a longer schedule: a changed setting
     assert "resumed from" in log and "at step 3" in log
     steps = [m["step"] for m in metrics(out) if "loss" in m]
     assert steps == [1, 2, 3, 4, 5]  # continued, not restarted
@@ -100,7 +100,7 @@ def test_sigterm_saves_and_the_next_launch_continues(ct_shards, tmp_path):
 
     saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"]
     assert 3 <= saved < 400
-    log = launch(out, ct_shards, "--max-steps", str(saved + 2))
+    log = launch(out, ct_shards, "--max-steps", str(saved + 2), "--accept-changes")
     assert f"at step {saved}" in log
     assert [m["step"] for m in metrics(out) if "loss" in m][-2:] == [saved + 1, saved + 2]
 

@@ -96,26 +96,33 @@ def test_shuffle_phases_in_any_order_resume_and_name_what_is_missing(corpora, tm
     assert not (out / "shuffle" / "parts").exists()
 
 
-def test_two_ranks_augment_the_same_sample_differently_and_a_rerun_identically(corpora, tmp_path):
+def test_ranks_read_disjoint_samples_each_epoch_augment_anew_and_rerun_identically(corpora, tmp_path):
     ordered, _ = corpora
-    one = tmp_path / "one"          # a single shard: every rank reads the same samples in the same order
+    one = tmp_path / "one"          # one shard of 1,000 samples: an epoch of 62 steps of 2 x 8
     one.mkdir()
     manifest = json.loads((ordered / "manifest.json").read_text())
     first = manifest["shards"][0]
     shutil.copy(ordered / first["name"], one / first["name"])
     (one / "manifest.json").write_text(json.dumps({**manifest, "shards": [first], "splits": {
         "train": {"shards": 1, "samples": first["samples"], "bytes": first["bytes"], "series": 10}}}))
-    cfg = _cfg(one, "data.interleave=1", "data.shuffle_buffer=1")
+    cfg = _cfg(one, "data.shuffle_buffer=16")
     maker = CTViewMaker(cfg.data, crop_specs("simclr", cfg), 3)
+    per_epoch = first["samples"] // 16
 
     def run(rank):
-        return [b for b in make_loader(cfg, maker, "ct", rank, 2, 0, 3, 8, 0)]
+        return [b for b in make_loader(cfg, maker, "ct", rank, 2, 0, 2 * per_epoch, 8, 0)]
 
     r0, r0_again, r1 = run(0), run(0), run(1)
-    for a, again, b in zip(r0, r0_again, r1):
-        assert torch.equal(a["hu"], b["hu"])             # the same slices on both ranks...
-        assert not torch.equal(a["box"], b["box"])       # ...cropped differently
-        assert all(torch.equal(a[k], again[k]) for k in a)   # and a rerun repeats rank 0 exactly
+    epoch0 = [k for b in r0[:per_epoch] + r1[:per_epoch] for k in b["keys"]]
+    assert len(epoch0) == len(set(epoch0)) == per_epoch * 16     # no sample twice in an epoch, across ranks
+    for a, again in zip(r0, r0_again):                           # a rerun repeats rank 0 exactly
+        assert a["keys"] == again["keys"] and all(torch.equal(a[k], again[k]) for k in a if k != "keys")
+    boxes = {}
+    for b in r0 + r1:
+        for key, box in zip(b["keys"], b["box"]):
+            boxes.setdefault(key, []).append(box)
+    twice = [v for v in boxes.values() if len(v) == 2]           # samples met in both epochs are cropped anew
+    assert len(twice) > 900 and all(not torch.equal(v[0], v[1]) for v in twice)
 
 
 def test_a_resumed_loader_continues_the_same_stream(corpora):
@@ -130,13 +137,15 @@ def test_a_resumed_loader_continues_the_same_stream(corpora):
     assert sorted(resumed) == [5, 6, 7, 8]
     for step, b in resumed.items():
         assert all(torch.equal(b[k], whole[step][k]) for k in ("hu", "box", "hflip", "blur", "noise", "level"))
+        assert b["keys"] == whole[step]["keys"]
     # Views rendered in the workers (CPU-only runs) are the same views the device would render.
     rendered = {int(b["step"]): b for b in make_loader(cfg, maker, "ct", 0, 1, 5, 9, 8, 2, render_in_workers=True)}
     from ctssl.pretrain.loader import derive_seed
 
     for step, b in rendered.items():
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", 0, step))
-        direct = maker.render({k: v for k, v in whole[step].items() if k not in ("step", "skipped", "missing")}, g)
+        direct = maker.render({k: v for k, v in whole[step].items()
+                               if k not in ("step", "skipped", "missing", "keys", "position")}, g)
         for x, y in zip(b["views"], direct):
             torch.testing.assert_close(x, y)
 

@@ -159,16 +159,17 @@ def test_method_reference_settings_and_schedules():
     import math
 
     from ctssl.pretrain.config import resolve_pretrain_config
-    from ctssl.pretrain.train import clip_per_parameter, lr_at, resolve_lr, wd_at
+    from ctssl.pretrain.optim import clip_per_parameter
+    from ctssl.pretrain.schedules import lr_at, resolve_lr, wd_at
 
     dino = resolve_pretrain_config(None, None, [], {"method.name": "dino"})
     o = dino.optim
     assert (o.name, o.base_lr, o.lr_scaling, o.weight_decay, o.weight_decay_end, o.min_lr, o.warmup_epochs,
             o.clip_grad, o.clip_mode) == ("adamw", 0.0005, "linear", 0.04, 0.4, 1e-6, 10, 3.0, "per_param")
-    assert resolve_lr(dino, 512) == 0.0005 * 2
+    assert resolve_lr(dino.optim, 512) == 0.0005 * 2
     simclr = resolve_pretrain_config(None, None, [], {})
     assert (simclr.optim.name, simclr.optim.warmup_epochs, simclr.optim.weight_decay_end) == ("lars", 10, None)
-    assert resolve_lr(simclr, 4096) == 0.075 * 64
+    assert resolve_lr(simclr.optim, 4096) == 0.075 * 64
     # A user's own value wins over the method's reference.
     assert resolve_pretrain_config(None, None, ["optim.weight_decay=0.1"], {"method.name": "dino"}).optim.weight_decay == 0.1
     # Warm-up is linear to the peak, then cosine to the floor; weight decay cosine from start to end.

@@ -3,6 +3,10 @@
 once with ``LockError`` naming the folder and the holder (its host, process id and command), instead
 of two runs overwriting each other's files. The lock is released when the process ends, however it
 ends (the operating system drops it), so a crashed run never leaves a stale lock behind.
+
+An ``flock`` belongs to the open file, which ``fork`` shares with children (DataLoader workers, pools): a
+child that outlives a killed parent would keep the folder locked. Forked children therefore close their
+copies of every lock descriptor at once (``os.register_at_fork``); the parent's lock is unaffected.
 """
 
 from __future__ import annotations
@@ -15,6 +19,19 @@ import socket
 from pathlib import Path
 
 LOCK_NAME = ".ctssl.lock"
+_HELD: set[int] = set()      # descriptors of the locks this process holds
+
+
+def _close_inherited() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited)
 
 
 class LockError(RuntimeError):
@@ -49,15 +66,19 @@ class OutputLock:
             info = json.dumps({"what": self.what, "pid": os.getpid(), "host": socket.gethostname()}).encode()
             os.ftruncate(fd, 0)
             os.pwrite(fd, info, 0)
-        self._fd = fd
+        self._fd, self._pid = fd, os.getpid()
+        _HELD.add(fd)
         return self
 
     def release(self) -> None:
+        if self._fd is not None and self._pid != os.getpid():   # a forked child: its copy is already closed
+            self._fd = None
         if self._fd is not None:
             if not self.shared:
                 os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
+            _HELD.discard(self._fd)
             self._fd = None
 
     def __enter__(self) -> "OutputLock":

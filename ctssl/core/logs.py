@@ -40,9 +40,21 @@ def setup_logging(level: str = "INFO", log_file: str | Path | None = None, is_ma
         root.addHandler(handler)
 
 
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by None (JSON has no NaN; ``json.dumps`` would
+    write a bare ``NaN`` that other readers refuse)."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
-    """Append one JSON record as a line (metrics, results)."""
+    """Append one JSON record as a line (metrics, results); non-finite numbers become null."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.write(json.dumps(finite_json(record), sort_keys=True, allow_nan=False) + "\n")
