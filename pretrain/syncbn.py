@@ -2,7 +2,13 @@
 and DINO's ``convert_sync_batchnorm`` of ResNets have it.
 
 ``convert_sync_batchnorm(module)`` replaces every ``BatchNorm1d/2d`` by ``SyncBatchNorm``, which runs
-PyTorch's own synchronised batch norm on GPUs (NCCL). PyTorch's refuses CPU tensors (and DDP refuses
+PyTorch's own fused synchronised batch-norm kernels on GPUs (NCCL), without the host synchronisation that
+``torch.nn.SyncBatchNorm`` makes in every layer's forward: PyTorch drops the statistics of processes
+whose input was empty with a boolean mask (``count_all[mask]``, a data-dependent shape, so a
+device-to-host copy per layer; pytorch#78549), which for a ResNet-50 is ~53 synchronisations per
+forward. A training step never has an empty input on any process (every rank gets the same batch), so
+ctssl's forward (``_SyncFreeBatchNorm``, otherwise PyTorch's code) gathers and combines the statistics
+without the mask; the backward is PyTorch's. PyTorch's refuses CPU tensors (and DDP refuses
 ``nn.SyncBatchNorm`` on CPU), so on the CPU (gloo: the tests, CPU clusters) the same layer computes the
 global statistics itself: the sums
 ``sum x``, ``sum x^2`` and the count are all-reduced, the batch is normalised with the global mean and
@@ -66,6 +72,36 @@ class _GlobalBatchNorm(torch.autograd.Function):
         return grad_x.to(grad_out.dtype), grad_weight, grad_bias, None, None, None, None, None
 
 
+class _SyncFreeBatchNorm(torch.nn.modules._functions.SyncBatchNorm):
+    """``torch.nn.modules._functions.SyncBatchNorm`` (PyTorch 2.x) without the empty-input mask of its forward
+    (module docstring); every process's input must be non-empty. Backward: PyTorch's."""
+
+    @staticmethod
+    def forward(self, input, weight, bias, running_mean, running_var, eps, momentum, process_group, world_size):
+        if not (input.is_contiguous(memory_format=torch.channels_last)
+                or input.is_contiguous(memory_format=torch.channels_last_3d)):
+            input = input.contiguous()
+        if weight is not None:
+            weight = weight.contiguous()
+        if input.numel() == 0:
+            raise ValueError("SyncBatchNorm got an empty input: every process needs a non-empty batch")
+        num_channels = input.shape[1]
+        mean, invstd = torch.batch_norm_stats(input, eps)
+        count = torch.full((1,), input.numel() // input.size(1), dtype=mean.dtype, device=mean.device)
+        combined = torch.cat([mean, invstd, count], dim=0)                     # 2C + 1
+        gathered = torch.empty(world_size * combined.numel(), dtype=combined.dtype, device=combined.device)
+        dist.all_gather_into_tensor(gathered, combined, process_group)
+        mean_all, invstd_all, count_all = torch.split(gathered.view(world_size, -1), num_channels, dim=1)
+        counts = count_all.view(-1)
+        if running_mean is not None and counts.dtype != running_mean.dtype:
+            counts = counts.to(running_mean.dtype)
+        mean, invstd = torch.batch_norm_gather_stats_with_counts(input, mean_all, invstd_all, running_mean,
+                                                                 running_var, momentum, eps, counts)
+        self.save_for_backward(input, weight, mean, invstd, count_all.to(torch.int32))
+        self.process_group = process_group
+        return torch.batch_norm_elemt(input, weight, bias, mean, invstd, eps)
+
+
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm over the global batch (module docstring). On CUDA tensors the synchronisation is PyTorch's own
     (``nn.SyncBatchNorm``'s fused kernels and collectives); on CPU tensors ctssl's all-reduce. Not a subclass of
@@ -92,9 +128,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if x.device.type == "cpu":
             return _GlobalBatchNorm.apply(x, self.weight, self.bias, running_mean, running_var, self.eps, momentum,
                                           group)
-        from torch.nn.modules._functions import SyncBatchNorm as TorchSyncBatchNorm
-
-        return TorchSyncBatchNorm.apply(x, self.weight, self.bias, running_mean, running_var, self.eps, momentum,
+        return _SyncFreeBatchNorm.apply(x, self.weight, self.bias, running_mean, running_var, self.eps, momentum,
                                         group, dist.get_world_size(group))
 
 
