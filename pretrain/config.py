@@ -155,6 +155,7 @@ class MonitorConfig:
     collapse_std: float = 0.3              # warn when std(L2-normalised embedding) * sqrt(dim) falls below
     knn_scan: int = 4096                   # samples read at most, per split, to draw the kNN monitor's samples
     progress_seconds: float = 60.0         # without a terminal (SLURM logs): a progress line at most this often
+    sync_debug: bool = False               # CUDA: count host synchronisations of ordinary steps (and where)
     tensorboard: bool = True
 
 

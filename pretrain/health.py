@@ -49,8 +49,9 @@ class Health:
         self.first = torch.where(bad.any() & (self.first == NONE), torch.full_like(self.first, step), self.first)
         self.flags = torch.maximum(self.flags, bad.long())
 
-    def check(self, accelerator, step: int, weights: bool = False) -> None:
-        """Raise NonFiniteError on every process when any process saw a non-finite value (one host sync)."""
+    def check(self, accelerator, step: int, weights: bool = False, saved_at: int = -1) -> None:
+        """Raise NonFiniteError on every process when any process saw a non-finite value (one host sync);
+        ``saved_at``: the step of the last checkpoint written (-1: none), for the message."""
         if weights:
             params = [p.detach() for p in self.model.parameters()]
             bad = torch.zeros(len(WHAT), dtype=torch.bool, device=self.device)
@@ -61,9 +62,12 @@ class Health:
         flags, first = both[:-1].tolist(), NONE - int(both[-1])
         if not any(flags):
             return
-        what = " and ".join(text for text, bad in zip(WHAT, flags) if bad)
+        names = [text for text, bad in zip(WHAT, flags) if bad]
+        what = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         at = f"at step {first + 1}" if first != NONE else f"by step {step}"
+        kept = (f"the checkpoint of step {saved_at} holds the last good state" if saved_at >= 0 else
+                "no checkpoint had been written")
         raise NonFiniteError(f"training stopped: {what} became non-finite (NaN or inf) {at}; nothing from that "
-                             "step on was saved, the last checkpoint holds the last good state. Lower the learning "
-                             "rate (optim.lr or optim.base_lr) or clip gradients (optim.clip_grad), then resume with "
-                             "--accept-changes, or start anew in another --out.")
+                             f"step on was saved, {kept}. Lower the learning rate (optim.lr or optim.base_lr) or clip "
+                             "gradients (optim.clip_grad), then resume with --accept-changes, or start anew in "
+                             "another --out.")

@@ -45,7 +45,7 @@ def warmup_steps(warmup_epochs: float, per_epoch: int) -> int:
 
 def warmup_problem(warmup: int, total: int, warmup_epochs: float, per_epoch: int) -> str | None:
     """A sentence when the warm-up does not end before the run does, else None."""
-    if warmup < total:
+    if warmup < total or warmup_epochs == 0:
         return None
     return (f"the learning-rate warm-up ({warmup_epochs:g} epochs = {warmup} steps of {per_epoch}) is as long as "
             f"the run ({total} steps) or longer: the learning rate never reaches its peak. Set "

@@ -13,12 +13,14 @@ monitor, signals, progress, checkpoint -> train -> main.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import random
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,7 +261,7 @@ class Loop:
         self.positions = dict(run.loader_positions)
         self.problems: Counter = Counter()
         self.history: list[dict] = []
-        self.saved_at = -1
+        self.saved_at = run.start_step if run.start_step else -1     # the last checkpoint's step
         self.loss_value = float("nan")
         self.window = {"start": time.perf_counter(), "samples": 0, "wait": 0.0}
         self.writer = None
@@ -269,6 +271,7 @@ class Loop:
             self.writer = SummaryWriter(str(run.out / "tensorboard"))
         self.progress = Progress(run.total, run.start_step, f"{run.cfg.method.name} {run.cfg.model.backbone}",
                                  run.main, run.cfg.monitor.progress_seconds)
+        self.syncs = SyncCounter(run.cfg.monitor.sync_debug and torch.cuda.is_available())
         self.keys = None
         if run.cfg.data.record_keys:
             (run.out / "keys").mkdir(parents=True, exist_ok=True)
@@ -288,11 +291,15 @@ class Loop:
                              self.step_no, r.total, r.batch, r.resolved["resolved"]["num_workers"],
                              pin_memory=torch.cuda.is_available(), render_in_workers=not torch.cuda.is_available(),
                              positions=self.positions)
-        waited = time.perf_counter()
+        waited, first = time.perf_counter(), True
         for data in loader:
-            self.window["wait"] += time.perf_counter() - waited
+            if first:     # rates count from the first batch: the loader's start-up is reported apart
+                self.window, first = {"start": time.perf_counter(), "samples": 0, "wait": 0.0}, False
+            else:
+                self.window["wait"] += time.perf_counter() - waited
             epoch = self.step_no // r.per_epoch
-            self.step(data, epoch)
+            with self.syncs.watch():
+                self.step(data, epoch)
             stopped_by = self.interval_work(epoch)
             if stopped_by:
                 break
@@ -324,6 +331,8 @@ class Loop:
         d = r.cfg.method.dino
         r.method.update_teacher(cosine_schedule(self.step_no, r.total, d.momentum_start, d.momentum_end))
         self.logs, self.grad_norm = logs, grad_norm
+        if r.cfg.compile and self.step_no == r.start_step and r.main:
+            _report_compilation()
         self.step_no += 1
         self.window["samples"] += r.global_batch
         self.progress.step()
@@ -367,7 +376,7 @@ class Loop:
     def log(self, epoch: int) -> None:
         """The logging step's figures (the only host synchronisation of ordinary steps)."""
         r, a = self.r, self.r.accelerator
-        self.health.check(a, self.step_no)
+        self.health.check(a, self.step_no, saved_at=self.saved_at)
         loss = float(a.reduce(self.logs["loss"].float(), "mean"))
         ratio = float(a.reduce(self.logs["collapse_ratio"].float(), "mean"))
         self.loss_value = loss
@@ -381,6 +390,8 @@ class Loop:
                   "data_wait_fraction": round(self.window["wait"] / elapsed, 3), "collapse_ratio": round(ratio, 4)}
         if torch.cuda.is_available():
             record["gpu_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if self.syncs.enabled:
+            record.update(self.syncs.take())
         self.window = {"start": now, "samples": 0, "wait": 0.0}
         if r.main:
             append_jsonl(r.out / "metrics.jsonl", record)
@@ -412,7 +423,7 @@ class Loop:
         r, a = self.r, self.r.accelerator
         if self.saved_at == self.step_no:
             return
-        self.health.check(a, self.step_no, weights=True)
+        self.health.check(a, self.step_no, weights=True, saved_at=self.saved_at)
         self.saved_at = self.step_no
         rngs = _gather(a.num_processes, rng_state())
         loaders = _gather(a.num_processes, {str(v): list(p) for v, p in self.positions.items()})
@@ -470,6 +481,47 @@ class Loop:
                          "intensity": cfg.data.intensity if ct else "rgb", "image_size": cfg.data.image_size},
                 "steps": self.step_no, "epochs": self.step_no / r.per_epoch, "knn": self.history,
                 "config": r.resolved}
+
+
+class SyncCounter:
+    """``monitor.sync_debug`` on a GPU: ordinary steps run under ``torch.cuda.set_sync_debug_mode("warn")``
+    and every host synchronisation they make is counted with the line that made it (logging steps,
+    checkpoints and the monitor synchronise on purpose and are left out)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.steps, self.sites = enabled, 0, Counter()
+
+    @contextlib.contextmanager
+    def watch(self):
+        if not self.enabled:
+            yield
+            return
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        self.steps += 1
+        for w in caught:
+            if "synchroniz" in str(w.message).lower():
+                self.sites[f"{Path(w.filename).name}:{w.lineno}"] += 1
+
+    def take(self) -> dict:
+        out = {"host_syncs_per_step": round(sum(self.sites.values()) / max(1, self.steps), 2),
+               "host_sync_sites": dict(self.sites.most_common(12))}
+        self.steps, self.sites = 0, Counter()
+        return out
+
+
+def _report_compilation() -> None:
+    """What torch.compile made of the step: graphs and graph breaks (each break a return to Python)."""
+    from torch._dynamo.utils import counters
+
+    breaks = counters["graph_break"]
+    logger.info("torch.compile: %d graph(s), %d graph break(s)%s", counters["stats"]["unique_graphs"],
+                sum(breaks.values()), f" ({'; '.join(list(breaks)[:3])})" if breaks else "")
 
 
 def _gather(world: int, obj) -> list:

@@ -21,6 +21,11 @@ run, prints a table and writes JSON.
       loader workers, each vs the previous one-image-at-a-time path
   ctssl bench eval-scale [--out DIR]
       streamed exact kNN on a 200,000 x 2048 bank on disk, time and allocated memory, projected to 12M slices
+  ctssl bench gpu [--out DIR] [--tiny] [--only SUITE]
+      one call on a lent H100/H200 (< 8 minutes): SimCLR ResNet-50 and DINO ViT-S/16 fed by the real
+      loader vs synthetic tensors (samples/s, MFU, peak memory, data wait, host syncs per step), compile
+      on/off, ResNet-50 extraction vs one image at a time, kNN on 1M x 2048 (FAISS GPU, torch fp32/fp16)
+      vs FAISS CPU; OUT/gpu-bench.md and .json. --tiny: the same on a CPU in seconds (the test suite)
   ctssl bench all [--out DIR] [--skip SUITE]
       every suite above (plan-scale at 1.2M slices), one table: OUT/bench-suite.md and .json
       (the table docs/benchmarks.md reproduces)
@@ -45,6 +50,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     suite.add_argument("--out", default="runs/bench", help="work folder")
     suite.add_argument("--skip", action="append", default=[], help="suite to leave out (repeatable)")
     suite.add_argument("--scale-slices", type=int, default=1_200_000, help="plan-scale size (default 1200000)")
+    gpu = sub.add_parser("gpu", help="every GPU figure in one call (see above)")
+    gpu.add_argument("--out", default="runs/bench-gpu", help="work folder (shards are built here)")
+    gpu.add_argument("--tiny", action="store_true", help="tiny sizes (CPU, test suite) instead of the GPU sizes")
+    gpu.add_argument("--only", action="append", default=None,
+                     choices=["simclr", "compile", "dino", "extract", "knn"], help="run only this suite (repeatable)")
     for name, text in (("loader", "loader CPU time per sample vs ctssl 0.1's views and lightly's"),
                        ("batches", "what training batches are made of, vs i.i.d. sampling"),
                        ("train", "training step images/s"), ("knn", "kNN search queries/s vs scikit-learn"),
@@ -83,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
                            skip=tuple(args.skip))
         print(markdown(result))
         print(f"written: {args.out}/bench-suite.md, {args.out}/bench-suite.json")
+    elif args.suite == "gpu":
+        from ctssl.bench.gpu import GPUBenchSize, markdown, run_gpu_bench
+
+        result = run_gpu_bench(args.out, GPUBenchSize.tiny() if args.tiny else None, args.only)
+        print(markdown(result))
+        print(f"written: {args.out}/gpu-bench.md, {args.out}/gpu-bench.json")
+        return 1 if result["errors"] else 0
     elif args.suite in ("knn", "extract", "eval-scale"):
         from ctssl.eval.bench import format_table, run_eval_bench
 

@@ -73,7 +73,7 @@ def _pretrain(shards: Path, out: Path, size: DemoSize, method: str, epochs: int,
            "--batch-size", str(size.batch_size), "--set", f"data.image_size={size.view_size}",
            "--set", "data.num_workers=1", "--set", f"monitor.knn_label={label}", "--set", "monitor.log_every=10",
            # A demo-length schedule: the references warm up for 10 of their 100+ epochs; here 1 of a few.
-           "--set", "optim.warmup_epochs=1"]
+           "--set", f"optim.warmup_epochs={min(1.0, epochs / 2):g}"]
     if method == "simclr":
         cmd += ["--set", "method.simclr.hidden_dim=512"]
     else:  # a DINO small enough for two CPU cores: two local crops, a 1024-way head

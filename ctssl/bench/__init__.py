@@ -1,0 +1,1 @@
+"""The benchmark suites, on top of the stages: one module per suite (``ctssl bench SUITE``)."""

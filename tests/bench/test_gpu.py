@@ -1,0 +1,28 @@
+"""`ctssl bench gpu` runs end to end in its tiny configuration on a CPU, so that a lent GPU's quarter of an
+hour is never spent debugging it: every suite produces its figures and its same-run baseline."""
+
+from __future__ import annotations
+
+import json
+
+from ctssl.bench.gpu import GPUBenchSize, run_gpu_bench
+
+
+def test_the_one_shot_gpu_benchmark_runs_tiny_on_a_cpu(tmp_path):
+    size = GPUBenchSize.tiny()
+    result = run_gpu_bench(tmp_path, size)
+    assert result["errors"] == {}, result["errors"]
+    s = result["suites"]
+    for method in ("simclr", "dino"):
+        t = s[method]
+        assert t["loader"]["samples_per_s"] > 0 and t["synthetic"]["samples_per_s"] > 0
+        assert t["synthetic"]["flops_per_sample"] > 0 and 0 <= t["loader"]["data_wait_fraction"] <= 1
+        assert t["views_per_sample"] == (2 if method == "simclr" else 2 + size.dino_local)
+    assert s["extract"]["batched_images_per_s"] > 0 and s["extract"]["one_at_a_time_images_per_s"] > 0
+    knn = s["knn"]
+    assert knn["recall_vs_exact_fp32"]["faiss_cpu_flat (baseline)"] > 0.99      # FAISS agrees with torch's exact search
+    assert set(knn["queries_per_s"]) >= {"torch_fp32", "faiss_cpu_flat (baseline)"}
+    written = json.loads((tmp_path / "gpu-bench.json").read_text())
+    assert written["suites"]["simclr"]["batch"] == size.simclr_batch
+    table = (tmp_path / "gpu-bench.md").read_text()
+    assert "loader-fed" in table and "same-run baseline" in table and "FAISS CPU" in table
