@@ -79,7 +79,7 @@ class GPUBenchSize:
 
     @classmethod
     def tiny(cls) -> "GPUBenchSize":
-        return cls(patients=3, matrix=64, image_size=32, backbone="resnet18", simclr_batch=4, dino_batch=2,
+        return cls(patients=3, matrix=64, image_size=32, backbone="resnet18", vit="resnet18", simclr_batch=4, dino_batch=2,
                    dino_local=2, local_size=16, dino_output_dim=256, head_hidden=64, steps=2, warmup_steps=1,
                    workers=0, extract_images=32,
                    one_at_a_time=8, bank=2000, dim=64, queries=50, cpu_queries=20, k=5, compile=False)

@@ -25,8 +25,9 @@ def setup_logging(level: str = "INFO", log_file: str | Path | None = None, is_ma
         if getattr(handler, "_ctssl", False):
             root.removeHandler(handler)
     root.setLevel(numeric)
-    # Third-party loggers that narrate per-item work at INFO.
-    for noisy in ("openjpeg", "pydicom"):
+    # Third-party loggers that narrate per-item work at INFO, or report as "Could not load ..." what is a
+    # normal probe (faiss tries each CPU instruction set's build in turn and logs every miss).
+    for noisy in ("openjpeg", "pydicom", "faiss", "faiss.loader"):
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
     handlers: list[logging.Handler] = []
     if is_main:
