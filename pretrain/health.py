@@ -23,9 +23,9 @@ class NonFiniteError(RuntimeError):
     """Training produced NaN or infinite values; the message says when and what, and what to do."""
 
 
-def _all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+def _all_finite(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     if not tensors:
-        return torch.ones((), dtype=torch.bool)
+        return torch.ones((), dtype=torch.bool, device=device)
     return torch.isfinite(torch.stack(torch._foreach_norm([t.float() for t in tensors]))).all()
 
 
@@ -37,11 +37,13 @@ class Health:
         self.flags = torch.zeros(len(WHAT), dtype=torch.int64, device=device)   # one per entry of WHAT
         self.first = torch.full((), NONE, dtype=torch.int64, device=device)
 
-    def observe(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        """Record this step's state (device operations only)."""
-        finite = torch.stack([torch.isfinite(loss.detach().float()).to(self.device),
-                              torch.isfinite(grad_norm.detach().float()).to(self.device),
-                              _all_finite(self.buffers).to(self.device),
+    def observe(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, scaled: bool = False) -> None:
+        """Record this step's state (device operations only). ``scaled``: fp16 with a loss scaler, whose
+        overflowing steps have infinite gradients by design (it skips them and lowers the scale), so the
+        gradient norm is not a sign of divergence there."""
+        grads_ok = torch.ones((), dtype=torch.bool, device=self.device) if scaled else \
+            torch.isfinite(grad_norm.detach().float())
+        finite = torch.stack([torch.isfinite(loss.detach().float()), grads_ok, _all_finite(self.buffers, self.device),
                               torch.ones((), dtype=torch.bool, device=self.device)])
         self._add(~finite, step)
 
@@ -55,7 +57,7 @@ class Health:
         if weights:
             params = [p.detach() for p in self.model.parameters()]
             bad = torch.zeros(len(WHAT), dtype=torch.bool, device=self.device)
-            bad[3] = ~_all_finite(params).to(self.device)
+            bad[3] = ~_all_finite(params, self.device)
             self._add(bad, step)
         both = torch.cat([self.flags, (NONE - self.first).view(1)])     # max of (NONE - first): the earliest
         both = accelerator.reduce(both, "max") if accelerator.num_processes > 1 else both

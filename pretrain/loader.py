@@ -187,15 +187,16 @@ def piece_slots(piece: Piece, counts: Counter) -> Iterator[dict | None]:
 
     def report(key, reason):
         if key:
-            counts["skipped"] += 1
             lost[0] += 1
-        logger.warning("loader: %s%s: %s", os.path.basename(piece.path), f" {key}" if key else "", reason)
+        if key is None or piece.start <= position + lost[0] - 1 < piece.stop:   # this piece's samples only
+            logger.warning("loader: %s%s: %s", os.path.basename(piece.path), f" {key}" if key else "", reason)
 
     def slots_for_lost():
         nonlocal position
         while lost[0]:
             lost[0] -= 1
             if piece.start <= position < piece.stop:
+                counts["skipped"] += 1
                 yield BAD_SLOT
             position += 1
 

@@ -90,7 +90,8 @@ class _SyncFreeBatchNorm(torch.nn.modules._functions.SyncBatchNorm):
         count = torch.full((1,), input.numel() // input.size(1), dtype=mean.dtype, device=mean.device)
         combined = torch.cat([mean, invstd, count], dim=0)                     # 2C + 1
         gathered = torch.empty(world_size * combined.numel(), dtype=combined.dtype, device=combined.device)
-        dist.all_gather_into_tensor(gathered, combined, process_group)
+        # all_gather_single in recent torch (all_gather_into_tensor is deprecated there), else the older name
+        getattr(dist, "all_gather_single", dist.all_gather_into_tensor)(gathered, combined, process_group)
         mean_all, invstd_all, count_all = torch.split(gathered.view(world_size, -1), num_channels, dim=1)
         counts = count_all.view(-1)
         if running_mean is not None and counts.dtype != running_mean.dtype:

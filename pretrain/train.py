@@ -208,6 +208,12 @@ def setup(cfg: PretrainConfig, accelerator: Accelerator, runtime: dict, accept_c
                                              "processes": world, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
     prepared, optimizer = accelerator.prepare(method, optimizer)
     unwrapped = accelerator.unwrap_model(prepared)
+    if cfg.compile and plan["micro_batches"] > 1:
+        # The graph-free and the training pass of a micro-batch are different compiled graphs; only torch's
+        # own random kernels give both the same stochastic-depth draws from the replayed state.
+        import torch._inductor.config as inductor
+
+        inductor.fallback_random = True
     model = torch.compile(prepared) if cfg.compile else prepared
     monitor = KNNMonitor(cfg, eval_view) if main else None
     startup = {"startup_seconds": round(time.perf_counter() - started, 2),
@@ -325,7 +331,7 @@ class Loop:
         if hasattr(r.method, "after_backward"):
             r.method.after_backward(epoch)
         grad_norm = clip_and_measure(a, r.prepared, r.method, r.cfg.optim)
-        self.health.observe(self.step_no, loss, grad_norm)
+        self.health.observe(self.step_no, loss, grad_norm, scaled=a.scaler is not None)
         r.optimizer.step()
         r.optimizer.zero_grad(set_to_none=True)
         d = r.cfg.method.dino

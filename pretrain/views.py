@@ -275,7 +275,9 @@ def natural_views(method: str, cfg):
         d = cfg.method.dino
         transform = DINOTransform(global_crop_size=cfg.data.image_size, global_crop_scale=tuple(d.global_scale),
                                   local_crop_size=d.local_size, local_crop_scale=tuple(d.local_scale),
-                                  n_local_views=d.local_crops, normalize=None)
+                                  n_local_views=d.local_crops, normalize=None,
+                                  gaussian_blur=(*d.global_blur_prob, d.local_blur_prob),
+                                  solarization_prob=d.global_solarize_prob[1])
     else:
         from lightly.transforms import SimCLRTransform
 

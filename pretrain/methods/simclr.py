@@ -13,11 +13,11 @@ default is False: per-GPU negatives, as in the RadNet-12M run); ctssl turns it o
 from __future__ import annotations
 
 import torch
-from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
 from ctssl.pretrain.methods.monitor import collapse_ratio
+from ctssl.pretrain.methods.ntxent import NTXent
 
 
 class SimCLR(nn.Module):
@@ -27,7 +27,7 @@ class SimCLR(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = SimCLRProjectionHead(feature_dim, cfg.hidden_dim, cfg.output_dim, num_layers=cfg.num_layers)
-        self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=cfg.gather_distributed)
+        self.criterion = NTXent(temperature=cfg.temperature, gather_distributed=cfg.gather_distributed)
 
     @property
     def export_backbone(self) -> nn.Module:
