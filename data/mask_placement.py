@@ -105,16 +105,15 @@ def index_map(inverse: np.ndarray, origin: np.ndarray, row_step: np.ndarray, col
     a, b = lin @ row_step, lin @ col_step
     big_a, big_b, big_p = np.rint(a), np.rint(b), np.rint(p)
     axis_a, axis_b = _unit_axis(big_a), _unit_axis(big_b)
-    if axis_a is None or axis_b is None or axis_a == axis_b:
-        raise MaskError("mask axes or pixel spacing differ from the image's (one image pixel spans "
-                        f"{np.abs(a).max():.3g} x {np.abs(b).max():.3g} mask voxels)")
     h, w = shape
+    drift = max(np.abs(a - big_a).max() * (h - 1), np.abs(b - big_b).max() * (w - 1))
+    if axis_a is None or axis_b is None or axis_a == axis_b or drift > tol:
+        raise MaskError("mask axes or pixel spacing differ from the image's (an image row and column step are "
+                        f"{np.round(a, 3).tolist()} and {np.round(b, 3).tolist()} mask voxels)")
     worst = max(float(np.abs((p - big_p) + r * (a - big_a) + c * (b - big_b)).max())
                 for r in (0, h - 1) for c in (0, w - 1))
     if worst > tol:
-        what = "an offset" if np.abs(p - big_p).max() > tol else "other pixel spacing"
-        raise MaskError(f"mask voxels lie up to {worst:.2f} voxel off the image pixels ({what}; "
-                        f"tolerance {tol:g} voxel)")
+        raise MaskError(f"mask voxels lie {worst:.2f} voxel off the image pixels (an offset; tolerance {tol:g} voxel)")
     return big_p.astype(np.int64), big_a.astype(np.int64), big_b.astype(np.int64)
 
 
@@ -137,10 +136,12 @@ def place_volume(labels: np.ndarray, affine: np.ndarray, grid: SliceGrid, tol: f
     The volume must cover exactly the image's voxels (module docstring); raises MaskError."""
     if labels.ndim != 3:
         raise MaskError(f"a {labels.ndim}-D mask; a label volume is 3-D")
-    if labels.size != grid.n * grid.shape[0] * grid.shape[1]:
-        raise MaskError(f"the mask has {labels.size} voxels (shape {tuple(labels.shape)}), the image "
-                        f"{grid.n} x {grid.shape[0]} x {grid.shape[1]}: another extent")
     inverse = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+    if grid.n > 1:
+        step = inverse[:3, :3] @ (grid.origins[1] - grid.origins[0])
+        if _unit_axis(np.rint(step)) is None or np.abs(step - np.rint(step)).max() > tol:
+            raise MaskError("mask slice spacing or orientation differs from the image's (one image slice step is "
+                            f"{np.round(step, 3).tolist()} mask voxels)")
     out = np.empty((grid.n, *grid.shape), dtype=np.uint8)
     planes = set()
     for k, origin in enumerate(grid.origins):
@@ -148,6 +149,9 @@ def place_volume(labels: np.ndarray, affine: np.ndarray, grid: SliceGrid, tol: f
         through = 3 - _unit_axis(idx[1]) - _unit_axis(idx[2])
         planes.add(int(idx[0][through]))
         out[k] = _read(labels, idx, grid.shape)
+    if labels.size != grid.n * grid.shape[0] * grid.shape[1]:
+        raise MaskError(f"the mask has {labels.size} voxels (shape {tuple(labels.shape)}), the image "
+                        f"{grid.n} x {grid.shape[0]} x {grid.shape[1]}: another extent")
     if len(planes) != grid.n:
         raise MaskError("several image slices fall on one mask slice (other slice spacing or orientation)")
     return out

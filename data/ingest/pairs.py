@@ -261,9 +261,9 @@ class _Pairer:
         lits = re.match(r"^volume-(\d+)\.nii(\.gz)?$", path.name)
         if lits:
             return [str(path.parent / f"segmentation-{lits.group(1)}{s}") for s in NIFTI_SUFFIXES], None, None
-        if path.parent.name not in IMAGE_FOLDERS or not (path.parent.parent / "dataset.json").exists():
+        if path.parent.name not in IMAGE_FOLDERS:
             return [], None, None
-        dataset = self.dataset(path.parent.parent)
+        dataset = self.dataset(path.parent.parent)        # without a usable dataset.json: its masks are skips
         ending = next((e for e in (dataset.file_ending, ".nii.gz", ".nii") if path.name.endswith(e)), ".nii")
         stem = path.name[: -len(ending)]
         match = CHANNEL.match(stem)
