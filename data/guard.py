@@ -1,7 +1,7 @@
 """Reading untrusted files safely: each file's work is isolated, bounded and quiet.
 
 - ``LibraryMessages``: while reading, every warning and log record of the reading libraries (pydicom,
-  nibabel, the pixel decoders) is counted by kind (category and package) and its text dropped: pydicom's
+  highdicom, nibabel, the pixel decoders) is counted by kind (category and package) and its text dropped: pydicom's
   validation messages quote header values (UIDs, and once an image comment holding a patient name), so
   no library text may reach the console, a log file or a report.
 - ``time_budget(seconds)``: a ``BudgetExceeded`` raised inside a block that runs longer (SIGALRM; the

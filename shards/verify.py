@@ -108,8 +108,10 @@ class MaskTally:
             have = {"cases": len(found["series"]), "slices": found["slices"],
                     "pixels": {str(c): n for c, n in sorted(found["pixels"].items())}}
             if listed.get(split) != have:
-                problems.append(f"segmentation of split {split}: manifest says {listed.get(split)}, the masks hold {have}")
+                problems.append(f"segmentation of split {split}: manifest says {listed.get(split)}, "
+                                f"the masks hold {have}")
             unnamed = sorted(c for c in found["pixels"] if str(c) not in labels)
             if unnamed:
-                problems.append(f"segmentation of split {split}: class ids {unnamed} have no name in segmentation.labels")
+                problems.append(f"segmentation of split {split}: class ids {unnamed} have no name in "
+                                "segmentation.labels")
         return problems

@@ -3,8 +3,9 @@
 ``config_dict`` is what an ingest's output records about its settings (manifest, plan, journals): the
 settings that define the output, with every path replaced, since paths as typed can name patients
 (an archive folder per patient is common): sources, label files and mask CSVs become keyed pseudonyms of
-their absolute paths, label files and mask CSVs also the SHA-256 of their content, the salt file is left out and the salt
-is represented by a keyed check value (a rerun with another salt is noticed without revealing it).
+their absolute paths, label files and mask CSVs also the SHA-256 of their content, the salt file is left
+out and the salt is represented by a keyed check value (a rerun with another salt is noticed without
+revealing it).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class IngestConfig:
     label_columns: list[str] = field(default_factory=list)   # empty: all non-key columns
     nifti_patient_pattern: str = r"^(.*?)(\.nii(\.gz)?)?$"  # regex on the file name; group 1
     masks: list[str] = field(default_factory=list)           # mask CSVs: image, mask[, patient] (data.ingest.pairs)
-    mask_labels: dict[str, str] = field(default_factory=dict)  # class id -> name of the --masks CSVs' label values
+    mask_labels: dict[int, str] = field(default_factory=dict)  # class id -> name of the --masks CSVs' label values
     mask_tolerance: float = 0.1       # voxel: how far a mask voxel may lie off its image pixel (data.mask_placement)
     max_frames: int = 4096            # a DICOM file claiming more frames is refused (a corrupt header)
     file_seconds: float = 120.0       # time budget to read one file's header or one slice's pixels
@@ -96,7 +97,9 @@ def _file_sha256(path: str, option: str = "--labels") -> str:
             while block := handle.read(1 << 20):
                 digest.update(block)
     except OSError as err:
-        raise ConfigError(f"{option} file cannot be read ({type(err).__name__}); check {option}.") from None
+        what = "a label CSV (docs/ingest.md, Labels)" if option == "--labels" else \
+            "a CSV with columns image, mask (optional patient)"
+        raise ConfigError(f"{option} file cannot be read ({type(err).__name__}); give {what}.") from None
     return digest.hexdigest()
 
 
@@ -110,6 +113,7 @@ def config_dict(cfg: IngestConfig, salt: bytes) -> dict:
                       "sha256": _file_sha256(p)} for p in cfg.labels]
     out["masks"] = [{"file": "masks-" + pseudonym(salt, "masks-file", os.path.abspath(p)),
                      "sha256": _file_sha256(p, "--masks")} for p in cfg.masks]
+    out["mask_labels"] = {str(k): str(v) for k, v in sorted(cfg.mask_labels.items())}   # as JSON holds them
     out["salt_check"] = pseudonym(salt, "salt-check", "ctssl")
     return out
 
@@ -119,5 +123,5 @@ def processing_config(settings: dict) -> IngestConfig:
     already in the plan's work items)."""
     from omegaconf import OmegaConf
 
-    keep = {k: v for k, v in settings.items() if k not in ("sources", "labels", "masks", "salt_check")}
+    keep = {k: v for k, v in settings.items() if k not in ("sources", "labels", "masks", "mask_labels", "salt_check")}
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(IngestConfig), keep))

@@ -405,7 +405,8 @@ def _keep_one_copy(out: Pairing) -> None:
         if mask is not None and first not in out.masks:
             out.masks[first] = mask
         elif mask is not None:
-            out.mask_skips.append((mask.path, "nifti", "its image is a copy of another image, which has a mask already"))
+            out.mask_skips.append((mask.path, "nifti", "its image is a copy of another image, which has a mask "
+                                                       "already"))
         out.patients.pop(here, None)
         out.skipped_images.append((path, "duplicate NIfTI file (the same bytes as another source file; read once)"))
     out.images = kept

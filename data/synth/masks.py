@@ -57,7 +57,8 @@ class MaskPlan:
 def mask_plan(plan: StudyPlan) -> MaskPlan | None:
     """The mask of study ``plan`` (module docstring), or None. Cheap and deterministic."""
     rng = np.random.default_rng([plan.seed, plan.index, 0x5E6])
-    if plan.index in CATALOGUE_MASKS and CATALOGUE_MASKS[plan.index][0] == ("nifti" if plan.format == "nifti" else "seg"):
+    fits = "nifti" if plan.format == "nifti" else "seg"
+    if plan.index in CATALOGUE_MASKS and CATALOGUE_MASKS[plan.index][0] == fits:
         kind, stored = CATALOGUE_MASKS[plan.index]
     elif plan.format == "nifti":
         kind, stored = "nifti", str(rng.choice(list(NIFTI_ORDERS)))

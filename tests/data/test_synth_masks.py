@@ -94,7 +94,8 @@ def test_dicom_seg_reads_back_to_the_phantoms_labels(corpus):
         truth = render_labels(plan, series)
         seg = hd.seg.segread(Path(cfg.out) / row["mask_path"])
         assert seg.SegmentationType == "BINARY" and seg.Modality == "SEG"
-        iop = [float(v) for v in seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient]
+        shared = seg.SharedFunctionalGroupsSequence[0]
+        iop = [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient]
         assert iop == orientations[row["stored"]]
         classes = _class_of_segments(seg)
         rebuilt = np.zeros_like(truth)
