@@ -54,6 +54,10 @@ class IngestConfig:
     strict: bool = False              # stop at the first bad input instead of skipping it
     report_paths: bool = False        # write source paths in the report (only if they hold no PHI)
 
+    def __post_init__(self):
+        # mask_labels keys are class ids; "1" (as JSON and some callers spell them) is 1.
+        self.mask_labels = {int(k) if str(k).strip().isdigit() else k: v for k, v in dict(self.mask_labels).items()}
+
 
 RUN_ONLY_KEYS = ("workers", "create_salt", "out", "strict", "salt_file")
 

@@ -281,15 +281,43 @@ class _Pairer:
         return [label], case, None
 
 
-def _content_key(path: Path) -> str | None:
+def _content_key(path: Path, limit: int | None = None) -> str | None:
+    """SHA-256 of the file's first ``limit`` bytes (all without a limit); None when it cannot be read."""
     try:
-        digest = hashlib.sha256()
+        digest, left = hashlib.sha256(), limit
         with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
+            while left is None or left > 0:
+                block = handle.read(1 << 20 if left is None else min(1 << 20, left))
+                if not block:
+                    break
                 digest.update(block)
+                left = None if left is None else left - len(block)
         return digest.hexdigest()
     except OSError:
         return None
+
+
+def _same_bytes(paths: list[Path]) -> dict[str, str]:
+    """abspath -> abspath of the first of ``paths`` (files of one size) with the same bytes. Files are told
+    apart by their first MiB, and hashed whole only when that agrees, so an archive of equal-sized files is not
+    read twice."""
+    first_of: dict[str, str] = {}
+    by_head: dict[str, list[Path]] = defaultdict(list)
+    for path in paths:
+        head = _content_key(path, 1 << 20)
+        if head is not None:
+            by_head[head].append(path)
+    for group in by_head.values():
+        seen: dict[str, str] = {}
+        for path in group if len(group) > 1 else ():
+            key = _content_key(path)
+            if key is None:
+                continue
+            if key in seen:
+                first_of[os.path.abspath(path)] = seen[key]
+            else:
+                seen[key] = os.path.abspath(path)
+    return first_of
 
 
 def _duplicates(images: list[tuple[Path, Path]]) -> dict[str, str]:
@@ -302,17 +330,8 @@ def _duplicates(images: list[tuple[Path, Path]]) -> dict[str, str]:
             continue
     first_of: dict[str, str] = {}
     for paths in by_size.values():
-        if len(paths) < 2:
-            continue
-        seen: dict[str, str] = {}
-        for path in paths:
-            key = _content_key(path)
-            if key is None:
-                continue
-            if key in seen:
-                first_of[os.path.abspath(path)] = seen[key]
-            else:
-                seen[key] = os.path.abspath(path)
+        if len(paths) > 1:
+            first_of.update(_same_bytes(paths))
     return first_of
 
 

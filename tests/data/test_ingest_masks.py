@@ -324,7 +324,7 @@ def test_a_dicom_series_with_a_nifti_mask_from_a_csv(tmp_path):
     table = tmp_path / "pairs.csv"
     table.write_text("image,mask\nsrc/series,masks/m.nii.gz\n")
     report = run_ingest(IngestConfig(sources=[str(tmp_path / "src")], out=str(tmp_path / "out"), image_size=0,
-                                     masks=[str(table)], mask_labels={"1": "a", "2": "b"}))
+                                     masks=[str(table)], mask_labels={1: "a", 2: "b"}))
     assert report["summary"]["masks_placed"] == 1, report["summary"]
     samples = next(iter(_samples(tmp_path / "out").values()))
     assert len(samples) == SHAPE[2] and all(_aligned(s) for s in samples)
