@@ -380,10 +380,14 @@ def pair_masks(found: Sources, cfg, table: ClassTable, name_of) -> Pairing:
         elif mask not in used:
             out.mask_skips.append((str(path), "nifti", blocked.get(mask, "its image is not among the sources "
                                                                           "(missing image)")))
-    if any(ref.lut is None for ref in out.masks.values()) and len(table.names) > 1:
-        raise ConfigError("--masks CSV masks have no class names while other masks do; name their label values "
-                          "with --set mask_labels='{1: liver, 2: tumour}' so class ids agree across sources.")
     return out
+
+
+def check_names(masks, table: ClassTable) -> None:
+    """Unnamed ``--masks`` CSV masks (ids as they are) cannot share an ingest with named masks: a ConfigError."""
+    if any(ref.lut is None for ref in masks) and len(table.names) > 1:
+        raise ConfigError("--masks CSV masks have no class names while other masks do; name their label values "
+                          "with --set 'mask_labels={1: liver, 2: tumour}' so class ids agree across sources.")
 
 
 def _sort_nifti(found: Sources, rows: list[CsvRow], pairer: _Pairer, out: Pairing):

@@ -51,7 +51,7 @@ from ctssl.data.dicom_series import DicomSeries, is_problem
 from ctssl.data.guard import DataError
 from ctssl.data.ingest.config import IngestConfig, config_dict, validate
 from ctssl.data.ingest.discover import Sources, discover, read_header
-from ctssl.data.ingest.pairs import ClassTable, MaskRef, pair_masks
+from ctssl.data.ingest.pairs import ClassTable, MaskRef, check_names, pair_masks
 from ctssl.data.labels import LabelTable, SeriesLabels
 from ctssl.data.pseudonym import Keyer, assign_splits, load_salt, pseudonym
 
@@ -347,6 +347,7 @@ def _build(cfg: IngestConfig, num_tasks: int, salt: bytes, config: dict, work: P
         raise DataError(f"{_strict_name(cfg, salt, problems[0][0], roots)}: {problems[0][1]}")
     dicom_masks, mask_skips = match_dicom_masks(matcher, table, lambda path: planner.source_id(path, roots))
     mask_skips = pairing.mask_skips + mask_skips
+    check_names([*pairing.masks.values(), *dicom_masks.values()], table)
     if cfg.strict and mask_skips:
         raise DataError(f"{_strict_name(cfg, salt, mask_skips[0][0], roots)}: mask: {mask_skips[0][2]}")
     appender = PickleAppender([work / "grouped" / "nifti.items"], ITEM_BATCH)

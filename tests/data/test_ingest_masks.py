@@ -588,3 +588,22 @@ def test_no_identifier_of_a_seg_reaches_any_output_byte(tmp_path):
     console = (run.stdout + run.stderr).encode()
     found += [(mark, "console") for mark in planted if mark.encode() in console]
     assert not found
+
+
+def test_unnamed_csv_masks_beside_named_ones_are_refused(tmp_path):
+    """Ids of a CSV without mask_labels would not mean what a dataset.json's mean: one line saying so."""
+    from ctssl.core.config import ConfigError
+
+    ds = tmp_path / "src" / "Dataset012_Named"
+    _dataset_json(ds, {"background": 0, "liver": 1, "tumour": 2})
+    _save(ds / "imagesTr" / "n_0000.nii.gz", _image(_labels(1)), _affine())
+    _save(ds / "labelsTr" / "n.nii.gz", _labels(1), _affine())
+    _save(tmp_path / "src" / "plain" / "scan.nii.gz", _image(_labels(2)), _affine())
+    _save(tmp_path / "masks" / "m.nii.gz", _labels(2), _affine())
+    (tmp_path / "pairs.csv").write_text("image,mask\nsrc/plain/scan.nii.gz,masks/m.nii.gz\n")
+    config = dict(sources=[str(tmp_path / "src")], masks=[str(tmp_path / "pairs.csv")], image_size=0)
+    with pytest.raises(ConfigError, match="mask_labels"):
+        run_ingest(IngestConfig(out=str(tmp_path / "out"), **config))
+    report = run_ingest(IngestConfig(out=str(tmp_path / "named"), mask_labels={2: "tumour", 1: "liver"}, **config))
+    assert report["summary"]["masks_placed"] == 2
+    assert all(_aligned(s) for v in _samples(tmp_path / "named").values() for s in v)
