@@ -1,14 +1,14 @@
 """Phase 2 of an ingest: run one task of the plan (uses ``config`` and ``plan``).
 
 For each series of the task, in a fixed order: load HU slices, thin, drop air, resize, encode; per-split
-shards close at series boundaries once they reach the target size. A series with a mask (data.ingest.pairs)
-has it read and placed on its slices by world coordinates (data.mask_placement), each slice's mask resized
-exactly as the slice is (nearest neighbour) and stored beside it (``KEY.seg``); a mask that cannot be read or
-placed is a counted skip with its reason, and its series is written without a mask. Every series is processed in
-isolation: whatever goes wrong with it or any of its slices (undecodable or absurd pixel data, a
-codestream that does not match its transfer syntax, a slice that takes longer than ``file_seconds``,
-any error of a reading library) becomes a counted skip with its reason in the report, and the task goes
-on; ``strict`` stops at the first one instead. Library messages are counted, never shown (data.guard).
+shards close at series boundaries once they reach the target size. A series with a mask
+(data.ingest.pairs) has it read and placed on its slices by world coordinates (data.mask_placement), each
+slice's mask resized exactly as the slice is (nearest neighbour) and stored beside it (``KEY.seg``); a mask
+that cannot be read or placed is a counted skip with its reason, and its series is written without a mask.
+Every series is processed in isolation: whatever goes wrong with it or any of its slices (undecodable or
+absurd pixel data, a codestream that does not match its transfer syntax, a slice that takes longer than
+``file_seconds``, any error of a reading library) becomes a counted skip with its reason in the report, and
+the task goes on; ``strict`` stops at the first one instead. Library messages are counted, never shown (data.guard).
 
 Resume: each closed shard is recorded in the task's journal (``OUT/tasks/``, atomically) with the
 series it holds and their report entries. A rerun skips those series and starts the next shard exactly
@@ -221,7 +221,8 @@ def _load_mask(ref: MaskRef | None, grid: SliceGrid | None, cfg: IngestConfig) -
         if not is_data_failure(err):
             raise
         reason = describe(err)
-        reason = reason if isinstance(err, (MaskError, DataError, BudgetExceeded)) else f"unreadable mask ({reason})"
+        if not isinstance(err, (MaskError, DataError, BudgetExceeded)):
+            reason = f"unreadable mask ({reason})"
         if cfg.strict:
             raise DataError(f"{ref.source_id}: mask: {reason}") from err
         return None, {**entry, "outcome": "skipped", "reason": reason}

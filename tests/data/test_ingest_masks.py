@@ -202,8 +202,6 @@ def test_manifest_segmentation_equals_a_direct_count(nnunet):
 def test_verify_notices_a_mask_that_disagrees_with_its_metadata_or_the_manifest(nnunet, tmp_path):
     import shutil
 
-    from ctssl.cli.main import main
-
     out, _ = nnunet[0]
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
@@ -213,7 +211,22 @@ def test_verify_notices_a_mask_that_disagrees_with_its_metadata_or_the_manifest(
     (copy / "manifest.json").write_text(json.dumps(manifest))
     problems, _ = verify_shards(copy)
     assert any("segmentation of split" in p for p in problems)
-    assert main(["shards", "verify", str(copy)]) == 1
+    # A sample whose mask_pixels disagree with its mask.
+    (copy / "manifest.json").write_text((out / "manifest.json").read_text())
+    shard = next(p for p in shard_paths(copy) if any("seg" in s for s in iter_shard(p, decode=False)))
+    samples = list(iter_shard(shard, decode=False))
+    target = next(s for s in samples if "seg" in s)
+    meta = json.loads(target["json"])
+    meta["mask_pixels"]["0"] += 1
+    target["json"] = json.dumps(meta, sort_keys=True).encode()
+    from ctssl.shards.writer import ShardWriter
+
+    writer = ShardWriter(copy, shard.name, "train")
+    for s in samples:
+        writer.add(s["key"], {k: v for k, v in s.items() if k not in ("key", "crc")})
+    writer.close()
+    problems, _ = verify_shards(copy)
+    assert any("mask_pixels" in p and target["key"] in p for p in problems), problems
 
 
 def test_shuffle_carries_the_masks_and_inspect_draws_them(nnunet, tmp_path):
