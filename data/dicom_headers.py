@@ -22,6 +22,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
 
+from ctssl.data.dicom_seg import SegRecord, is_seg, seg_record
 from ctssl.data.guard import DataError
 
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -184,8 +185,9 @@ def _frame_count(ds: Dataset, size: int, max_frames: int) -> int:
 
 
 def read_records(path: Path, keyer: Keyer = lambda kind, value: value, max_frames: int = MAX_FRAMES
-                 ) -> list[FrameRecord]:
-    """Header records of one DICOM file (one per frame). Raises on unreadable or absurd headers."""
+                 ) -> list[FrameRecord] | list[SegRecord]:
+    """Header records of one DICOM file (one per frame; a DICOM SEG gives one ``SegRecord``). Raises on
+    unreadable or absurd headers."""
     size = os.path.getsize(path)
     ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     if "SOPInstanceUID" not in ds and "SOPClassUID" not in ds:
@@ -194,11 +196,14 @@ def read_records(path: Path, keyer: Keyer = lambda kind, value: value, max_frame
     if rows > MAX_MATRIX or cols > MAX_MATRIX:
         raise DataError(f"Rows or Columns above {MAX_MATRIX}: not a CT slice (or a corrupt header)")
     patient_key = _str(ds, "PatientID") or (_str(ds, "PatientName") + "|" + _str(ds, "PatientBirthDate"))
+    patient_key = keyer("patient-id", patient_key if patient_key.strip("|") else _str(ds, "StudyInstanceUID"))
+    if is_seg(ds):   # a segmentation mask, not an image (data.dicom_seg)
+        return [seg_record(ds, str(path), keyer, size, patient_key)]
     base = dict(
         path=str(path), sop_uid=keyer("sop", _str(ds, "SOPInstanceUID")),
         series_uid=keyer("series-uid", _str(ds, "SeriesInstanceUID")),
         study_uid=keyer("study-uid", _str(ds, "StudyInstanceUID")),
-        patient_key=keyer("patient-id", patient_key if patient_key.strip("|") else _str(ds, "StudyInstanceUID")),
+        patient_key=patient_key,
         modality=_str(ds, "Modality").upper(), rows=rows, cols=cols,
         pixel_representation=_num(ds.get("PixelRepresentation", 0) or 0, int) or 0,
         padding_value=_num(ds.get("PixelPaddingValue"), int),

@@ -1,7 +1,7 @@
 """Reading untrusted files safely: each file's work is isolated, bounded and quiet.
 
 - ``LibraryMessages``: while reading, every warning and log record of the reading libraries (pydicom,
-  nibabel, the pixel decoders) is counted by kind (category and package) and its text dropped: pydicom's
+  highdicom, nibabel, the pixel decoders) is counted by kind (category and package) and its text dropped: pydicom's
   validation messages quote header values (UIDs, and once an image comment holding a patient name), so
   no library text may reach the console, a log file or a report.
 - ``time_budget(seconds)``: a ``BudgetExceeded`` raised inside a block that runs longer (SIGALRM; the
@@ -21,7 +21,7 @@ import warnings
 from collections import Counter
 from typing import Iterator
 
-LIBRARY_LOGGERS = ("pydicom", "nibabel", "openjpeg", "libjpeg", "pylibjpeg", "gdcm")
+LIBRARY_LOGGERS = ("pydicom", "nibabel", "openjpeg", "libjpeg", "pylibjpeg", "gdcm", "highdicom")
 
 
 class BudgetExceeded(RuntimeError):
@@ -42,7 +42,7 @@ class _Counting(logging.Handler):
 
 
 def _package(filename: str) -> str:
-    for name in ("pydicom", "nibabel", "pylibjpeg", "openjpeg", "libjpeg", "numpy", "PIL", "gdcm"):
+    for name in ("highdicom", "pydicom", "nibabel", "pylibjpeg", "openjpeg", "libjpeg", "numpy", "PIL", "gdcm"):
         if f"/{name}/" in filename or f"\\{name}\\" in filename:
             return name
     return "another library"
@@ -110,8 +110,9 @@ def describe(err: BaseException) -> str:
     """A skip reason for ``err``: ctssl's own messages in full, a library's exception by its type only."""
     if isinstance(err, (DataError, BudgetExceeded)):
         return str(err)
+    from ctssl.data.mask_placement import MaskError
     from ctssl.data.nifti_volume import NiftiError
 
-    if isinstance(err, NiftiError):
+    if isinstance(err, (NiftiError, MaskError)):
         return str(err)
     return type(err).__name__

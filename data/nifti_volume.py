@@ -34,6 +34,7 @@ class CanonicalVolume:
     spacing: tuple[float, float]   # (row, column) pixel spacing, mm
     slice_spacing: float
     oblique_deg: float        # angle between the voxel axes and the nearest world axes
+    affine: np.ndarray | None = None   # (4, 4) LPS world of voxel (c, r, k) of ``hu[k, r, c]`` (data.mask_placement)
 
 
 def load_nifti(path, hu_min: float = HU_FLOOR, hu_max: float = HU_CEILING) -> CanonicalVolume:
@@ -64,4 +65,4 @@ def load_nifti(path, hu_min: float = HU_FLOOR, hu_max: float = HU_CEILING) -> Ca
     volume = np.ascontiguousarray(data.transpose(2, 1, 0))   # [z, y, x]
     np.clip(volume, hu_min, hu_max, out=volume)
     z = lps_affine[2, 3] + lps_affine[2, 2] * np.arange(volume.shape[0])
-    return CanonicalVolume(volume, z, (float(sizes[1]), float(sizes[0])), float(sizes[2]), oblique)
+    return CanonicalVolume(volume, z, (float(sizes[1]), float(sizes[0])), float(sizes[2]), oblique, lps_affine)

@@ -34,7 +34,12 @@ def load_manifest(path: str | Path) -> dict:
     return manifest
 
 
+SEG_ENCODING = "CTSG v1: uint8 class ids (manifest segmentation.labels), Zstandard with its checksum (shards/FORMAT.md)"
+
+
 def build_manifest(shards: list[dict], config: dict, version: str, extra: dict | None = None) -> dict:
+    """The manifest of ``shards`` (ShardInfo dicts); ``extra`` adds top-level fields (``segmentation`` also adds
+    the ``.seg`` encoding)."""
     splits: dict[str, dict] = {}
     for s in shards:
         entry = splits.setdefault(s["split"], {"shards": 0, "samples": 0, "bytes": 0, "series": 0})
@@ -42,12 +47,15 @@ def build_manifest(shards: list[dict], config: dict, version: str, extra: dict |
         entry["samples"] += s["samples"]
         entry["bytes"] += s["bytes"]
         entry["series"] += len(s.get("series", []))
+    encoding = {"hu": "CTHU v2: byte-shuffled little-endian int16 HU, Zstandard with its checksum (shards/FORMAT.md)",
+                "json": "UTF-8 JSON metadata"}
+    if extra and "segmentation" in extra:
+        encoding["seg"] = SEG_ENCODING
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "ctssl_version": version,
-        "encoding": {"hu": "CTHU v2: byte-shuffled little-endian int16 HU, Zstandard with its checksum (shards/FORMAT.md)",
-                     "json": "UTF-8 JSON metadata"},
+        "encoding": encoding,
         "shards": shards,
         "splits": dict(sorted(splits.items())),
         "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),

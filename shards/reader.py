@@ -2,8 +2,8 @@
 one shard, with every sample checked.
 
 Checks, on every read (training, evaluation, verification, shuffling): each sample's members against
-its ``KEY.crc`` member (CRC-32 of each other member, shards/FORMAT.md), the ``.hu`` image's own
-Zstandard checksum when decoded, the sample's members being all there, and, given the count the
+its ``KEY.crc`` member (CRC-32 of each other member, shards/FORMAT.md), the ``.hu`` image's and the
+``.seg`` mask's own Zstandard checksums when decoded, the sample's members being all there, and, given the count the
 manifest promises, the shard not ending early. A damaged sample is skipped and reported through
 ``on_error(key, reason)``; damage to the tar itself (a broken header, a truncated file) ends the shard
 and is reported with ``key=None``. Without ``on_error`` every problem raises ``ShardError``.
@@ -18,10 +18,13 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ctssl.shards.encoding import EncodingError, decode_hu
+import numpy as np
+
+from ctssl.shards.encoding import EncodingError, decode_hu, decode_seg
 from ctssl.shards.manifest import MANIFEST_NAME, load_manifest
 
 CHECKSUM_EXT = "crc"
+MASK_EXT = "seg"                                        # segmentation mask (CTSG, shards/FORMAT.md)
 IMAGE_MEMBERS = ("bmp", "jpeg", "jpg", "png", "webp")   # natural-image shards (shards.from_images)
 OnError = Callable[[str | None, str], None]
 _READ = [0]     # samples iter_shard has read in this process (what start-up reads is measured with it)
@@ -98,8 +101,9 @@ def iter_shard(path: Path, decode: bool = True, on_error: OnError | None = None,
                expected: int | None = None) -> Iterator[dict]:
     """Samples of one shard, in order, each checked (module docstring).
 
-    With ``decode`` a sample is ``{"key", "hu", "meta"}`` (int16 HU image and its metadata); without,
-    ``{"key", <ext>: bytes, ...}`` with the raw members (checksums checked all the same).
+    With ``decode`` a sample is ``{"key", "hu", "meta", "mask"}`` (int16 HU image, its metadata, and its
+    uint8 segmentation mask or None); without, ``{"key", <ext>: bytes, ...}`` with the raw members
+    (checksums checked all the same).
     """
     report = on_error or _raise
     good = bad = 0
@@ -152,9 +156,26 @@ def _sample(key: str, members: dict[str, bytes], decode: bool) -> dict:
     if missing:
         raise ShardError(key, f"lacks member(s) {sorted(missing)}")
     try:
-        return {"key": key, "hu": decode_hu(members["hu"]), "meta": json.loads(members["json"])}
+        hu, meta = decode_hu(members["hu"]), json.loads(members["json"])
     except (EncodingError, ValueError) as err:   # json.JSONDecodeError is a ValueError
         raise ShardError(key, f"{type(err).__name__}: {err}") from None
+    mask = decode_mask({"key": key, **members})
+    if mask is not None and mask.shape != hu.shape:
+        raise ShardError(key, f"mask shape {mask.shape} differs from the image's {hu.shape}")
+    return {"key": key, "hu": hu, "meta": meta, "mask": mask}
+
+
+def decode_mask(raw: dict) -> np.ndarray | None:
+    """The uint8 (H, W) class-id mask of a raw sample (``iter_shard(..., decode=False)``), or None when the
+    sample has no ``.seg`` member. Class ids are named in the manifest's ``segmentation.labels``. Raises
+    ShardError when the member does not decode (its checksum included)."""
+    data = raw.get(MASK_EXT)
+    if data is None:
+        return None
+    try:
+        return decode_seg(data)
+    except EncodingError as err:
+        raise ShardError(raw.get("key"), f"{type(err).__name__} in .{MASK_EXT}: {err}") from None
 
 
 def decode_image(raw: dict):
@@ -176,9 +197,10 @@ def decode_image(raw: dict):
 
 
 def iter_samples(path: str | Path, split: str | None = None, on_error: OnError | None = None) -> Iterator[dict]:
-    """Every sample under ``path`` (shard, folder or manifest): ``{"key", "hu", "meta"}``, checked.
+    """Every sample under ``path`` (shard, folder or manifest): ``{"key", "hu", "meta", "mask"}``, checked.
 
-    ``hu`` is an int16 (H, W) array of Hounsfield units; ``meta`` the sample's JSON metadata.
+    ``hu`` is an int16 (H, W) array of Hounsfield units; ``meta`` the sample's JSON metadata; ``mask`` the
+    uint8 (H, W) segmentation mask lying on ``hu`` pixel for pixel, or None when the sample has none.
     """
     counts = expected_counts(path)
     for shard in shard_paths(path, split):

@@ -17,7 +17,10 @@ runs in bounded memory at any corpus size, on one node or as SLURM arrays (slurm
 3. gather (task g: one bucket of one split): the bucket's samples from every scatter task, sorted by
    key (so the result does not depend on which task ran first), permuted with a generator seeded by
    (seed, split, bucket), written as shards of ``shard_size_mb``. Memory: one bucket.
-4. merge: the manifest (``"order": "shuffled"``), a report of what was skipped; spill files deleted.
+4. merge: the manifest (``"order": "shuffled"``; a source's ``segmentation`` recounted over the samples
+   written, from their ``mask_pixels``), a report of what was skipped; spill files deleted.
+
+Every member of a sample is copied as it is, the segmentation mask (``KEY.seg``) and checksums included.
 
 Every sample lands in a bucket independently and uniformly, and each bucket is permuted uniformly, so
 every output shard, and every stretch of consecutive samples in it, is a uniform random sample of the
@@ -220,6 +223,7 @@ def gather(source: str | Path, out: str | Path, task: int, lock: bool = True) ->
         stale.unlink()
     records = [rec for t in range(len(plan["scatter"])) for rec in read_batches(_part(out, split, bucket, t))]
     records.sort(key=lambda rec: rec[0])
+    masks = _mask_tally(records)
     random.Random(f"{plan['config']['seed']}/{split}/{bucket}").shuffle(records)
     target = plan["config"]["shard_size_mb"] * 1e6
     shards, writer = [], None
@@ -233,8 +237,38 @@ def gather(source: str | Path, out: str | Path, task: int, lock: bool = True) ->
     if writer is not None:
         shards.append(asdict(writer.close()))
     record = {"task": task, "split": split, "bucket": bucket, "samples": len(records), "shards": shards}
+    if masks["slices"]:
+        record["masks"] = masks
     atomic_write_text(done, json.dumps(record) + "\n")
     return record
+
+
+def _mask_tally(records: list) -> dict:
+    """Series, slices and pixels per class of the samples with a mask (their metadata's ``mask_pixels``)."""
+    series, slices, pixels = set(), 0, Counter()
+    for _key, members in records:
+        if "seg" in members and "json" in members:
+            meta = json.loads(members["json"])
+            series.add(meta.get("series"))
+            slices += 1
+            pixels.update({int(c): n for c, n in meta.get("mask_pixels", {}).items()})
+    return {"series": sorted(series), "slices": slices, "pixels": {str(c): n for c, n in sorted(pixels.items())}}
+
+
+def _segmentation(source: dict, gathered: list[dict]) -> dict:
+    """The shuffled folder's ``segmentation``: the source's class names, counts over the samples written."""
+    splits: dict[str, dict] = {}
+    for g in gathered:
+        if "masks" not in g:
+            continue
+        entry = splits.setdefault(g["split"], {"series": set(), "slices": 0, "pixels": Counter()})
+        entry["series"].update(g["masks"]["series"])
+        entry["slices"] += g["masks"]["slices"]
+        entry["pixels"].update({int(c): n for c, n in g["masks"]["pixels"].items()})
+    return {"labels": source["labels"],
+            "splits": {split: {"cases": len(e["series"]), "slices": e["slices"],
+                               "pixels": {str(c): n for c, n in sorted(e["pixels"].items())}}
+                       for split, e in sorted(splits.items())}}
 
 
 def merge(source: str | Path, out: str | Path, lock: bool = True) -> dict:
@@ -254,6 +288,8 @@ def merge(source: str | Path, out: str | Path, lock: bool = True) -> dict:
     for s in shards:
         s["series"] = []      # every shard mixes the split's series; the source manifest lists them
     keep = {k: v for k, v in src.items() if k in ("kind", "classes", "image_size", "hu_range")}
+    if "segmentation" in src:
+        keep["segmentation"] = _segmentation(src["segmentation"], gathered)
     manifest = build_manifest(shards, {"shuffle": plan["config"], "source": src.get("config")}, __version__,
                               {**keep, "order": "shuffled",
                                "source_manifest_sha256": plan["source_manifest_sha256"]})

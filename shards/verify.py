@@ -1,9 +1,11 @@
-"""Check a shard folder against its manifest: every byte, every sample."""
+"""Check a shard folder against its manifest: every byte, every sample, every mask."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 from ctssl.core.atomic import TMP_MARK
 from ctssl.shards.manifest import load_manifest
@@ -25,6 +27,7 @@ def verify_shards(folder: str | Path) -> tuple[list[str], dict]:
         problems.append(f"{leftover}: incomplete file left by an interrupted write")
     keys: Counter = Counter()
     per_split: Counter = Counter()
+    masks = MaskTally()
     ct = manifest.get("kind", "ct") == "ct"
     for shard in manifest["shards"]:
         path = folder / shard["name"]
@@ -54,6 +57,7 @@ def verify_shards(folder: str | Path) -> tuple[list[str], dict]:
                                 f"{list(sample['hu'].shape)} differs from its metadata {meta.get('shape')}")
             if meta.get("split") != shard["split"]:
                 problems.append(f"{shard['name']}: {sample['key']} is in split {meta.get('split')}")
+            problems.extend(f"{shard['name']}: {sample['key']} {p}" for p in masks.add(sample, shard["split"]))
         if count != shard["samples"]:
             problems.append(f"{shard['name']}: {count} samples decoded, manifest says {shard['samples']}")
         per_split[shard["split"]] += count
@@ -63,5 +67,51 @@ def verify_shards(folder: str | Path) -> tuple[list[str], dict]:
     for split, entry in manifest["splits"].items():
         if per_split[split] != entry["samples"]:
             problems.append(f"split {split}: {per_split[split]} samples decoded, manifest says {entry['samples']}")
+    if ct:
+        problems.extend(masks.compare(manifest.get("segmentation")))
     return problems, {"shards": len(manifest["shards"]), "samples": sum(keys.values()),
                       "per_split": dict(sorted(per_split.items()))}
+
+
+class MaskTally:
+    """Masks as the samples hold them, against their metadata and the manifest's ``segmentation``."""
+
+    def __init__(self):
+        self.splits: dict[str, dict] = {}
+
+    def add(self, sample: dict, split: str) -> list[str]:
+        """Problems of one decoded sample's mask (its shape is checked by the reader); tallies it."""
+        mask, meta = sample.get("mask"), sample["meta"]
+        if mask is None:
+            return ["has mask metadata but no .seg member"] if meta.get("mask") or "mask_pixels" in meta else []
+        counts = np.bincount(mask.ravel(), minlength=1)
+        pixels = {str(c): int(n) for c, n in enumerate(counts) if n}
+        problems = [] if meta.get("mask") is True else ["has a .seg member but its metadata lacks \"mask\": true"]
+        if meta.get("mask_pixels") != pixels:
+            problems.append(f"mask_pixels {meta.get('mask_pixels')} differ from its mask's {pixels}")
+        entry = self.splits.setdefault(split, {"series": set(), "slices": 0, "pixels": Counter()})
+        entry["series"].add(meta.get("series"))
+        entry["slices"] += 1
+        entry["pixels"].update({int(c): n for c, n in pixels.items()})
+        return problems
+
+    def compare(self, segmentation: dict | None) -> list[str]:
+        """Problems of the manifest's ``segmentation`` against the tallied masks."""
+        if segmentation is None:
+            return [f"{sum(e['slices'] for e in self.splits.values())} samples hold masks but the manifest has no "
+                    "segmentation"] if self.splits else []
+        problems = []
+        labels = segmentation.get("labels", {})
+        listed = segmentation.get("splits", {})
+        for split in sorted(set(listed) | set(self.splits)):
+            found = self.splits.get(split, {"series": set(), "slices": 0, "pixels": Counter()})
+            have = {"cases": len(found["series"]), "slices": found["slices"],
+                    "pixels": {str(c): n for c, n in sorted(found["pixels"].items())}}
+            if listed.get(split) != have:
+                problems.append(f"segmentation of split {split}: manifest says {listed.get(split)}, "
+                                f"the masks hold {have}")
+            unnamed = sorted(c for c in found["pixels"] if str(c) not in labels)
+            if unnamed:
+                problems.append(f"segmentation of split {split}: class ids {unnamed} have no name in "
+                                "segmentation.labels")
+        return problems

@@ -58,7 +58,15 @@ def test_every_labelled_slice_is_ingested_once(corpus, native):
     rows = _slice_rows(cfg)
     assert len(samples) == len(rows) == report["summary"]["slices_written"]
     reasons = report["summary"]["skip_reasons"]
-    assert reasons == {"duplicate SOP Instance UID (another copy is read; this one is its fallback)": 1, "localizer": 1}
+    # The NIfTI studies are also in the corpus's nnU-Net dataset (imagesTr holds byte copies): each read once.
+    nifti = sum(make_plan(cfg, i).format == "nifti" for i in range(cfg.patients))
+    assert reasons == {"duplicate SOP Instance UID (another copy is read; this one is its fallback)": 1, "localizer": 1,
+                       "duplicate NIfTI file (the same bytes as another source file; read once)": nifti}
+    # Every mask of the corpus (labels/masks.csv) is placed on its series; none is ingested as an image.
+    with open(Path(cfg.out) / "labels" / "masks.csv", newline="") as handle:
+        masks = list(csv.DictReader(handle))
+    assert report["summary"]["mask_files"] == len(masks) >= 4
+    assert report["summary"]["masks_placed"] == len(masks) and report["summary"]["masks_skipped"] == 0
     assert report["summary"]["ignored_files"] >= 1  # the stray text file and corpus extras
 
 
@@ -265,3 +273,37 @@ def test_worker_count_does_not_change_the_shards(corpus, native, tmp_path):
     names = sorted(p.name for p in shard_paths(reference))
     assert names == sorted(p.name for p in shard_paths(out))
     assert all((out / n).read_bytes() == (Path(reference) / n).read_bytes() for n in names)
+
+
+def test_masks_are_the_phantoms_labels_on_every_slice(corpus, native):
+    """Each synthetic mask (nnU-Net label volume or DICOM SEG, in whatever voxel order or orientation it was
+    stored) lands on its series as the phantom's labels of each slice, under the manifest's class names."""
+    import json
+
+    from ctssl.data.synth import phantom
+    from ctssl.data.synth.study import render_labels
+
+    cfg, _ = corpus
+    out, _, samples = native
+    names = json.loads((Path(out) / "manifest.json").read_text())["segmentation"]["labels"]
+    ids = {name: int(i) for i, name in names.items()}
+    to_class = np.zeros(256, np.uint8)
+    for phantom_id, name in phantom.LABEL_CLASSES.items():
+        to_class[phantom_id] = ids.get(name, 0)
+    with open(Path(cfg.out) / "labels" / "masks.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    by_series = defaultdict(list)
+    for sample in samples.values():
+        by_series[sample["meta"]["series"]].append(sample)
+    for row in rows:
+        plan = make_plan(cfg, int(row["case_id"].split("-")[1]))
+        series = plan.series[0]
+        series_id = _series_id(series.uid) if row["kind"] == "seg" else \
+            pseudonym(SALT.encode(), "series", "nifti:" + plan.relpath)
+        truth = to_class[render_labels(plan, series)]
+        mine = by_series[series_id]
+        assert len(mine) == series.n_slices and all(s["mask"] is not None for s in mine), row
+        for sample in mine:
+            np.testing.assert_array_equal(sample["mask"], truth[sample["meta"]["source_slice_index"]])
+    unmasked = [s for s in samples.values() if s["mask"] is None]
+    assert unmasked and all("mask" not in s["meta"] for s in unmasked)

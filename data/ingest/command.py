@@ -5,6 +5,8 @@ Walks the sources, recognises DICOM by content and NIfTI by name, keeps axial CT
 pseudonymises every identifier with a secret salt, assigns patient-level splits, and writes
 per-split shards with a manifest (DIR/manifest.json) and a report of every source's outcome
 (DIR/ingest-report.json). A rerun with the same arguments resumes an interrupted ingest.
+Segmentation masks (nnU-Net/MSD raw datasets, LiTS names, DICOM SEG, or pairs given with --masks) are
+placed on their slices and stored beside them; label volumes are never ingested as images.
 
 Examples:
   ctssl ingest runs/synth --out runs/shards --salt-file ~/.ctssl/salt --create-salt \\
@@ -36,6 +38,10 @@ def add_ingest_options(parser: argparse.ArgumentParser) -> None:
                         help="target shard size in MB; shards close at series boundaries (default 256)")
     parser.add_argument("--labels", action="append", default=None, metavar="CSV",
                         help="label CSV to join (repeatable); see docs/ingest.md for its key columns")
+    parser.add_argument("--masks", action="append", default=None, metavar="CSV",
+                        help="CSV pairing images with segmentation masks (columns image, mask, optional patient; "
+                             "repeatable). nnU-Net/MSD datasets, LiTS names and DICOM SEG are found without it; "
+                             "see docs/segmentation.md")
     parser.add_argument("--salt-file", default=None,
                         help="file holding the secret pseudonym salt (else $CTSSL_SALT)")
     parser.add_argument("--create-salt", action="store_true",
@@ -60,7 +66,7 @@ def resolve_ingest_config(args: argparse.Namespace):
 
     options = {"sources": list(args.sources) or None, "out": args.out, "image_size": args.image_size,
                "min_slice_spacing": args.min_slice_spacing, "max_air_fraction": args.max_air_fraction,
-               "shard_size_mb": args.shard_size_mb, "labels": args.labels,
+               "shard_size_mb": args.shard_size_mb, "labels": args.labels, "masks": args.masks,
                "salt_file": args.salt_file, "create_salt": args.create_salt or None,
                "workers": args.workers, "report_paths": args.report_paths or None,
                "min_slices": args.min_slices, "max_frames": args.max_frames, "file_seconds": args.file_seconds,
@@ -75,6 +81,11 @@ def log_report(report: dict, out: str) -> None:
              summary["series_skipped"], summary["slices_written"], summary["slices_per_split"])
     for reason, count in summary["skip_reasons"].items():
         log.info("  skipped: %-60s %d", reason, count)
+    if "masks_placed" in summary:
+        log.info("masks: %d file(s) found, %d series written with their mask, %d mask(s) skipped",
+                 summary["mask_files"], summary["masks_placed"], summary["masks_skipped"])
+        for reason, count in summary["mask_skip_reasons"].items():
+            log.info("  mask skipped: %-55s %d", reason, count)
     run_info = report.get("this_run", {})
     if run_info.get("slices_written"):
         log.info("%d slices in %.1f s with %d worker(s): %.1f slices/s", run_info["slices_written"],

@@ -2,9 +2,10 @@
 
 ``config_dict`` is what an ingest's output records about its settings (manifest, plan, journals): the
 settings that define the output, with every path replaced, since paths as typed can name patients
-(an archive folder per patient is common): sources and label files become keyed pseudonyms of their
-absolute paths, label files also the SHA-256 of their content, the salt file is left out and the salt
-is represented by a keyed check value (a rerun with another salt is noticed without revealing it).
+(an archive folder per patient is common): sources, label files and mask CSVs become keyed pseudonyms of
+their absolute paths, label files and mask CSVs also the SHA-256 of their content, the salt file is left
+out and the salt is represented by a keyed check value (a rerun with another salt is noticed without
+revealing it).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class IngestConfig:
     labels: list[str] = field(default_factory=list)          # label CSV files (data.labels)
     label_columns: list[str] = field(default_factory=list)   # empty: all non-key columns
     nifti_patient_pattern: str = r"^(.*?)(\.nii(\.gz)?)?$"  # regex on the file name; group 1
+    masks: list[str] = field(default_factory=list)           # mask CSVs: image, mask[, patient] (data.ingest.pairs)
+    mask_labels: dict[int, str] = field(default_factory=dict)  # class id -> name of the --masks CSVs' label values
+    mask_tolerance: float = 0.1       # voxel: how far a mask voxel may lie off its image pixel (data.mask_placement)
     max_frames: int = 4096            # a DICOM file claiming more frames is refused (a corrupt header)
     file_seconds: float = 120.0       # time budget to read one file's header or one slice's pixels
     salt_file: str | None = None      # else $CTSSL_SALT
@@ -49,6 +53,10 @@ class IngestConfig:
     workers: int = 1
     strict: bool = False              # stop at the first bad input instead of skipping it
     report_paths: bool = False        # write source paths in the report (only if they hold no PHI)
+
+    def __post_init__(self):
+        # mask_labels keys are class ids; "1" (as JSON and some callers spell them) is 1.
+        self.mask_labels = {int(k) if str(k).strip().isdigit() else k: v for k, v in dict(self.mask_labels).items()}
 
 
 RUN_ONLY_KEYS = ("workers", "create_salt", "out", "strict", "salt_file")
@@ -73,6 +81,11 @@ def validate(cfg: IngestConfig) -> None:
     fractions = asdict(cfg.splits)
     if any(v < 0 for v in fractions.values()) or sum(fractions.values()) <= 0:
         problems.append(f"split fractions must be >= 0 with a positive sum, got {fractions}")
+    if not 0 < cfg.mask_tolerance <= 0.5:
+        problems.append(f"mask_tolerance must be in (0, 0.5] voxel, got {cfg.mask_tolerance}")
+    bad = [k for k in cfg.mask_labels if not (str(k).isdigit() and 1 <= int(k) <= 255)]
+    if bad:
+        problems.append(f"mask_labels keys must be class ids 1..255, got {bad}")
     try:
         re.compile(cfg.nifti_patient_pattern)
     except re.error as err:
@@ -81,14 +94,16 @@ def validate(cfg: IngestConfig) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def _file_sha256(path: str) -> str:
+def _file_sha256(path: str, option: str = "--labels") -> str:
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
             while block := handle.read(1 << 20):
                 digest.update(block)
     except OSError as err:
-        raise ConfigError(f"Label file cannot be read ({type(err).__name__}); check --labels.") from None
+        what = "a label CSV (docs/ingest.md, Labels)" if option == "--labels" else \
+            "a CSV with columns image, mask (optional patient)"
+        raise ConfigError(f"{option} file cannot be read ({type(err).__name__}); give {what}.") from None
     return digest.hexdigest()
 
 
@@ -100,6 +115,9 @@ def config_dict(cfg: IngestConfig, salt: bytes) -> dict:
     out["sources"] = ["src-" + pseudonym(salt, "source-root", os.path.abspath(s)) for s in cfg.sources]
     out["labels"] = [{"file": "labels-" + pseudonym(salt, "labels-file", os.path.abspath(p)),
                       "sha256": _file_sha256(p)} for p in cfg.labels]
+    out["masks"] = [{"file": "masks-" + pseudonym(salt, "masks-file", os.path.abspath(p)),
+                     "sha256": _file_sha256(p, "--masks")} for p in cfg.masks]
+    out["mask_labels"] = {str(k): str(v) for k, v in sorted(cfg.mask_labels.items())}   # as JSON holds them
     out["salt_check"] = pseudonym(salt, "salt-check", "ctssl")
     return out
 
@@ -109,5 +127,5 @@ def processing_config(settings: dict) -> IngestConfig:
     already in the plan's work items)."""
     from omegaconf import OmegaConf
 
-    keep = {k: v for k, v in settings.items() if k not in ("sources", "labels", "salt_check")}
+    keep = {k: v for k, v in settings.items() if k not in ("sources", "labels", "masks", "mask_labels", "salt_check")}
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(IngestConfig), keep))

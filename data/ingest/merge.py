@@ -54,16 +54,51 @@ def merge(out: str | Path, lock: bool = True) -> dict:
     series = sorted((rep for r in records for rep in r["reports"]), key=lambda rep: rep["series"])
     plan_report = json.loads((out / PLAN_DIR / PLAN_REPORT_NAME).read_text())
     report = _report(plan_report, series)
-    manifest = build_manifest(shards, plan["config"], __version__,
-                              {"image_size": plan["config"]["image_size"],
-                               "hu_range": [plan["config"]["hu_min"], plan["config"]["hu_max"]],
-                               "tasks": n, "order": "series"})
+    extra = {"image_size": plan["config"]["image_size"],
+             "hu_range": [plan["config"]["hu_min"], plan["config"]["hu_max"]], "tasks": n, "order": "series"}
+    if "segmentation" in plan:
+        extra["segmentation"] = segmentation_summary(plan["segmentation"]["labels"], series)
+    manifest = build_manifest(shards, plan["config"], __version__, extra)
     atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=1) + "\n")
     write_manifest(out, manifest)
     # The task item files hold source paths (needed to read the sources); the set is complete.
     for task in plan["tasks"]:
         (out / PLAN_DIR / task["items"]).unlink(missing_ok=True)
     return report
+
+
+def segmentation_summary(labels: dict[str, str], series: list[dict]) -> dict:
+    """The manifest's ``segmentation``: class names, and per split the series (cases) written with a mask, their
+    slices and pixels per class (the sum of the samples' ``mask_pixels``). Class ids a mask holds without a name
+    (``--masks`` without ``mask_labels``) are named ``label_N``."""
+    splits: dict[str, dict] = {}
+    for r in series:
+        mask = r.get("mask")
+        if not mask or mask["outcome"] != "placed" or not mask["slices"]:
+            continue
+        entry = splits.setdefault(r["split"], {"cases": 0, "slices": 0, "pixels": Counter()})
+        entry["cases"] += 1
+        entry["slices"] += mask["slices"]
+        entry["pixels"].update({int(c): n for c, n in mask["pixels"].items()})
+    names = dict(labels)
+    for entry in splits.values():
+        names.update({str(c): f"label_{c}" for c in entry["pixels"] if str(c) not in names})
+        entry["pixels"] = {str(c): n for c, n in sorted(entry["pixels"].items())}
+    return {"labels": dict(sorted(names.items(), key=lambda kv: int(kv[0]))), "splits": dict(sorted(splits.items()))}
+
+
+def _mask_summary(plan_report: dict, series: list[dict]) -> dict:
+    """The report's mask counts: files found, series written with their mask, masks skipped and why."""
+    reasons = Counter(m["reason"] for m in plan_report.get("masks", []))
+    placed = 0
+    for r in series:
+        mask = r.get("mask")
+        if mask and mask["outcome"] == "placed" and r["written"]:
+            placed += 1
+        elif mask and mask["outcome"] == "skipped":
+            reasons[mask["reason"]] += 1
+    return {"masks_placed": placed, "masks_skipped": sum(reasons.values()),
+            "mask_skip_reasons": dict(sorted(reasons.items()))}
 
 
 def _report(plan_report: dict, series: list[dict]) -> dict:
@@ -94,9 +129,11 @@ def _report(plan_report: dict, series: list[dict]) -> dict:
             # Warnings and log records of the reading libraries, counted by kind: their text is never kept,
             # since it may quote header values.
             "library_messages": dict(sorted(messages.items())),
+            **(_mask_summary(plan_report, series) if plan_report["found"].get("mask_files") else {}),
         },
         "series": series,
         "skipped_files": files,
+        **({"masks": plan_report.get("masks", [])} if plan_report["found"].get("mask_files") else {}),
     }
 
 

@@ -1,5 +1,5 @@
-"""Phase 1 of an ingest: scan headers once, group into series, balance over N tasks (uses ``config`` and
-``discover``).
+"""Phase 1 of an ingest: scan headers once, group into series, pair masks, balance over N tasks (uses
+``config``, ``discover`` and ``pairs``).
 
 Memory stays flat in the size of the archive: header records never all sit in memory at once.
 
@@ -9,7 +9,9 @@ Memory stays flat in the size of the archive: header records never all sit in me
    partition (P grows with the number of files, about ``RECORDS_PER_PARTITION`` each);
 2. group: one partition at a time, records become axial CT series (data.dicom_series) and work items
    with their pseudonyms, split and labels; only a (series, frames, partition) summary per series
-   stays in memory;
+   stays in memory. DICOM SEG headers are kept apart (with their keyed references, in memory) and each
+   is matched to the series holding most of the instances it references; masks of NIfTI images and of a
+   ``--masks`` CSV are paired by ``pairs``;
 3. assign: series go to tasks by longest-processing-time-first on their frame counts (each to the
    currently lightest task), which balances slices across tasks; patients go to splits
    (data.pseudonym.assign_splits);
@@ -28,6 +30,7 @@ import heapq
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import zlib
@@ -43,10 +46,12 @@ from ctssl.core.atomic import TMP_MARK, atomic_write_text
 from ctssl.core.config import ConfigError
 from ctssl.core.pool import fork_pool
 from ctssl.core.spill import PickleAppender, read_batches
+from ctssl.data.dicom_seg import SegRecord
 from ctssl.data.dicom_series import DicomSeries, is_problem
 from ctssl.data.guard import DataError
 from ctssl.data.ingest.config import IngestConfig, config_dict, validate
 from ctssl.data.ingest.discover import Sources, discover, read_header
+from ctssl.data.ingest.pairs import ClassTable, MaskRef, check_names, pair_masks
 from ctssl.data.labels import LabelTable, SeriesLabels
 from ctssl.data.pseudonym import Keyer, assign_splits, load_salt, pseudonym
 
@@ -74,6 +79,7 @@ class Item:
     dicom: DicomSeries | None = None
     nifti_path: str | None = None
     n_frames: int = 0
+    mask: MaskRef | None = None   # its segmentation mask (data.ingest.pairs), placed by the task
 
 
 class Planner:
@@ -98,10 +104,11 @@ class Planner:
         item.dicom = series
         return item
 
-    def nifti_item(self, path: Path, root: Path, roots) -> Item:
+    def nifti_item(self, path: Path, root: Path, roots, patient: str | None = None) -> Item:
+        """``patient``: the patient key a dataset layout gives (nnU-Net case, CSV column), else from the name."""
         rel = path.relative_to(root).as_posix()
         match = self.pattern.match(path.name)
-        patient_key = match.group(1) if match and match.group(1) else rel
+        patient_key = patient or (match.group(1) if match and match.group(1) else rel)
         labels = self.labels.lookup(nifti_path=rel) if self.labels else SeriesLabels()
         return Item("nifti", pseudonym(self.salt, "series", "nifti:" + rel),
                     pseudonym(self.salt, "study", "nifti:" + rel), pseudonym(self.salt, "patient", "nifti:" + patient_key),
@@ -154,9 +161,9 @@ def _scan_one(path: str):
 
 
 def scan_to_partitions(paths: list[Path], cfg: IngestConfig, keyer: Keyer, folder: Path, partitions: int,
-                       messages: Counter, name_of=str) -> list[tuple[str, str]]:
-    """Read DICOM headers into partition files; returns (path, reason) of files that could not be read
-    (with ``cfg.strict``, raises DataError naming the first, by ``name_of(path)``)."""
+                       messages: Counter, name_of=str, segs: list | None = None) -> list[tuple[str, str]]:
+    """Read DICOM headers into partition files (DICOM SEG records into ``segs``); returns (path, reason) of
+    files that could not be read (with ``cfg.strict``, raises DataError naming the first, by ``name_of(path)``)."""
     folder.mkdir(parents=True, exist_ok=True)
     appender = PickleAppender([folder / f"part-{p:05d}.records" for p in range(partitions)])
     failures: list[tuple[str, str]] = []
@@ -171,7 +178,10 @@ def scan_to_partitions(paths: list[Path], cfg: IngestConfig, keyer: Keyer, folde
             failures.append((path, records))
         else:
             for rec in records:
-                appender.add(partition_of(rec.series_uid, partitions), rec)
+                if isinstance(rec, SegRecord):
+                    (segs if segs is not None else []).append(rec)
+                else:
+                    appender.add(partition_of(rec.series_uid, partitions), rec)
         bar.update(1)
 
     names = [str(p) for p in paths]
@@ -204,9 +214,36 @@ def assign_tasks(summaries: Iterable[tuple[str, int]], num_tasks: int) -> tuple[
     return assignment, loads
 
 
-def group_partitions(partition_files: list[Path], planner: Planner, roots, items_folder: Path):
+class MaskMatcher:
+    """Which DICOM series each DICOM mask belongs to: a SEG by the instances it references (keyed, as the
+    images' are), a ``--masks`` CSV row by the file or folder it names. ``hits`` counts, per mask, the
+    matching instances (SEG) or series (CSV) of every series seen."""
+
+    def __init__(self, segs: list[SegRecord], csv_images: dict[str, list[MaskRef]]):
+        self.segs, self.csv_images = segs, csv_images
+        self.by_sop: dict[str, list[int]] = defaultdict(list)
+        for i, rec in enumerate(segs):
+            for sop in rec.references:
+                self.by_sop[sop].append(i)
+        self.hits: dict[tuple, Counter] = defaultdict(Counter)
+
+    def see(self, series: DicomSeries, series_id: str) -> None:
+        if self.by_sop:
+            for frame in series.frames:
+                for i in self.by_sop.get(frame.sop_uid, ()):
+                    self.hits[("seg", i)][series_id] += 1
+        if self.csv_images:
+            places = {os.path.abspath(f.path) for f in series.frames} | \
+                     {os.path.dirname(os.path.abspath(f.path)) for f in series.frames}
+            for place in places & self.csv_images.keys():
+                self.hits[("csv", place)][series_id] += 1
+
+
+def group_partitions(partition_files: list[Path], planner: Planner, roots, items_folder: Path,
+                     matcher: MaskMatcher | None = None):
     """Group each partition into items (written to ``items_folder``); returns the summaries
-    [(series_id, frames, items file, patient)] and the frame-level skips {(path, reason): count}."""
+    [(series_id, frames, items file, patient)] and the frame-level skips {(path, reason): count}. ``matcher``
+    sees every series (DICOM masks)."""
     from ctssl.data.dicom_series import group_series
 
     summaries: list[tuple[str, int, str, str]] = []
@@ -217,6 +254,9 @@ def group_partitions(partition_files: list[Path], planner: Planner, roots, items
         for key, count in part_skips.items():
             skips[key] += count
         items = [planner.dicom_item(s, roots) for s in series]
+        if matcher is not None:
+            for s, item in zip(series, items):
+                matcher.see(s, item.series_id)
         out = items_folder / (part.stem + ".items")
         appender = PickleAppender([out], ITEM_BATCH)
         for item in items:
@@ -228,14 +268,16 @@ def group_partitions(partition_files: list[Path], planner: Planner, roots, items
 
 
 def route_items(summaries, assignment: dict[str, int], splits: dict[str, str], grouped: Path,
-                work: Path, num_tasks: int) -> list[int]:
-    """Give every grouped item its patient's split and append it to its task's item file,
-    one items file at a time."""
+                work: Path, num_tasks: int, masks: dict[str, MaskRef] | None = None) -> list[int]:
+    """Give every grouped item its patient's split (and its DICOM mask, from ``masks`` by series) and append
+    it to its task's item file, one items file at a time."""
     route = PickleAppender([work / task_items_name(t) for t in range(num_tasks)], ITEM_BATCH)
     series_per_task = [0] * num_tasks
     for items_file in sorted({s[2] for s in summaries}):
         for item in read_batches(grouped / items_file):
             item.split = splits[item.patient_id]
+            if masks and item.series_id in masks:
+                item.mask = masks[item.series_id]
             task = assignment[item.series_id]
             route.add(task, item)
             series_per_task[task] += 1
@@ -284,23 +326,35 @@ def _build(cfg: IngestConfig, num_tasks: int, salt: bytes, config: dict, work: P
     roots = [Path(s) for s in cfg.sources]
     labels = LabelTable(cfg.labels, cfg.label_columns, keyer) if cfg.labels else None   # bad labels: fail first
     found: Sources = discover(cfg.sources)
-    logger.info("found %d DICOM file(s), %d NIfTI file(s), %d other file(s) (ignored), %d unreadable",
-                len(found.dicom), len(found.nifti), found.ignored, len(found.skipped))
+    planner = Planner(cfg, salt, labels)
+    table = ClassTable()
+    pairing = pair_masks(found, cfg, table, lambda path: planner.source_id(str(path), roots))   # bad CSVs: fail first
+    logger.info("found %d DICOM file(s), %d NIfTI image(s), %d NIfTI mask(s), %d other file(s) (ignored), "
+                "%d unreadable", len(found.dicom), len(pairing.images) + len(pairing.skipped_images),
+                pairing.mask_files, found.ignored, len(found.skipped))
     if cfg.strict and found.skipped:
         raise DataError(f"{_strict_name(cfg, salt, found.skipped[0][0], roots)}: {found.skipped[0][1]}")
     partitions = max(1, math.ceil(len(found.dicom) / RECORDS_PER_PARTITION))
     messages: Counter = Counter()
+    segs: list[SegRecord] = []
     failures = scan_to_partitions(found.dicom, cfg, keyer, work / "partitions", partitions, messages,
-                                  lambda path: _strict_name(cfg, salt, path, roots))
-    planner = Planner(cfg, salt, labels)
+                                  lambda path: _strict_name(cfg, salt, path, roots), segs)
+    matcher = MaskMatcher(sorted(segs, key=lambda rec: rec.path), pairing.dicom_masks)
     part_files = [work / "partitions" / f"part-{p:05d}.records" for p in range(partitions)]
-    summaries, frame_skips = group_partitions(part_files, planner, roots, work / "grouped")
+    summaries, frame_skips = group_partitions(part_files, planner, roots, work / "grouped", matcher)
     problems = sorted((path, reason) for path, reason in frame_skips if is_problem(reason))
     if cfg.strict and problems:
         raise DataError(f"{_strict_name(cfg, salt, problems[0][0], roots)}: {problems[0][1]}")
+    dicom_masks, mask_skips = match_dicom_masks(matcher, table, lambda path: planner.source_id(path, roots))
+    mask_skips = pairing.mask_skips + mask_skips
+    check_names([*pairing.masks.values(), *dicom_masks.values()], table)
+    if cfg.strict and mask_skips:
+        raise DataError(f"{_strict_name(cfg, salt, mask_skips[0][0], roots)}: mask: {mask_skips[0][2]}")
     appender = PickleAppender([work / "grouped" / "nifti.items"], ITEM_BATCH)
-    for path, root in found.nifti:
-        item = planner.nifti_item(path, root, roots)
+    for path, root in pairing.images:
+        here = os.path.abspath(path)
+        item = planner.nifti_item(path, root, roots, pairing.patients.get(here))
+        item.mask = pairing.masks.get(here)
         appender.add(0, item)
         summaries.append((item.series_id, item.n_frames, "nifti.items", item.patient_id))
     appender.close()
@@ -310,28 +364,66 @@ def _build(cfg: IngestConfig, num_tasks: int, salt: bytes, config: dict, work: P
 
     assignment, loads = assign_tasks(((s[0], s[1]) for s in summaries), num_tasks)
     splits = assign_splits((s[3] for s in summaries), planner.fractions)
-    series_per_task = route_items(summaries, assignment, splits, work / "grouped", work, num_tasks)
+    series_per_task = route_items(summaries, assignment, splits, work / "grouped", work, num_tasks, dicom_masks)
     shutil.rmtree(work / "grouped")
     shutil.rmtree(work / "partitions", ignore_errors=True)
 
-    files = [{"source": planner.source_id(str(path), roots), "kind": "file", "outcome": "skipped", "reason": reason}
+    def name(path) -> str:
+        return planner.source_id(str(path), roots)
+
+    files = [{"source": name(path), "kind": "file", "outcome": "skipped", "reason": reason}
              for path, reason in found.skipped]
-    files += [{"source": planner.source_id(path, roots), "kind": "dicom", "outcome": "skipped", "reason": reason}
+    files += [{"source": name(path), "kind": "dicom", "outcome": "skipped", "reason": reason}
               for path, reason in failures]
     for (path, reason), count in sorted(frame_skips.items()):
-        files.append({"source": planner.source_id(path, roots), "kind": "dicom",
-                      "outcome": "skipped", "reason": reason, "images": count})
+        files.append({"source": name(path), "kind": "dicom", "outcome": "skipped", "reason": reason, "images": count})
+    files += [{"source": name(path), "kind": "nifti", "outcome": "skipped", "reason": reason}
+              for path, reason in pairing.skipped_images]
+    masks = [{"source": name(path), "kind": kind, "outcome": "skipped", "reason": reason}
+             for path, kind, reason in mask_skips]
+    mask_files = pairing.mask_files + len(segs)
     atomic_write_text(work / PLAN_REPORT_NAME, json.dumps(
-        {"found": {"dicom_files": len(found.dicom), "nifti_files": len(found.nifti),
-                   "ignored_files": found.ignored, "unreadable_paths": len(found.skipped)},
-         "skipped_files": files, "library_messages": dict(sorted(messages.items()))}) + "\n")
+        {"found": {"dicom_files": len(found.dicom), "nifti_files": len(pairing.images) + len(pairing.skipped_images),
+                   "mask_files": mask_files, "ignored_files": found.ignored, "unreadable_paths": len(found.skipped)},
+         "skipped_files": files, "masks": masks, "library_messages": dict(sorted(messages.items()))}) + "\n")
     plan = {"ctssl_version": __version__, "num_tasks": num_tasks, "partitions": partitions,
             "series": len(summaries), "frames": sum(loads),
             "tasks": [{"index": t, "series": series_per_task[t], "frames": loads[t],
                        "items": task_items_name(t)} for t in range(num_tasks)],
             "config": config}
+    if mask_files:
+        plan["segmentation"] = {"labels": table.as_json()}
     atomic_write_text(work / PLAN_NAME, json.dumps(plan, indent=1) + "\n")
     return plan
+
+
+def match_dicom_masks(matcher: MaskMatcher, table: ClassTable, name_of) -> tuple[dict[str, MaskRef], list]:
+    """(series pseudonym -> its mask, [(path, kind, reason)] of DICOM masks left unused). A ``--masks`` CSV row
+    goes with every series found at the file or folder it names; a SEG with the series that holds most of the
+    instances it references (ties: the smaller pseudonym). One mask per series: the CSV's, then SEGs in path
+    order."""
+    by_series: dict[str, MaskRef] = {}
+    skips: list[tuple[str, str, str]] = []
+    missing = "its image is not among the sources (missing image)"
+    for place, refs in sorted(matcher.csv_images.items()):
+        hits = matcher.hits.get(("csv", place))
+        for ref in refs:
+            if not hits:
+                skips.append((ref.path, "nifti", missing))
+            for series_id in sorted(hits or ()):
+                by_series.setdefault(series_id, ref)
+    for i, rec in enumerate(matcher.segs):
+        hits = matcher.hits.get(("seg", i))
+        if not hits:
+            skips.append((rec.path, "seg", "its image series is not among the sources (the instances it references "
+                                           "were not found)"))
+            continue
+        series_id = max(sorted(hits), key=lambda s: hits[s])
+        if series_id in by_series:
+            skips.append((rec.path, "seg", "another mask of the same series is used"))
+            continue
+        by_series[series_id] = MaskRef("seg", rec.path, name_of(rec.path), table.add(rec.segments), "the SEG")
+    return by_series, skips
 
 
 def _strict_name(cfg: IngestConfig, salt: bytes, path, roots) -> str:

@@ -1,11 +1,14 @@
 """Phase 2 of an ingest: run one task of the plan (uses ``config`` and ``plan``).
 
 For each series of the task, in a fixed order: load HU slices, thin, drop air, resize, encode; per-split
-shards close at series boundaries once they reach the target size. Every series is processed in
-isolation: whatever goes wrong with it or any of its slices (undecodable or absurd pixel data, a
-codestream that does not match its transfer syntax, a slice that takes longer than ``file_seconds``,
-any error of a reading library) becomes a counted skip with its reason in the report, and the task goes
-on; ``strict`` stops at the first one instead. Library messages are counted, never shown (data.guard).
+shards close at series boundaries once they reach the target size. A series with a mask
+(data.ingest.pairs) has it read and placed on its slices by world coordinates (data.mask_placement), each
+slice's mask resized exactly as the slice is (nearest neighbour) and stored beside it (``KEY.seg``); a mask
+that cannot be read or placed is a counted skip with its reason, and its series is written without a mask.
+Every series is processed in isolation: whatever goes wrong with it or any of its slices (undecodable or
+absurd pixel data, a codestream that does not match its transfer syntax, a slice that takes longer than
+``file_seconds``, any error of a reading library) becomes a counted skip with its reason in the report, and
+the task goes on; ``strict`` stops at the first one instead. Library messages are counted, never shown (data.guard).
 
 Resume: each closed shard is recorded in the task's journal (``OUT/tasks/``, atomically) with the
 series it holds and their report entries. A rerun skips those series and starts the next shard exactly
@@ -32,13 +35,17 @@ from ctssl.core.atomic import TMP_MARK, atomic_write_text
 from ctssl.core.config import ConfigError
 from ctssl.core.lock import OutputLock
 from ctssl.core.pool import fork_pool
+from ctssl.data.dicom_seg import load_seg_frames
 from ctssl.data.dicom_series import FrameLoader, is_problem
-from ctssl.data.guard import DataError, LibraryMessages, describe, is_data_failure, time_budget
+from ctssl.data.guard import BudgetExceeded, DataError, LibraryMessages, describe, is_data_failure, time_budget
 from ctssl.data.ingest.config import IngestConfig, processing_config
+from ctssl.data.ingest.pairs import MaskRef
 from ctssl.data.ingest.plan import Item, load_plan, task_items
+from ctssl.data.label_volume import load_label_volume
+from ctssl.data.mask_placement import MaskError, SliceGrid, dicom_grid, nifti_grid, place_frames, place_volume
 from ctssl.data.nifti_volume import load_nifti
-from ctssl.data.slicing import air_fraction, resize_slice, thin_positions
-from ctssl.shards.encoding import encode_hu
+from ctssl.data.slicing import air_fraction, resize_mask, resize_slice, thin_positions
+from ctssl.shards.encoding import encode_hu, encode_seg
 from ctssl.shards.writer import ShardWriter
 
 logger = logging.getLogger(__name__)
@@ -47,7 +54,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ItemResult:
     series_id: str
-    samples: list[tuple[str, bytes, bytes]]   # (key, .hu bytes, .json bytes)
+    samples: list[tuple[str, dict[str, bytes]]]   # (key, members: .hu, .json and, with a mask, .seg)
     report: dict
 
 
@@ -118,6 +125,9 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
         if loader.duplicates_used:
             skipped["duplicate copy used (the first copy did not decode) (kept)"] += loader.duplicates_used
         n_source = len(series.frames)
+        grid = None if item.mask is None else dicom_grid(
+            first.iop, first.pixel_spacing, [f.ipp for f in series.frames], (first.rows, first.cols),
+            series.transpose, series.flip_rows, series.flip_cols)
     else:
         with time_budget(cfg.file_seconds):
             volume = load_nifti(item.nifti_path, cfg.hu_min, cfg.hu_max)
@@ -129,7 +139,9 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
                  "manufacturer": "", "model": "", "kvp": None, "kernel": "", "body_part": "",
                  "oblique_deg": round(volume.oblique_deg, 3)}
         n_source = len(volume.z)
+        grid = nifti_grid(volume.affine, n_source, volume.hu.shape[1:])
 
+    masks, mask_entry = _load_mask(item.mask, grid, cfg)
     samples = []
     tolerance = 0.25 * (extra.get("slice_spacing_mm") or 1.0)
     for source_index, z, hu, spacing in slices:
@@ -146,8 +158,75 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
                 "source_shape": list(hu.shape), "shape": list(out.shape), **extra}
         if item.labels:
             meta["labels"] = item.labels.for_slice(source_index, z, tolerance)
-        samples.append((key, encode_hu(out), json.dumps(meta, sort_keys=True).encode()))
-    return ItemResult(item.series_id, samples, _report(item, len(samples), n_source, skipped, None))
+        members = {"hu": encode_hu(out)}
+        if masks is not None:
+            mask = resize_mask(masks[source_index], spacing, cfg.image_size)
+            meta["mask"], meta["mask_pixels"] = True, class_pixels(mask)
+            members["seg"] = encode_seg(mask)
+            mask_entry["slices"] += 1
+            mask_entry["pixels"].update({int(c): n for c, n in meta["mask_pixels"].items()})
+        members["json"] = json.dumps(meta, sort_keys=True).encode()
+        samples.append((key, _ordered(members)))
+    report = _report(item, len(samples), n_source, skipped, None)
+    if mask_entry is not None:
+        if "pixels" in mask_entry:
+            mask_entry["pixels"] = {str(c): n for c, n in sorted(mask_entry["pixels"].items())}
+        report["mask"] = mask_entry
+    return ItemResult(item.series_id, samples, report)
+
+
+def _ordered(members: dict[str, bytes]) -> dict[str, bytes]:
+    """Members in tar order: .hu, .json, then .seg (samples without a mask are as ctssl 0.2 wrote them)."""
+    return {ext: members[ext] for ext in ("hu", "json", "seg") if ext in members}
+
+
+def class_pixels(mask: np.ndarray) -> dict[str, int]:
+    """{class id: pixel count} of the classes present in a uint8 mask (background included)."""
+    counts = np.bincount(mask.ravel(), minlength=1)
+    return {str(c): int(n) for c, n in enumerate(counts) if n}
+
+
+def place_mask(ref: MaskRef, grid: SliceGrid, tol: float) -> np.ndarray:
+    """uint8 (n, H, W) class ids of the mask ``ref`` on the image's ``grid``; raises MaskError (or a reading
+    library's exception) when it cannot be read or placed."""
+    if ref.kind == "seg":
+        return place_frames(load_seg_frames(ref.path, ref.lut), grid, tol)
+    labels, affine = load_label_volume(ref.path)
+    return place_volume(apply_lut(labels, ref.lut, ref.table), affine, grid, tol)
+
+
+def apply_lut(labels: np.ndarray, lut: dict[int, int] | None, table: str) -> np.ndarray:
+    """Stored label values -> class ids; values ``lut`` does not define raise MaskError (None: values are ids)."""
+    if lut is None:
+        return labels
+    present = np.flatnonzero(np.bincount(labels.ravel(), minlength=256))
+    unknown = [int(v) for v in present if int(v) not in lut]
+    if unknown:
+        raise MaskError(f"labels not in {table}: {unknown[:8]}")
+    table_array = np.zeros(256, dtype=np.uint8)
+    for value, class_id in lut.items():
+        table_array[value] = class_id
+    return table_array[labels]
+
+
+def _load_mask(ref: MaskRef | None, grid: SliceGrid | None, cfg: IngestConfig) -> tuple[np.ndarray | None, dict | None]:
+    """(uint8 (n_source, H, W) mask or None, the report's mask entry or None without a mask)."""
+    if ref is None:
+        return None, None
+    entry = {"source": ref.source_id, "kind": ref.kind}
+    try:
+        with time_budget(cfg.file_seconds):
+            masks = place_mask(ref, grid, cfg.mask_tolerance)
+    except BaseException as err:  # noqa: BLE001 - an untrusted mask: any failure costs the mask only
+        if not is_data_failure(err):
+            raise
+        reason = describe(err)
+        if not isinstance(err, (MaskError, DataError, BudgetExceeded)):
+            reason = f"unreadable mask ({reason})"
+        if cfg.strict:
+            raise DataError(f"{ref.source_id}: mask: {reason}") from err
+        return None, {**entry, "outcome": "skipped", "reason": reason}
+    return masks, {**entry, "outcome": "placed", "slices": 0, "pixels": Counter()}
 
 
 def _clean_code(text: str) -> str:
@@ -226,8 +305,8 @@ class SplitWriters:
             name = shard_name(split, self.task, self.counters[split])
             self.counters[split] += 1
             writer = self.open[split] = ShardWriter(self.out, name, split)
-        for key, hu, meta in result.samples:
-            writer.add(key, {"hu": hu, "json": meta})
+        for key, members in result.samples:
+            writer.add(key, members)
         writer.series.append(item.series_id)
         self.pending.setdefault(split, []).append(result.report)
         if writer.size >= self.target:

@@ -1,6 +1,8 @@
 """Generate the embedded synthetic CT corpus: DICOM and NIfTI studies in Hounsfield units with
 body-region and lesion labels, a natural-image stand-in, and a contact sheet.
 
+Segmentation masks of lungs, liver, brain and lesions come as an nnU-Net raw dataset of the NIfTI studies
+and as DICOM SEG of some DICOM studies, some stored in another voxel order or orientation than their image.
 The corpus exercises what real archives do: compressed transfer syntaxes (JPEG 2000 lossless,
 RLE, deflate), shuffled Instance Numbers, a localizer inside a series folder, two series in one
 folder, a file without preamble, a duplicated instance, a stray non-DICOM file, differing
@@ -49,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
              "%d natural stand-in images", summary["studies"], summary["dicom_studies"],
              summary["nifti_studies"], summary["series"], summary["axial_slices"],
              summary["lesion_slices"], summary["natural_standin_images"])
+    log.info("segmentation masks: %d nnU-Net label volume(s) (%s/nnunet/), %d DICOM SEG object(s)",
+             summary["masks"]["nnunet_cases"], cfg.out, summary["masks"]["dicom_seg"])
     if run_info["slices_generated"]:
         log.info("generated %d slices in %.1f s with %d worker(s): %.1f slices/s",
                  run_info["slices_generated"], run_info["seconds"], run_info["workers"],

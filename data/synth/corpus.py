@@ -9,6 +9,9 @@
     labels/series.csv           one row per series: geometry, kernel, transfer syntax
     labels/slices.csv           one row per axial slice: region and lesion labels
     labels/lesions.csv          lesion geometry (centre in mm, radius, HU)
+    labels/masks.csv            one row per segmentation mask: study, kind, how it is stored, mask and image paths
+    nnunet/Dataset500_CTSSLSynth/  the NIfTI studies as an nnU-Net raw dataset with label volumes (data.synth.masks)
+    dicom/case-NNNN/series-100/ a DICOM SEG of the study's first series, for some DICOM studies (data.synth.masks)
     natural-standin/{train,val}/CLASS/*.jpg   the natural-image stand-in (see data.dead_leaves)
     contact_sheet.png           windowed sample slices for a person to look at
     synth-summary.json          counts and generation speed
@@ -43,7 +46,8 @@ from ctssl.core.config import ConfigError, load_config, save_config, to_dict
 from ctssl.data.synth import phantom
 from ctssl.data.contact_sheet import Tile, save_contact_sheet
 from ctssl.data.synth.dead_leaves import write_dead_leaves
-from ctssl.data.synth.study import StudyPlan, plan_study, render_series, slice_labels
+from ctssl.data.synth.masks import mask_plan, write_dataset_json, write_nnunet_case, write_seg
+from ctssl.data.synth.study import StudyPlan, plan_study, render_labels, render_series, slice_labels
 from ctssl.data.windowing import get_window
 
 logger = logging.getLogger(__name__)
@@ -112,6 +116,7 @@ def generate_study(cfg: SynthConfig, index: int) -> int:
     from ctssl.data.synth.nifti import write_nifti
 
     plan = make_plan(cfg, index)
+    mask = mask_plan(plan)
     out = Path(cfg.out)
     final = out / plan.relpath
     n = 0
@@ -120,6 +125,8 @@ def generate_study(cfg: SynthConfig, index: int) -> int:
         hu = render_series(plan, series)
         tmp = final.parent / f"{plan.case_id}{TMP_MARK}partial.nii.gz"
         write_nifti(plan, series, hu, tmp)
+        if mask is not None:        # written before the image is renamed: a complete image has its mask
+            write_nnunet_case(plan, series, render_labels(plan, series), tmp, out, mask)
         os.replace(tmp, final)
         return series.n_slices
     with atomic_dir(final) as tmp_root:
@@ -127,13 +134,23 @@ def generate_study(cfg: SynthConfig, index: int) -> int:
             hu = render_series(plan, series)
             folder = tmp_root / Path(series.folder).relative_to(plan.relpath)
             no_preamble = "no_preamble" in plan.quirks and s_idx == 1
-            paths = write_series(plan, series, hu, folder, no_preamble=no_preamble)
+            datasets: list = []
+            paths = write_series(plan, series, hu, folder, no_preamble=no_preamble, datasets=datasets)
+            if s_idx == 0 and mask is not None:
+                write_seg(plan, series, render_labels(plan, series), datasets,
+                          tmp_root / Path(mask.path).parent.relative_to(plan.relpath), mask.stored)
             if s_idx == 0 and "localizer" in plan.quirks:
                 write_localizer(plan, series, hu, folder)
             if s_idx == 0:
                 add_archive_mess(plan, series, paths)
             n += series.n_slices
     return n
+
+
+def study_files(plan: StudyPlan) -> list[str]:
+    """The files (or folder) a complete study has, relative to the corpus root."""
+    mask = mask_plan(plan)
+    return [plan.relpath] + ([mask.path, mask.image] if mask is not None and mask.kind == "nifti" else [])
 
 
 def _check_existing(cfg: SynthConfig, out: Path) -> None:
@@ -164,7 +181,7 @@ def run_synth(cfg: SynthConfig) -> dict:
     (out / "nifti").mkdir(exist_ok=True)
 
     plans = [make_plan(cfg, i) for i in range(cfg.patients)]
-    todo = [p.index for p in plans if not (out / p.relpath).exists()]
+    todo = [p.index for p in plans if not all((out / f).exists() for f in study_files(p))]
     logger.info("synthetic corpus: %d studies (%d to generate, %d already complete) -> %s",
                 len(plans), len(todo), len(plans) - len(todo), out)
     start = time.perf_counter()
@@ -172,6 +189,7 @@ def run_synth(cfg: SynthConfig) -> dict:
     elapsed = time.perf_counter() - start
 
     write_labels(plans, out / "labels")
+    nnunet_cases = write_dataset_json(out, plans)
     natural = {}
     if cfg.natural.enabled:
         n = cfg.natural
@@ -188,6 +206,8 @@ def run_synth(cfg: SynthConfig) -> dict:
         "series": sum(len(p.series) for p in plans),
         "axial_slices": sum(s.n_slices for p in plans for s in p.series),
         "lesion_slices": sum(r["lesion"] for p in plans for s in p.series for r in slice_labels(p, s)),
+        "masks": {"nnunet_cases": nnunet_cases,
+                  "dicom_seg": sum(1 for p in plans if (m := mask_plan(p)) is not None and m.kind == "seg")},
         "natural_standin_images": sum(natural.values()),
         "this_run": {"studies_generated": len(todo), "slices_generated": slices,
                      "seconds": round(elapsed, 3), "workers": cfg.workers,
@@ -228,6 +248,7 @@ SERIES_COLUMNS = ("case_id", "path", "series_uid", "nifti_path", "series_number"
 SLICE_COLUMNS = ("case_id", "series_uid", "nifti_path", "series_number", "slice_index", "z_mm",
                  "region", "lesion", *phantom.LESION_TYPES)
 LESION_COLUMNS = ("case_id", "kind", "x_mm", "y_mm", "z_mm", "radius_mm", "hu")
+MASK_COLUMNS = ("case_id", "kind", "stored", "mask_path", "image_path")
 
 
 def _csv_text(columns, rows) -> str:
@@ -239,9 +260,13 @@ def _csv_text(columns, rows) -> str:
 
 
 def write_labels(plans: list[StudyPlan], folder: Path) -> None:
-    """The four label CSVs (see module docstring), each written atomically."""
-    studies, series_rows, slices, lesions = [], [], [], []
+    """The five label CSVs (see module docstring), each written atomically."""
+    studies, series_rows, slices, lesions, masks = [], [], [], [], []
     for plan in plans:
+        mask = mask_plan(plan)
+        if mask is not None:
+            masks.append({"case_id": plan.case_id, "kind": mask.kind, "stored": mask.stored,
+                          "mask_path": mask.path, "image_path": mask.image})
         keys = {"case_id": plan.case_id}
         flags = {kind: 0 for kind in phantom.LESION_TYPES}
         regions = set()
@@ -279,6 +304,7 @@ def write_labels(plans: list[StudyPlan], folder: Path) -> None:
     atomic_write_text(folder / "series.csv", _csv_text(SERIES_COLUMNS, series_rows))
     atomic_write_text(folder / "slices.csv", _csv_text(SLICE_COLUMNS, slices))
     atomic_write_text(folder / "lesions.csv", _csv_text(LESION_COLUMNS, lesions))
+    atomic_write_text(folder / "masks.csv", _csv_text(MASK_COLUMNS, masks))
 
 
 # --------------------------------------------------------------------------- contact sheet

@@ -161,8 +161,9 @@ def _file_meta(ds: Dataset) -> FileMetaDataset:
 
 
 def write_series(plan: StudyPlan, series: SeriesPlan, hu: np.ndarray, folder: Path,
-                 no_preamble: bool = False) -> list[Path]:
-    """Write one series (``hu``: (n, H, W), inferior first) into ``folder``."""
+                 no_preamble: bool = False, datasets: list | None = None) -> list[Path]:
+    """Write one series (``hu``: (n, H, W), inferior first) into ``folder``; its data sets, as written, are
+    appended to ``datasets`` when given (a DICOM SEG refers to them)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([plan.seed, plan.index, series.series_number, 0xD1C0])
     numbers = _instance_numbers(series, rng)
@@ -193,6 +194,8 @@ def write_series(plan: StudyPlan, series: SeriesPlan, hu: np.ndarray, folder: Pa
             ds.preamble = b"\x00" * 128
             pydicom.dcmwrite(path, ds, enforce_file_format=True)
         paths.append(path)
+        if datasets is not None:
+            datasets.append(ds)
     return paths
 
 

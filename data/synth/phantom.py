@@ -498,3 +498,84 @@ def _draw_head(c: Canvas, anat: Anatomy, u: float) -> None:
     if p > 0:                                                        # lateral ventricles
         for side in (-1, 1):
             c.ellipse(side * 9, -6, 6 * p + 1, 26 * p + 2, 8.0, angle=side * 0.15)
+
+
+# ----------------------------------------------------------------------------- segmentation labels
+
+# Class ids of the label maps (``ctssl synth`` writes them as nnU-Net label volumes and DICOM SEG).
+LABEL_CLASSES = {1: "lung", 2: "liver", 3: "brain", 4: "lung_nodule", 5: "liver_lesion", 6: "brain_hemorrhage"}
+LUNG, LIVER, BRAIN = 1, 2, 3
+LESION_CLASS = {"lung_nodule": 4, "liver_lesion": 5, "brain_hemorrhage": 6}
+
+
+def label_plane(anat: Anatomy, u: float, xs: np.ndarray, ys: np.ndarray, lesion_min_radius: float) -> np.ndarray:
+    """uint8 class ids (H, W) of the plane at height ``u`` (LABEL_CLASSES; 0 background).
+
+    The organs are the ellipses ``render_plane`` paints them with, in its order, so a structure painted over an
+    organ (the heart and great vessels over the lungs, the gallbladder, cava and spine over the liver, the skull
+    base over the brain) is background there; vessels inside an organ belong to it. A lesion is labelled where
+    its cross-section has at least ``lesion_min_radius`` mm, the threshold of the slice labels, so a slice's
+    lesion flag and its mask agree.
+    """
+    canvas = Canvas(xs, ys, fill=0.0)
+    if anat.kind == "head":
+        _label_head(canvas, anat, u)
+    else:
+        _label_torso(canvas, anat, u)
+    for lesion in anat.lesions:
+        r = lesion.cross_section_radius(u, anat.z_scale)
+        if r >= lesion_min_radius:
+            canvas.ellipse(lesion.x, lesion.y, r, r, LESION_CLASS[lesion.kind])
+    return canvas.img.astype(np.uint8)
+
+
+def _label_torso(c: Canvas, anat: Anatomy, u: float) -> None:
+    ai, bi = inner_axes(anat, u)
+    if 150 <= u < 430:
+        geom = liver_geometry(anat, u)
+        if geom is not None:
+            c.ellipse(*geom, LIVER)
+            if 265 <= u < 305:
+                c.ellipse(-0.22 * ai, -0.35 * bi, 14, 18, 0)                  # gallbladder
+    if u >= 380:
+        for side in (-1, 1):
+            geom = lung_geometry(anat, u, side)
+            if geom is not None:
+                c.ellipse(*geom, LUNG)
+        p = _bump(u, 395, 510)
+        if p > 0:                                                             # heart with pericardial fat
+            c.ellipse(0.18 * ai, -0.22 * bi, 0.36 * ai * p + 12, 0.42 * bi * p + 12, 0)
+        if 500 <= u < 570:
+            c.ellipse(-0.05 * ai, -0.30 * bi, 15, 15, 0)
+            c.ellipse(0.12 * ai, -0.28 * bi, 13, 13, 0)
+        if 505 <= u < 610:
+            c.ellipse(-0.16 * ai, -0.28 * bi, 10, 10, 0)
+        if 500 <= u < 655:
+            if u >= 560:
+                c.ellipse(0, -0.05 * bi, 9, 8, 0)
+            else:
+                for side in (-1, 1):
+                    c.ellipse(side * 0.12 * ai, -0.02 * bi, 6, 6, 0)
+    spine_y = (0.58 if u > 380 else 0.62) * bi
+    spine_r = (17 if u > 380 else 20) * anat.scale_x
+    if 190 <= u < 570:
+        c.ellipse(_interp(u, (190, 380, 570), (0.04, 0.10, 0.14)) * ai, spine_y - spine_r - 8, 12, 12, 0)
+    if 190 <= u < 420:
+        c.ellipse(-0.14 * ai, spine_y - spine_r - 6, 11, 9, 0)
+    if 100 <= u < 740:
+        c.ellipse(0, spine_y + spine_r + 10, 13, 12, 0)
+        c.ellipse(0, spine_y + spine_r + 26, 4, 10, 0)
+        c.ellipse(0, spine_y, spine_r, spine_r * 0.85, 0)
+
+
+def _label_head(c: Canvas, anat: Anatomy, u: float) -> None:
+    a, b = body_axes(anat, u)
+    geom = brain_geometry(anat, u) if a >= 5 else None
+    if geom is None:
+        return
+    c.ellipse(*geom, BRAIN)
+    if u < 815:                                                               # skull base
+        for side in (-1, 1):
+            c.ellipse(side * 32, 12, 28, 7, 0, angle=side * 0.7)
+            c.ellipse(side * 30, -0.72 * b, 12, 12, 0)
+        c.ellipse(0, -0.55 * b, 16, 14, 0)

@@ -344,6 +344,18 @@ def render_series(plan: StudyPlan, series: SeriesPlan, indices=None) -> np.ndarr
     return np.stack([render_slice(plan, series, k) for k in indices])
 
 
+def render_labels(plan: StudyPlan, series: SeriesPlan, indices=None) -> np.ndarray:
+    """uint8 class ids (n, H, W) of the series' slices at their central planes (phantom.label_plane), inferior
+    first; outside the reconstruction circle background. Lesions at the threshold of ``slice_labels``."""
+    indices = range(series.n_slices) if indices is None else indices
+    xs, ys = series.grid()
+    limit = max(phantom.LESION_MIN_RADIUS_PX * series.pixel_spacing, phantom.LESION_MIN_RADIUS_MM)
+    outside = ~series.fov_mask()
+    out = np.stack([phantom.label_plane(plan.anatomy, float(series.u[k]), xs, ys, limit) for k in indices])
+    out[:, outside] = 0
+    return out
+
+
 def slice_labels(plan: StudyPlan, series: SeriesPlan) -> list[dict]:
     """Per-slice label records (inferior first), the ground truth of the labels CSV."""
     rows = []
