@@ -105,9 +105,14 @@ LAYOUTS = {   # case -> (image voxel order, mask voxel order, nudge the mask's a
 
 @pytest.fixture(scope="module")
 def nnunet(tmp_path_factory):
-    """An nnU-Net dataset whose cases store image and mask in the LAYOUTS, ingested at native size and at 24 px."""
-    os.environ["CTSSL_SALT"] = SALT
-    root = tmp_path_factory.mktemp("nnunet")
+    """An nnU-Net dataset whose cases store image and mask in the LAYOUTS, ingested at native size and at 24 px
+    (the salt set for these ingests only: tests that run later see the environment as it was)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CTSSL_SALT", SALT)
+        return _ingest_layouts(tmp_path_factory.mktemp("nnunet"))
+
+
+def _ingest_layouts(root: Path) -> dict:
     ds = root / "src" / "Dataset007_Layouts"
     _dataset_json(ds, {"background": 0, "liver": 1, "tumour": 2}, channel_names={"0": "CT"})
     for i, (case, (image_codes, mask_codes, nudge)) in enumerate(LAYOUTS.items()):
