@@ -59,32 +59,32 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging("WARNING")
     if args.suite == "ingest":
-        from ctssl.data.ingest.bench import format_table, run_ingest_bench
+        from ctssl.bench.ingest import format_table, run_ingest_bench
 
         result = run_ingest_bench(args.out, args.matrix)
         print(format_table(result))
         print(f"written: {args.out}/ingest-bench.json")
     elif args.suite == "plan-scale":
-        from ctssl.data.ingest.scale_bench import format_table, run_scale_bench
+        from ctssl.bench.plan_scale import format_table, run_scale_bench
 
         result = run_scale_bench(args.out, args.series, args.slices, args.tasks)
         print(format_table(result))
         print(f"written: {args.out}/scale-{args.series}-{args.slices}.json")
     elif args.suite in ("loader", "batches", "train"):
-        from ctssl.pretrain.bench import format_table, run_pretrain_bench
+        from ctssl.bench.pretrain import format_table, run_pretrain_bench
 
         result = run_pretrain_bench(args.out, args.suite)
         print(format_table(result))
         print(f"written: {args.out}/pretrain-{args.suite}-bench.json")
     elif args.suite == "all":
-        from ctssl.cli.bench_suite import markdown, run_suite
+        from ctssl.bench.suite import markdown, run_suite
 
         result = run_suite(args.out, scale_series=max(1, args.scale_slices // 120), scale_slices=args.scale_slices,
                            skip=tuple(args.skip))
         print(markdown(result))
         print(f"written: {args.out}/bench-suite.md, {args.out}/bench-suite.json")
     elif args.suite in ("knn", "extract", "eval-scale"):
-        from ctssl.eval.bench import format_table, run_eval_bench
+        from ctssl.bench.eval import format_table, run_eval_bench
 
         result = run_eval_bench(args.out, args.suite)
         print(format_table(result))

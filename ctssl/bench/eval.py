@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ctssl.core.atomic import atomic_write_text
-from ctssl.pretrain.bench import _median_rate
+from ctssl.bench.pretrain import _median_rate
 
 
 def clustered_features(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
@@ -122,7 +122,7 @@ def bench_extract(sizes=(64, 224), workers: int = 2, repeats: int = 2) -> dict:
     from ctssl.eval.features import default_batch, extract_units
     from ctssl.eval.inputs import input_spec
     from ctssl.eval.sources import load_backbone
-    from ctssl.pretrain.bench import bench_shards
+    from ctssl.bench.pretrain import bench_shards
 
     out = Path(os.environ.get("CTSSL_BENCH_DIR", "runs/bench"))
     data = open_dataset(str(bench_shards(out)), "region")

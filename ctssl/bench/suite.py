@@ -97,10 +97,10 @@ def _rows_scale(r: dict) -> list[list[str]]:
 def run_suite(out: str | Path, scale_series: int = 10_000, scale_slices: int = 1_200_000,
               skip: tuple[str, ...] = ()) -> dict:
     from ctssl.core.machine import machine_info
-    from ctssl.data.ingest.bench import run_ingest_bench
-    from ctssl.data.ingest.scale_bench import run_scale_bench
-    from ctssl.eval.bench import run_eval_bench
-    from ctssl.pretrain.bench import run_pretrain_bench
+    from ctssl.bench.ingest import run_ingest_bench
+    from ctssl.bench.plan_scale import run_scale_bench
+    from ctssl.bench.eval import run_eval_bench
+    from ctssl.bench.pretrain import run_pretrain_bench
 
     out = Path(out)
     suites = {
