@@ -1,4 +1,4 @@
-"""Ingest benchmark: ctssl ingest vs a naive per-slice baseline, in the same run.
+"""``ctssl bench ingest``: ctssl ingest vs a naive per-slice baseline, in the same run.
 
 Corpus: synthetic 512x512 CT series (``ctssl synth`` catalogue studies written uncompressed, and
 one written as JPEG 2000 lossless), cached in ``OUT/corpus``.
@@ -144,7 +144,8 @@ def _encodings(images: list[np.ndarray]) -> list[dict]:
     return rows
 
 
-def run_ingest_bench(out: str | Path, matrix: int = 512) -> dict:
+def run(out: str | Path, matrix: int = 512) -> dict:
+    """Measure, write OUT/ingest-bench.json and return the result."""
     out = Path(out)
     corpus = _corpus(out / "corpus", matrix)
     plain, j2k = _files(corpus, UNCOMPRESSED), _files(corpus, JPEG2000)
@@ -193,3 +194,15 @@ def format_table(result: dict) -> str:
         lines.append(f"    {row['encoding']:<40s} {row['bytes_per_slice']:>8d} B/slice  "
                      f"{row['decode_slices_per_s']:>9.1f} decodes/s")
     return "\n".join(lines)
+
+
+def summary_rows(r: dict) -> list[list[str]]:
+    """The suite's lines in ``ctssl bench all``'s table: what, figure, baseline (same run), ratio."""
+    return [["ingest 512→256, one core", f"{r['ingest_slices_per_s_per_core']:,.0f} slices/s",
+             f"naive pydicom + PNG16 {r['naive_baseline_slices_per_s_per_core']:,.1f}/s",
+             f"{r['ingest_vs_baseline']:.1f}x"],
+            ["ingest, JPEG 2000 input, one core", f"{r['ingest_jpeg2000_slices_per_s_per_core']:,.0f} slices/s", "", ""],
+            ["shard decode, one core", f"{r['shard_decode_slices_per_s_per_core']:,.0f} slices/s",
+             f"bare dcmread + LUT {r['read_only_slices_per_s_per_core']:,.0f}/s",
+             f"{r['shard_decode_slices_per_s_per_core'] / r['read_only_slices_per_s_per_core']:.1f}x"],
+            ["shard size", f"{r['shard_bytes_per_slice']:,} bytes/slice", "", ""]]

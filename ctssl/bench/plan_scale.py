@@ -1,4 +1,4 @@
-"""Scale simulation of the SLURM ingest's plan and merge phases (no pixel data involved).
+"""``ctssl bench plan-scale``: the SLURM ingest's plan and merge phases at archive scale (no pixel data involved).
 
 A synthetic header index (``--series`` series, ``--slices`` images in all, series sizes drawn
 from a log-normal around the mean, as CT archives mix 1 mm and 5 mm series) is written as the
@@ -165,7 +165,8 @@ def _in_child(target, *args) -> dict:
     return result
 
 
-def run_scale_bench(out: str | Path, series: int, slices: int, tasks: int) -> dict:
+def run(out: str | Path, series: int = 100_000, slices: int = 12_000_000, tasks: int = 256) -> dict:
+    """Measure, write OUT/scale-SERIES-SLICES.json and return the result."""
     out = Path(out)
     work = out / f"scale-{series}-{slices}"
     if work.exists():
@@ -195,3 +196,11 @@ def format_table(result: dict) -> str:
         f"  merge (manifest + report)        {m['seconds']:>8.1f} s   peak RSS {m['peak_rss_mb']:>8.1f} MB "
         f"(after imports {m['rss_after_imports_mb']:.1f}); {m['shards']:,} shards",
     ])
+
+
+def summary_rows(r: dict) -> list[list[str]]:
+    """The suite's lines in ``ctssl bench all``'s table: what, figure, baseline (same run), ratio."""
+    return [[f"SLURM ingest plan, {r['slices']:,} slices / {r['tasks']} tasks",
+             f"{r['plan']['seconds']:.0f} s, {r['plan']['peak_rss_mb']:.0f} MB peak", "", ""],
+            [f"SLURM ingest merge, {r['slices']:,} slices", f"{r['merge']['seconds']:.1f} s, "
+             f"{r['merge']['peak_rss_mb']:.0f} MB peak", "", ""]]

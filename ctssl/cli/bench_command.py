@@ -32,61 +32,46 @@ import argparse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from ctssl.bench.suite import SUITES
+
     sub = parser.add_subparsers(dest="suite", metavar="SUITE", required=True)
-    ingest = sub.add_parser("ingest", help="ingest, shard decode and encoding benchmark")
-    ingest.add_argument("--out", default="runs/bench", help="work folder; the corpus is cached here")
-    ingest.add_argument("--matrix", type=int, default=512, help="input slice matrix (default 512)")
-    scale = sub.add_parser("plan-scale", help="plan and merge time and memory at archive scale")
-    scale.add_argument("--out", default="runs/bench", help="work folder (needs ~ 2 GB per 12M slices)")
-    scale.add_argument("--series", type=int, default=100_000, help="series in the index (default 100000)")
-    scale.add_argument("--slices", type=int, default=12_000_000, help="images in all (default 12000000)")
-    scale.add_argument("--tasks", type=int, default=256, help="array tasks (default 256)")
+    for name, (_module, text) in SUITES.items():
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--out", default="runs/bench", help="work folder" + (
+            "; the corpus is cached here" if name == "ingest" else " (needs ~ 2 GB per 12M slices)"
+            if name == "plan-scale" else ""))
+        if name == "ingest":
+            cmd.add_argument("--matrix", type=int, default=512, help="input slice matrix (default 512)")
+        if name == "plan-scale":
+            cmd.add_argument("--series", type=int, default=100_000, help="series in the index (default 100000)")
+            cmd.add_argument("--slices", type=int, default=12_000_000, help="images in all (default 12000000)")
+            cmd.add_argument("--tasks", type=int, default=256, help="array tasks (default 256)")
     suite = sub.add_parser("all", help="every suite, one table (bench-suite.md / .json)")
     suite.add_argument("--out", default="runs/bench", help="work folder")
     suite.add_argument("--skip", action="append", default=[], help="suite to leave out (repeatable)")
     suite.add_argument("--scale-slices", type=int, default=1_200_000, help="plan-scale size (default 1200000)")
-    for name, text in (("loader", "loader CPU time per sample vs ctssl 0.1's views and lightly's"),
-                       ("batches", "what training batches are made of, vs i.i.d. sampling"),
-                       ("train", "training step images/s"), ("knn", "kNN search queries/s vs scikit-learn"),
-                       ("extract", "feature extraction images/s, batched and loader workers vs one image at a time"),
-                       ("eval-scale", "12M-slice kNN time and memory, measured and projected")):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--out", default="runs/bench", help="work folder")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ctssl.bench.suite import markdown, run_suite, suite
     from ctssl.core.logs import setup_logging
 
     setup_logging("WARNING")
-    if args.suite == "ingest":
-        from ctssl.bench.ingest import format_table, run_ingest_bench
-
-        result = run_ingest_bench(args.out, args.matrix)
-        print(format_table(result))
-        print(f"written: {args.out}/ingest-bench.json")
-    elif args.suite == "plan-scale":
-        from ctssl.bench.plan_scale import format_table, run_scale_bench
-
-        result = run_scale_bench(args.out, args.series, args.slices, args.tasks)
-        print(format_table(result))
-        print(f"written: {args.out}/scale-{args.series}-{args.slices}.json")
-    elif args.suite in ("loader", "batches", "train"):
-        from ctssl.bench.pretrain import format_table, run_pretrain_bench
-
-        result = run_pretrain_bench(args.out, args.suite)
-        print(format_table(result))
-        print(f"written: {args.out}/pretrain-{args.suite}-bench.json")
-    elif args.suite == "all":
-        from ctssl.bench.suite import markdown, run_suite
-
+    if args.suite == "all":
         result = run_suite(args.out, scale_series=max(1, args.scale_slices // 120), scale_slices=args.scale_slices,
                            skip=tuple(args.skip))
         print(markdown(result))
         print(f"written: {args.out}/bench-suite.md, {args.out}/bench-suite.json")
-    elif args.suite in ("knn", "extract", "eval-scale"):
-        from ctssl.bench.eval import format_table, run_eval_bench
-
-        result = run_eval_bench(args.out, args.suite)
-        print(format_table(result))
-        print(f"written: {args.out}/{result['benchmark']}-bench.json")
+        return 0
+    options = {"ingest": {"matrix": getattr(args, "matrix", None)},
+               "plan-scale": {k: getattr(args, k, None) for k in ("series", "slices", "tasks")}}.get(args.suite, {})
+    result = suite(args.suite).run(args.out, **options)
+    print(suite(args.suite).format_table(result))
+    print(f"written: {args.out}/{_result_file(args.suite, result)}")
     return 0
+
+
+def _result_file(name: str, result: dict) -> str:
+    if name == "plan-scale":
+        return f"scale-{result['series']}-{result['slices']}.json"
+    return f"{result['benchmark']}-bench.json"
