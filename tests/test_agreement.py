@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from ctssl.eval.agreement import prediction_similarity
+from ctssl.eval.measures.agreement import prediction_similarity
 
 
 def test_breakdown_and_kappas():

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ctssl.eval.datasets import open_dataset, split_of
-from ctssl.eval.features import cached_features
-from ctssl.eval.inputs import input_spec, prepare
-from ctssl.eval.runs import subsample
-from ctssl.eval.sources import load_backbone, radimagenet_state_dict
+from ctssl.eval.inputs.datasets import open_dataset, split_of
+from ctssl.eval.features.extract import cached_features
+from ctssl.eval.inputs.spec import input_spec, prepare
+from ctssl.eval.records.store import subsample
+from ctssl.eval.inputs.sources import load_backbone, radimagenet_state_dict
 from ctssl.pretrain.backbones import build_backbone
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctssl.eval.datasets import open_dataset
-from ctssl.eval.features import cached_features, extract_task, merge_parts, task_units
+from ctssl.eval.inputs.datasets import open_dataset
+from ctssl.eval.features.extract import cached_features, extract_task, merge_parts, task_units
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "random:resnet18:3"

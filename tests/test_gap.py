@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctssl.eval.gap import domain_classifier, frechet_distance, frechet_from_moments, knn_purity, mmd2
+from ctssl.eval.measures.gap import domain_classifier, frechet_distance, frechet_from_moments, knn_purity, mmd2
 
 rng = np.random.default_rng(0)
 

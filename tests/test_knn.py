@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctssl.eval.knn import knn_accuracy, knn_predict
+from ctssl.eval.measures.knn import knn_accuracy, knn_predict
 
 
 def reference(query, bank, labels, classes, k, t):

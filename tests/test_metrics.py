@@ -7,8 +7,8 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from ctssl.eval.knn import faiss_knn_predict, knn_predict
-from ctssl.eval.metrics import accuracy, balanced_accuracy, bootstrap_ci, macro_auroc, paired_bootstrap
+from ctssl.eval.measures.knn import faiss_knn_predict, knn_predict
+from ctssl.eval.measures.classification import accuracy, balanced_accuracy, bootstrap_ci, macro_auroc, paired_bootstrap
 
 
 def test_auroc_equals_sklearn_multiclass_and_multilabel():

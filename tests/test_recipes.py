@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from ctssl.core.config import recipe_names
-from ctssl.eval import sweep
-from ctssl.eval.confounders import _auroc_rows, permutation_test
-from ctssl.eval.folds import fold_indices, patient_folds
-from ctssl.eval.hidden import spatial_activations, spatial_cca, svcca_mean
+from ctssl.eval.sweep import jobs as sweep
+from ctssl.eval.protocols.confounders import _auroc_rows, permutation_test
+from ctssl.eval.inputs.folds import fold_indices, patient_folds
+from ctssl.eval.protocols.hidden import spatial_activations, spatial_cca, svcca_mean
 
 CTSSL = [sys.executable, "-m", "ctssl"]
 BACKBONES = ["--backbone", "random:resnet18:3", "--backbone", "random:resnet18:3:1", "--name", "random A",
@@ -101,7 +101,7 @@ def test_svcca_mean_matches_svcca_sum_threshold():
 def test_spatial_cca_of_a_network_with_itself_and_with_noise():
     import torch
 
-    from ctssl.eval.sources import load_backbone
+    from ctssl.eval.inputs.sources import load_backbone
 
     model, _ = load_backbone("random:resnet18:3")
     x = torch.randn(12, 3, 32, 32)

@@ -9,7 +9,7 @@ import pytest
 from scipy.linalg import sqrtm
 from scipy.stats import ortho_group
 
-from ctssl.eval.similarity import (cca, linear_cka, mean_cca, minibatch_cka, pwcca, rbf_cka, reduce_activations, svcca,
+from ctssl.eval.measures.similarity import (cca, linear_cka, mean_cca, minibatch_cka, pwcca, rbf_cka, reduce_activations, svcca,
                              unbiased_cka, unbiased_hsic)
 
 rng = np.random.default_rng(0)

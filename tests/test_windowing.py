@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ctssl.data.windowing import WINDOWS, apply_window, stack_windows
-from ctssl.eval.inputs import input_spec, prepare
+from ctssl.eval.inputs.spec import input_spec, prepare
 
 
 def test_stack_windows_equals_apply_window_per_channel():
@@ -20,7 +20,7 @@ def test_stack_windows_equals_apply_window_per_channel():
 
 def test_training_views_without_augmentation_equal_the_evaluation_input():
     """The training renderer with no augmentation (whole slice, no flip/blur/noise/jitter) gives exactly the
-    evaluation input of ctssl.eval.inputs: one resize and one windowing for both."""
+    evaluation input of ctssl.eval.inputs.spec: one resize and one windowing for both."""
     from ctssl.pretrain.config import DataConfig
     from ctssl.pretrain.views import CTViewMaker
 

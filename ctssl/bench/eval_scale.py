@@ -51,7 +51,7 @@ def measure(out: Path, bank_rows: int = 200_000, dim: int = 2048, queries: int =
     bank larger than memory) on ``bank_rows`` x ``dim``, its time and the memory it allocates, then linear
     projections (search time grows with bank rows x dim; allocated memory is a few chunks plus the queries'
     heap, whatever the bank)."""
-    from ctssl.eval.knn import chunk_rows_for, faiss_search
+    from ctssl.eval.measures.knn import chunk_rows_for, faiss_search
 
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         path = Path(tmp) / "bank.npy"

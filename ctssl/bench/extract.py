@@ -25,7 +25,7 @@ from ctssl.core.atomic import atomic_write_text
 def _extract_previous(model, data, split, spec, out, batch, device) -> None:
     """ctssl 0.2's extraction before the loader workers (kept as the benchmark's baseline only): the images
     streamed and prepared one at a time in the main process, stacked, fp32."""
-    from ctssl.eval.inputs import prepare
+    from ctssl.eval.inputs.spec import prepare
 
     pending, row = [], 0
     with torch.inference_mode():
@@ -44,10 +44,10 @@ def measure(out: Path, sizes=(64, 224), workers: int = 2, repeats: int = 2) -> d
     the main process) and with ``workers`` DataLoader workers preparing batches while the main process runs
     the model, in the same run; ResNet-18 and ResNet-50, and the data side alone (a pooling layer for a
     model: the ceiling a GPU would be fed at); on the GPU too when there is one."""
-    from ctssl.eval.datasets import open_dataset
-    from ctssl.eval.features import default_batch, extract_units
-    from ctssl.eval.inputs import input_spec
-    from ctssl.eval.sources import load_backbone
+    from ctssl.eval.inputs.datasets import open_dataset
+    from ctssl.eval.features.extract import default_batch, extract_units
+    from ctssl.eval.inputs.spec import input_spec
+    from ctssl.eval.inputs.sources import load_backbone
 
     data = open_dataset(str(bench_shards(out)), "region")
     split = "train"

@@ -33,7 +33,7 @@ def clustered_features(n: int, dim: int, clusters: int, seed: int) -> np.ndarray
 def measure(bank: int = 200_000, queries: int = 2_000, dim: int = 512, k: int = 20, repeats: int = 3) -> dict:
     from sklearn.neighbors import NearestNeighbors
 
-    from ctssl.eval.knn import faiss_search, knn_predict
+    from ctssl.eval.measures.knn import faiss_search, knn_predict
 
     b = clustered_features(bank, dim, 100, 0)
     q = clustered_features(queries, dim, 100, 1)

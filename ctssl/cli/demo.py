@@ -86,15 +86,15 @@ def _pretrain(shards: Path, out: Path, size: DemoSize, method: str, epochs: int,
 def run_demo(out: str | Path, quick: bool = False) -> dict:
     from ctssl.data.ingest import IngestConfig, SplitFractions, run_ingest
     from ctssl.data.synth import NaturalConfig, SynthConfig, run_synth
-    from ctssl.eval.confounders import ConfounderConfig, run_confounders
-    from ctssl.eval.gap_run import run_gap
-    from ctssl.eval.probe import ProbeConfig
-    from ctssl.eval.protocols import EvalSpec, knn_runs, probe_runs
-    from ctssl.eval.report import write_report
-    from ctssl.eval.runs import collate, save_names
-    from ctssl.eval.similarity_run import run_similarity
+    from ctssl.eval.protocols.confounders import ConfounderConfig, run_confounders
+    from ctssl.eval.protocols.gap import run_gap
+    from ctssl.eval.measures.probe import ProbeConfig
+    from ctssl.eval.protocols.spec import EvalSpec, knn_runs, probe_runs
+    from ctssl.eval.report.sections import write_report
+    from ctssl.eval.records.store import collate, save_names
+    from ctssl.eval.protocols.similarity import run_similarity
     from ctssl.finetune.finetune import FinetuneConfig
-    from ctssl.finetune.protocol import finetune_runs
+    from ctssl.eval.protocols.finetune import finetune_runs
     from ctssl.shards.from_images import images_to_shards
     from ctssl.shards.shuffle import ShuffleConfig, run_shuffle
 
@@ -171,7 +171,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
 def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, quick: bool, html: Path) -> Path:
     """OUT/summary.md: the headline tables (lesion presence, then body region) with readable backbone names,
     each backbone's chosen fine-tuning lr, and where the report is."""
-    from ctssl.eval.report import headline, load_jsonl
+    from ctssl.eval.report.sections import headline, load_jsonl
 
     records = load_jsonl(evaluation / "results.jsonl")
     lines = ["# ctssl demo" + (" (--quick)" if quick else ""), "",
@@ -188,7 +188,7 @@ def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, qui
         lines.append("")
         probes = sorted({r["fraction"] for r in records if r["task"] == "probe" and r["dataset"]["label"] == table["label"]})
         if len(probes) > 1:
-            from ctssl.eval.runs import main_metric
+            from ctssl.eval.records.store import main_metric
 
             rows = []
             for backbone in dict.fromkeys(r["backbone"] for r in sorted(records, key=lambda r: r["backbone_order"])):

@@ -20,8 +20,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ctssl.core.logs import setup_logging
-    from ctssl.eval.report import write_report
-    from ctssl.eval.runs import collate
+    from ctssl.eval.report.sections import write_report
+    from ctssl.eval.records.store import collate
 
     setup_logging(args.log_level)
     if not Path(args.out).is_dir():

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctssl.eval.metrics import accuracy, balanced_accuracy, macro_auroc
+from ctssl.eval.measures.classification import accuracy, balanced_accuracy, macro_auroc
 
 
 @dataclass

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from ctssl.core.atomic import atomic_write_text
-from ctssl.eval.datasets import open_dataset
-from ctssl.eval.features import cached_features
-from ctssl.eval.gap import balanced, domain_classifier, frechet_distance, knn_purity, mmd2
-from ctssl.eval.runs import provenance, slug
+from ctssl.eval.inputs.datasets import open_dataset
+from ctssl.eval.features.extract import cached_features
+from ctssl.eval.measures.gap import balanced, domain_classifier, frechet_distance, knn_purity, mmd2
+from ctssl.eval.records.store import provenance, slug
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def run_gap(a: str, b: str, backbones: list[str], out: str | Path, label: str = 
 def _embedding(fa, fb, data_a, data_b, source, seed, path, per_domain):
     from sklearn.manifold import TSNE
 
-    from ctssl.eval.plots import embedding
+    from ctssl.eval.report.plots import embedding
 
     rng = np.random.default_rng(seed)
     ia = np.sort(rng.choice(len(fa.targets), min(per_domain, len(fa.targets)), replace=False))

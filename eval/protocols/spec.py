@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ctssl.eval.datasets import Dataset, open_dataset
-from ctssl.eval.features import cached_features
-from ctssl.eval.probe import ProbeConfig, logreg_crosscheck, predict, standardise, train_probe
-from ctssl.eval.runs import RunStore, metrics_with_ci, provenance, run_id, subsample
+from ctssl.eval.inputs.datasets import Dataset, open_dataset
+from ctssl.eval.features.extract import cached_features
+from ctssl.eval.measures.probe import ProbeConfig, logreg_crosscheck, predict, standardise, train_probe
+from ctssl.eval.records.store import RunStore, metrics_with_ci, provenance, run_id, subsample
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def knn_runs(spec: EvalSpec, out: str | Path, ks=(10, 20, 100, 200), temperature
              index: str = "flat") -> list[dict]:
     """Weighted kNN (eval.knn, FAISS) per backbone x fraction x seed x k; the bank is the
     (subsampled) training split, queries the test split."""
-    from ctssl.eval.knn import faiss_knn_predict
+    from ctssl.eval.measures.knn import faiss_knn_predict
 
     out, store = Path(out), RunStore(out)
     data = open_dataset(spec.dataset, spec.label)
@@ -146,7 +146,7 @@ def knn_runs(spec: EvalSpec, out: str | Path, ks=(10, 20, 100, 200), temperature
 
 def headline(record: dict) -> str:
     """One line: the main test metric with its CI."""
-    from ctssl.eval.runs import main_metric
+    from ctssl.eval.records.store import main_metric
 
     test = record["test"]
     name = main_metric(record)

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ctssl.eval.report import _fmt, _img, _md_table, _table
+from ctssl.eval.report.sections import _fmt, _img, _md_table, _table
 
 
 def _metric(record: dict) -> str:
-    from ctssl.eval.runs import main_metric
+    from ctssl.eval.records.store import main_metric
 
     return main_metric(record)
 
@@ -118,7 +118,7 @@ def radnet12m(out: Path, records, comparisons, confounders, label) -> tuple[list
 
 
 def hidden_representations(out: Path, records, comparisons, confounders, label) -> tuple[list, list]:
-    from ctssl.eval.plots import layer_profile
+    from ctssl.eval.report.plots import layer_profile
 
     h, md = [], []
     runs = [r for r in records if r["task"] == "hidden"]
@@ -179,8 +179,8 @@ def hidden_representations(out: Path, records, comparisons, confounders, label) 
 
 
 def truncated_transfer(out: Path, records, comparisons, confounders, label) -> tuple[list, list]:
-    from ctssl.eval.plots import cut_curves
-    from ctssl.finetune.protocol import cut_name
+    from ctssl.eval.report.plots import cut_curves
+    from ctssl.eval.protocols.finetune import cut_name
 
     h, md = [], []
     runs = [r for r in records if r["task"] == "truncated" and r.get("variant", "").endswith("best_val")]
@@ -217,7 +217,7 @@ def truncated_transfer(out: Path, records, comparisons, confounders, label) -> t
 
 
 def source_matters(out: Path, records, comparisons, confounders, label) -> tuple[list, list]:
-    from ctssl.eval.plots import confounder_curves
+    from ctssl.eval.report.plots import confounder_curves
 
     h, md = [], []
     by_kind = defaultdict(list)

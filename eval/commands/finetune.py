@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from ctssl.eval.options import add_eval_options
+from ctssl.eval.commands.options import add_eval_options
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -44,9 +44,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
-    from ctssl.eval.options import eval_spec, finish
+    from ctssl.eval.commands.options import eval_spec, finish
     from ctssl.finetune.finetune import FinetuneConfig
-    from ctssl.finetune.protocol import finetune_runs
+    from ctssl.eval.protocols.finetune import finetune_runs
 
     setup_logging(args.log_level)
     defaults = FinetuneConfig()

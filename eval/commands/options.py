@@ -32,8 +32,8 @@ def add_eval_options(parser: argparse.ArgumentParser) -> None:
 
 
 def eval_spec(args: argparse.Namespace):
-    from ctssl.eval.protocols import EvalSpec
-    from ctssl.eval.runs import save_names
+    from ctssl.eval.protocols.spec import EvalSpec
+    from ctssl.eval.records.store import save_names
 
     save_names(args.out, args.backbone, args.name)
     return EvalSpec(dataset=args.data, backbones=args.backbone, label=args.label, fractions=args.fraction or [1.0],
@@ -45,8 +45,8 @@ def finish(args: argparse.Namespace, records: list[dict]) -> int:
     """Collate OUT/results.jsonl and comparisons, print the table and the paired comparisons."""
     import json
 
-    from ctssl.eval.protocols import table
-    from ctssl.eval.runs import collate
+    from ctssl.eval.protocols.spec import table
+    from ctssl.eval.records.store import collate
 
     results, comparisons = collate(args.out, args.n_boot)
     print(table(records))

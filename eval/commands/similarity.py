@@ -34,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
-    from ctssl.eval.similarity_run import run_similarity
+    from ctssl.eval.protocols.similarity import run_similarity
 
     setup_logging(args.log_level)
     result = run_similarity(args.data, args.a, args.b, args.out, split=args.split, samples=args.samples,

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctssl.eval.datasets import open_dataset
-from ctssl.eval.inputs import input_spec, prepare
-from ctssl.eval.protocols import EvalSpec, headline
-from ctssl.eval.runs import RunStore, metrics_with_ci, provenance, run_id, subsample
-from ctssl.eval.sources import load_backbone
+from ctssl.eval.inputs.datasets import open_dataset
+from ctssl.eval.inputs.spec import input_spec, prepare
+from ctssl.eval.protocols.spec import EvalSpec, headline
+from ctssl.eval.records.store import RunStore, metrics_with_ci, provenance, run_id, subsample
+from ctssl.eval.inputs.sources import load_backbone
 from ctssl.finetune.finetune import FinetuneConfig, finetune_grid, predict
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def finetune_runs(spec: EvalSpec, cfg: FinetuneConfig, out: str | Path, task: st
                         "chosen": {"lr": result["lr"], "weight_decay": result["weight_decay"]}})
                 reuse = {}
                 if not cfg.truncate:
-                    from ctssl.eval.similarity_run import weight_similarity
+                    from ctssl.eval.protocols.similarity import weight_similarity
 
                     reuse = weight_similarity(backbone, result["best_val"].export_backbone)
                 parameters = sum(p.numel() for p in result["best_val"].parameters())

@@ -52,7 +52,7 @@ def spatial_activations(model: torch.nn.Module, x: torch.Tensor, positions: int,
     """{layer: (P, C)} activations at about ``positions`` spatial positions (tokens for a ViT) of the
     images ``x``: the same number from each image, drawn by a generator seeded from (seed, layer, image),
     so two networks of one architecture on the same images are sampled at the same positions."""
-    from ctssl.eval.layers import layer_modules
+    from ctssl.eval.features.layers import layer_modules
 
     model = model.to(device).eval()
     modules = layer_modules(model, conv1=True)
@@ -101,7 +101,7 @@ def spatial_cca(a: np.ndarray, b: np.ndarray, channels: int = 64, repeats: int =
     random channels (at most P / 10; the same channels on both sides when they are as wide, i.e. one network
     before and after fine-tuning; channels constant over the positions are left out first: a dead ReLU carries
     no direction); mean and standard deviation over the repeats, and svcca's 98% mean."""
-    from ctssl.eval.similarity import cca, check_pair
+    from ctssl.eval.measures.similarity import cca, check_pair
 
     a, b = check_pair(a, b, minimum=2)
     live_a = np.flatnonzero(np.ptp(a, axis=0) > 0)
@@ -134,7 +134,7 @@ def spatial_cca(a: np.ndarray, b: np.ndarray, channels: int = 64, repeats: int =
 def pooled_samples(data) -> tuple[list, np.ndarray, np.ndarray]:
     """Every labelled sample of every split (images loaded), its targets and patients; samples of a class
     the dataset does not list (-1) are left out."""
-    from ctssl.eval.datasets import SPLITS
+    from ctssl.eval.inputs.datasets import SPLITS
 
     samples, targets = [], []
     for split in SPLITS:
@@ -150,7 +150,7 @@ def pooled_samples(data) -> tuple[list, np.ndarray, np.ndarray]:
 
 def prepare_all(samples: list, spec, block: int = 256) -> torch.Tensor:
     """(N, C, S, S) float16 inputs of ``samples`` (prepared in blocks, batched windowing for CT)."""
-    from ctssl.eval.inputs import prepare_batch
+    from ctssl.eval.inputs.spec import prepare_batch
 
     return torch.cat([prepare_batch([s.image for s in samples[i:i + block]], spec).half()
                       for i in range(0, len(samples), block)])
@@ -160,12 +160,12 @@ def hidden_run(data_spec: str, label: str, source: str, order: int, fold: int, s
                finetune_cfg, out: str | Path, image_size: int = 0, grey_window: str = "wide",
                n_boot: int = 1000) -> dict:
     """One backbone x one fold of the study (module docstring); returns its run record (skipped if done)."""
-    from ctssl.eval.datasets import open_dataset
-    from ctssl.eval.folds import fold_indices, patient_folds
-    from ctssl.eval.inputs import input_spec
-    from ctssl.eval.protocols import headline
-    from ctssl.eval.runs import RunStore, metrics_with_ci, provenance, run_id
-    from ctssl.eval.sources import load_backbone
+    from ctssl.eval.inputs.datasets import open_dataset
+    from ctssl.eval.inputs.folds import fold_indices, patient_folds
+    from ctssl.eval.inputs.spec import input_spec
+    from ctssl.eval.protocols.spec import headline
+    from ctssl.eval.records.store import RunStore, metrics_with_ci, provenance, run_id
+    from ctssl.eval.inputs.sources import load_backbone
     from ctssl.finetune.finetune import finetune_grid, predict
 
     if finetune_cfg.truncate:

@@ -70,7 +70,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def resolve(args: argparse.Namespace):
     """The sweep's config from the recipe, --config, --set and the named options."""
     from ctssl.core.config import ConfigError, recipe_names
-    from ctssl.eval import sweep
+    from ctssl.eval.sweep import jobs as sweep
 
     recipe = getattr(args, "recipe", None)
     if not args.config and not recipe:
@@ -87,7 +87,7 @@ def resolve(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.config import ConfigError
     from ctssl.core.logs import setup_logging
-    from ctssl.eval import sweep
+    from ctssl.eval.sweep import jobs as sweep
 
     setup_logging(args.log_level)
     phase = args.phase or "run"
@@ -111,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(cfg) -> int:
-    from ctssl.eval.report import write_report
-    from ctssl.eval.runs import collate, save_names
-    from ctssl.eval.sweep import missing_jobs
+    from ctssl.eval.report.sections import write_report
+    from ctssl.eval.records.store import collate, save_names
+    from ctssl.eval.sweep.jobs import missing_jobs
 
     save_names(cfg.out, cfg.backbones, cfg.names)
     results, comparisons = collate(cfg.out, cfg.n_boot)

@@ -35,9 +35,9 @@ import torch
 
 from ctssl import __version__
 from ctssl.core.atomic import TMP_MARK, atomic_write_text
-from ctssl.eval.datasets import Dataset
-from ctssl.eval.inputs import InputSpec, input_spec, prepare_batch
-from ctssl.eval.sources import load_backbone
+from ctssl.eval.inputs.datasets import Dataset
+from ctssl.eval.inputs.spec import InputSpec, input_spec, prepare_batch
+from ctssl.eval.inputs.sources import load_backbone
 
 logger = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ import numpy as np
 
 from ctssl import __version__
 from ctssl.core.atomic import atomic_open, atomic_write_text
-from ctssl.eval.agreement import prediction_similarity
-from ctssl.eval.metrics import accuracy, balanced_accuracy, bootstrap_ci, macro_auroc, paired_bootstrap
+from ctssl.eval.measures.agreement import prediction_similarity
+from ctssl.eval.measures.classification import accuracy, balanced_accuracy, bootstrap_ci, macro_auroc, paired_bootstrap
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @functools.lru_cache(maxsize=1)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from ctssl.eval.options import add_eval_options
+from ctssl.eval.commands.options import add_eval_options
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
-    from ctssl.eval.options import eval_spec, finish
-    from ctssl.eval.protocols import knn_runs
+    from ctssl.eval.commands.options import eval_spec, finish
+    from ctssl.eval.protocols.spec import knn_runs
 
     setup_logging(args.log_level)
     records = knn_runs(eval_spec(args), args.out, args.k or [10, 20, 100, 200], args.temperature, args.index)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ctssl.eval.inputs import IMAGENET_MEAN, IMAGENET_STD
+from ctssl.eval.inputs.spec import IMAGENET_MEAN, IMAGENET_STD
 from ctssl.pretrain.backbones import _load_strict, build_backbone
 
 RADIMAGENET_CHILDREN = {0: "conv1", 1: "bn1", 4: "layer1", 5: "layer2", 6: "layer3", 7: "layer4"}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 
-from ctssl.eval.options import add_eval_options
+from ctssl.eval.commands.options import add_eval_options
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -39,9 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
-    from ctssl.eval.options import eval_spec, finish
-    from ctssl.eval.probe import ProbeConfig
-    from ctssl.eval.protocols import probe_runs
+    from ctssl.eval.commands.options import eval_spec, finish
+    from ctssl.eval.measures.probe import ProbeConfig
+    from ctssl.eval.protocols.spec import probe_runs
 
     setup_logging(args.log_level)
     cfg = ProbeConfig(epochs=args.epochs, batch_size=args.batch_size, balanced=args.balanced, select=args.select)

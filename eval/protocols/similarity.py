@@ -13,12 +13,12 @@ import numpy as np
 import torch
 
 from ctssl.core.atomic import atomic_write_text
-from ctssl.eval.datasets import open_dataset
-from ctssl.eval.inputs import input_spec, prepare
-from ctssl.eval.layers import collect
-from ctssl.eval.runs import provenance, slug
-from ctssl.eval.similarity import MEASURES, reduce_activations
-from ctssl.eval.sources import load_backbone
+from ctssl.eval.inputs.datasets import open_dataset
+from ctssl.eval.inputs.spec import input_spec, prepare
+from ctssl.eval.features.layers import collect
+from ctssl.eval.records.store import provenance, slug
+from ctssl.eval.measures.similarity import MEASURES, reduce_activations
+from ctssl.eval.inputs.sources import load_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def weight_similarity(a: torch.nn.Module, b: torch.nn.Module, max_layers: int = 
     architecture, layer by layer from the input (the RadNet-12M study's "feature reuse": how much
     of a pretrained layer survives fine-tuning). Each filter (out-channel) is one example of
     in x k x k features; layers with fewer than 4 filters are skipped."""
-    from ctssl.eval.similarity import rbf_cka
+    from ctssl.eval.measures.similarity import rbf_cka
 
     convs_a = [(n, m) for n, m in a.named_modules() if isinstance(m, torch.nn.Conv2d)]
     convs_b = dict((n, m) for n, m in b.named_modules() if isinstance(m, torch.nn.Conv2d))
@@ -89,7 +89,7 @@ def run_similarity(data: str, a: str, b: str, out: str | Path, split: str = "tes
               "matrices": matrices, "undefined": undefined, "weight_rbf_cka": weights, "provenance": provenance()}
     path = folder / f"{name}.json"
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
-    from ctssl.eval.plots import heatmaps
+    from ctssl.eval.report.plots import heatmaps
 
     record["figure"] = str(heatmaps(record, folder / f"{name}.png"))
     record["json"] = str(path)

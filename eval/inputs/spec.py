@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ctssl.data.windowing import get_window
-from ctssl.eval.datasets import image_to_array
+from ctssl.eval.inputs.datasets import image_to_array
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

@@ -34,8 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
-    from ctssl.eval.confounders import ConfounderConfig, run_confounders
-    from ctssl.eval.probe import ProbeConfig
+    from ctssl.eval.protocols.confounders import ConfounderConfig, run_confounders
+    from ctssl.eval.measures.probe import ProbeConfig
     from ctssl.finetune.finetune import FinetuneConfig
 
     setup_logging(args.log_level)

@@ -33,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
-    from ctssl.eval.gap_run import run_gap
+    from ctssl.eval.protocols.gap import run_gap
 
     setup_logging(args.log_level)
     record = run_gap(args.a, args.b, args.backbone, args.out, args.label, args.label_b, args.split, args.max_samples,

@@ -159,12 +159,12 @@ def run_confounders(data: str, backbones: list[str], label: str, cfg: Confounder
     from pathlib import Path
 
     from ctssl.core.atomic import atomic_write_text
-    from ctssl.eval.datasets import Sample, open_dataset
-    from ctssl.eval.features import cached_features, compute_features
-    from ctssl.eval.inputs import input_spec
-    from ctssl.eval.probe import ProbeConfig
-    from ctssl.eval.runs import metrics_with_ci, provenance, slug
-    from ctssl.eval.sources import load_backbone
+    from ctssl.eval.inputs.datasets import Sample, open_dataset
+    from ctssl.eval.features.extract import cached_features, compute_features
+    from ctssl.eval.inputs.spec import input_spec
+    from ctssl.eval.measures.probe import ProbeConfig
+    from ctssl.eval.records.store import metrics_with_ci, provenance, slug
+    from ctssl.eval.inputs.sources import load_backbone
 
     if cfg.mode not in ("probe", "finetune"):
         raise ValueError(f"Unknown mode '{cfg.mode}'. Valid modes are ['probe', 'finetune'].")
@@ -222,7 +222,7 @@ def run_confounders(data: str, backbones: list[str], label: str, cfg: Confounder
     folder = Path(out) / "confounders"
     record = {"name": name, "dataset": dataset.describe(), "label": label, "positive": cfg.positive,
               "config": {**cfg.__dict__}, "rows": rows, "provenance": provenance()}
-    from ctssl.eval.plots import confounder_curves
+    from ctssl.eval.report.plots import confounder_curves
 
     record["figure"] = str(confounder_curves(rows, "auroc", folder / f"{name}.png",
                                              f"confounder '{cfg.confounder}' on {label} = {cfg.positive}"))
@@ -240,7 +240,7 @@ def _probe(feats, tagged, test_anti, split, positive, chosen, probe_cfg, seed):
     """Binary linear probe on features where the chosen positives carry the confounder."""
     from dataclasses import replace
 
-    from ctssl.eval.probe import predict, standardise, train_probe
+    from ctssl.eval.measures.probe import predict, standardise, train_probe
 
     def with_confounder(s):
         x = feats[s].copy()
@@ -259,7 +259,7 @@ def _probe(feats, tagged, test_anti, split, positive, chosen, probe_cfg, seed):
 def _finetune(model, card, spec, split, positive, chosen, anti_test, confounded, finetune_cfg, seed):
     import torch
 
-    from ctssl.eval.inputs import prepare
+    from ctssl.eval.inputs.spec import prepare
     from ctssl.finetune.finetune import FinetuneConfig, finetune_grid, predict
 
     def tensor(samples):

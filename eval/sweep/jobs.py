@@ -31,12 +31,12 @@ from pathlib import Path
 
 from ctssl.core.atomic import atomic_write_text
 from ctssl.core.config import recipe_path, to_dict
-from ctssl.eval.hidden import HiddenSettings
-from ctssl.eval.probe import ProbeConfig
+from ctssl.eval.protocols.hidden import HiddenSettings
+from ctssl.eval.measures.probe import ProbeConfig
 from ctssl.finetune.finetune import FinetuneConfig
 
 TASKS = ("knn", "probe", "finetune", "truncated", "hidden", "confounders")
-RECIPES = Path(__file__).resolve().parent / "recipes"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 @dataclass
@@ -102,7 +102,7 @@ def resolve_sweep_config(recipe: str | None = None, config_file: str | None = No
 
 def validate(cfg: SweepConfig) -> None:
     from ctssl.core.config import ConfigError
-    from ctssl.eval.confounders import CONFOUNDERS
+    from ctssl.eval.protocols.confounders import CONFOUNDERS
 
     problems = []
     if not cfg.data:
@@ -156,7 +156,7 @@ def jobs(cfg: SweepConfig) -> list[dict]:
 
 
 def write_plan(cfg: SweepConfig) -> Path:
-    from ctssl.eval.runs import save_names
+    from ctssl.eval.records.store import save_names
 
     validate(cfg)
     save_names(cfg.out, cfg.backbones, cfg.names)
@@ -166,7 +166,7 @@ def write_plan(cfg: SweepConfig) -> Path:
 
 
 def confounder_name(job: dict) -> str:
-    from ctssl.eval.runs import slug
+    from ctssl.eval.records.store import slug
 
     return f"{job['confounder']}-{slug(job['backbone'])}-s{job['seed']}"
 
@@ -174,8 +174,8 @@ def confounder_name(job: dict) -> str:
 def run_job(cfg: SweepConfig, index: int) -> list[dict]:
     from dataclasses import replace
 
-    from ctssl.eval.protocols import EvalSpec, knn_runs, probe_runs
-    from ctssl.finetune.protocol import finetune_runs
+    from ctssl.eval.protocols.spec import EvalSpec, knn_runs, probe_runs
+    from ctssl.eval.protocols.finetune import finetune_runs
 
     validate(cfg)
     all_jobs = jobs(cfg)
@@ -183,12 +183,12 @@ def run_job(cfg: SweepConfig, index: int) -> list[dict]:
         raise ValueError(f"Job index {index} is outside the sweep's {len(all_jobs)} jobs (0..{len(all_jobs) - 1}).")
     job = all_jobs[index]
     if job["task"] == "hidden":
-        from ctssl.eval.hidden import hidden_run
+        from ctssl.eval.protocols.hidden import hidden_run
 
         return [hidden_run(cfg.data, cfg.label, job["backbone"], job["backbone_order"], job["fold"], cfg.hidden,
                            cfg.finetune, cfg.out, cfg.image_size, cfg.grey_window, cfg.n_boot)]
     if job["task"] == "confounders":
-        from ctssl.eval.confounders import ConfounderConfig, run_confounders
+        from ctssl.eval.protocols.confounders import ConfounderConfig, run_confounders
 
         c = cfg.confounders
         record = run_confounders(cfg.data, [job["backbone"]], cfg.label,
@@ -218,7 +218,7 @@ def _done_key(job: dict) -> tuple:
     if task == "hidden":
         return (task, job["backbone"], 1.0, job["fold"], f"fold {job['fold']}")
     if task == "truncated":
-        from ctssl.finetune.protocol import cut_name
+        from ctssl.eval.protocols.finetune import cut_name
 
         return (task, job["backbone"], job["fraction"], job["seed"], f"{cut_name(job['cut'])} best_val")
     if task == "finetune":
@@ -229,7 +229,7 @@ def _done_key(job: dict) -> tuple:
 def missing_jobs(cfg: SweepConfig) -> list[dict]:
     """Jobs with no finished result: run records matched by task, backbone, fraction, seed (and fold, cut),
     confounder records by their file."""
-    from ctssl.eval.runs import RunStore
+    from ctssl.eval.records.store import RunStore
 
     records = RunStore(cfg.out).records()
     done = {(r["task"], r["backbone"], r["fraction"], r["seed"], r.get("variant")) for r in records}

@@ -45,7 +45,7 @@ def _load_folder(folder: Path) -> list[dict]:
 
 
 def _main_metric(record: dict) -> str:
-    from ctssl.eval.runs import main_metric
+    from ctssl.eval.records.store import main_metric
 
     return main_metric(record)
 
@@ -175,8 +175,8 @@ border:1px solid #e3e7ef}code{background:#f1f4f9;padding:0 .25rem;border-radius:
 
 def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tuple[Path, Path]:
     """Write OUT/report.html and OUT/report.md; returns their paths."""
-    from ctssl.eval.plots import confounder_curves, efficiency_curves, heatmaps
-    from ctssl.eval.runs import git_commit
+    from ctssl.eval.report.plots import confounder_curves, efficiency_curves, heatmaps
+    from ctssl.eval.records.store import git_commit
 
     out = Path(out)
     # Readable backbone names (OUT/names.json, from --name or the demo); otherwise shortened sources.
@@ -185,7 +185,7 @@ def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tup
     def label(source: str, width: int = 42) -> str:
         return names.get(source) or _short(source, width)
 
-    from ctssl.eval.study_report import OWN_TASKS, studies_to_render, study_sections
+    from ctssl.eval.report.studies import OWN_TASKS, studies_to_render, study_sections
 
     all_records = load_jsonl(out / "results.jsonl")
     all_comparisons = load_jsonl(out / "comparisons.jsonl")
