@@ -23,11 +23,12 @@ def test_similarity_gap_and_report(eval_shards, natural_shards, tmp_path, capsys
     # Same architecture: RBF CKA of the first convolutions' weights (feature reuse); a network
     # with itself gives exactly 1.
     assert "conv1" in record["weight_rbf_cka"] and all(0 <= v <= 1 for v in record["weight_rbf_cka"].values())
-    from ctssl.eval.protocols.similarity import weight_similarity
+    from ctssl.eval.features.layers import conv_weights
     from ctssl.eval.inputs.sources import load_backbone
+    from ctssl.eval.measures.similarity import weight_similarity
 
-    model, _ = load_backbone("random:resnet18:3")
-    assert all(v == pytest.approx(1.0) for v in weight_similarity(model, model).values())
+    weights = conv_weights(load_backbone("random:resnet18:3")[0])
+    assert all(v == pytest.approx(1.0) for v in weight_similarity(weights, weights).values())
 
     assert main(["gap", "--a", str(eval_shards), "--b", str(natural_shards), "--label-b", "class",
                  "--backbone", "random:resnet18:3", "--max-samples", "40", "--image-size", "32",

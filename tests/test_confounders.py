@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from ctssl.cli.main import main
-from ctssl.eval.protocols.confounders import confounded_set, inject
+from ctssl.eval.inputs.confounders import confounded_set, inject
 
 
 def test_confounders_change_only_what_they_should():

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from ctssl.eval.inputs.datasets import open_dataset, split_of
-from ctssl.eval.features.extract import cached_features
+from ctssl.eval.features.cache import cached_features
 from ctssl.eval.inputs.spec import input_spec, prepare
-from ctssl.eval.records.store import subsample
+from ctssl.eval.inputs.folds import subsample
 from ctssl.eval.inputs.sources import load_backbone, radimagenet_state_dict
 from ctssl.pretrain.backbones import build_backbone
 

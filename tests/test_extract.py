@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ctssl.eval.inputs.datasets import open_dataset
-from ctssl.eval.features.extract import cached_features, extract_task, merge_parts, task_units
+from ctssl.eval.features.cache import cached_features, extract_task, merge_parts, task_units
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = "random:resnet18:3"

@@ -88,7 +88,7 @@ def test_constant_training_features_cannot_blow_up():
 def test_more_labels_do_not_hurt_the_selected_probe():
     """Patients of 40 correlated samples each (as slices of a series), sparse non-negative features (as pooled
     ReLU features); the same test patients for both fractions: 100% of the labels is not worse than 10%."""
-    from ctssl.eval.records.store import subsample
+    from ctssl.eval.inputs.folds import subsample
 
     rng = np.random.default_rng(0)
     n_patients, per = 60, 40

@@ -16,9 +16,10 @@ import pytest
 
 from ctssl.core.config import recipe_names
 from ctssl.eval.sweep import jobs as sweep
-from ctssl.eval.protocols.confounders import _auroc_rows, permutation_test
+from ctssl.eval.measures.confounders import _auroc_rows, permutation_test
 from ctssl.eval.inputs.folds import fold_indices, patient_folds
-from ctssl.eval.protocols.hidden import spatial_activations, spatial_cca, svcca_mean
+from ctssl.eval.features.layers import spatial_activations
+from ctssl.eval.measures.similarity import spatial_cca, svcca_mean
 
 CTSSL = [sys.executable, "-m", "ctssl"]
 BACKBONES = ["--backbone", "random:resnet18:3", "--backbone", "random:resnet18:3:1", "--name", "random A",

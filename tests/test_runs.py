@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy.stats import ttest_ind
 
-from ctssl.eval.records.store import seed_tests
+from ctssl.eval.records.comparisons import seed_tests
 
 
 def _record(backbone, order, seed, value, task="probe", fraction=1.0):

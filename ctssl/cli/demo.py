@@ -89,9 +89,12 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     from ctssl.eval.protocols.confounders import ConfounderConfig, run_confounders
     from ctssl.eval.protocols.gap import run_gap
     from ctssl.eval.measures.probe import ProbeConfig
-    from ctssl.eval.protocols.spec import EvalSpec, knn_runs, probe_runs
+    from ctssl.eval.protocols.knn import knn_runs
+    from ctssl.eval.protocols.probe import probe_runs
+    from ctssl.eval.protocols.spec import EvalSpec
     from ctssl.eval.report.sections import write_report
-    from ctssl.eval.records.store import collate, save_names
+    from ctssl.eval.records.comparisons import collate
+    from ctssl.eval.records.store import save_names
     from ctssl.eval.protocols.similarity import run_similarity
     from ctssl.finetune.finetune import FinetuneConfig
     from ctssl.eval.protocols.finetune import finetune_runs
@@ -188,7 +191,7 @@ def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, qui
         lines.append("")
         probes = sorted({r["fraction"] for r in records if r["task"] == "probe" and r["dataset"]["label"] == table["label"]})
         if len(probes) > 1:
-            from ctssl.eval.records.store import main_metric
+            from ctssl.eval.records.comparisons import main_metric
 
             rows = []
             for backbone in dict.fromkeys(r["backbone"] for r in sorted(records, key=lambda r: r["backbone_order"])):

@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ctssl.core.config import ConfigError
     from ctssl.core.logs import setup_logging
     from ctssl.eval.inputs.datasets import open_dataset
-    from ctssl.eval.features.extract import cached_features, extract_task, merge_parts
+    from ctssl.eval.features.cache import cached_features, extract_task, merge_parts
 
     setup_logging(args.log_level)
     data = open_dataset(args.data, args.label)

@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
     from ctssl.eval.commands.options import eval_spec, finish
-    from ctssl.eval.protocols.spec import knn_runs
+    from ctssl.eval.protocols.knn import knn_runs
 
     setup_logging(args.log_level)
     records = knn_runs(eval_spec(args), args.out, args.k or [10, 20, 100, 200], args.temperature, args.index)

@@ -45,8 +45,7 @@ def finish(args: argparse.Namespace, records: list[dict]) -> int:
     """Collate OUT/results.jsonl and comparisons, print the table and the paired comparisons."""
     import json
 
-    from ctssl.eval.protocols.spec import table
-    from ctssl.eval.records.store import collate
+    from ctssl.eval.records.comparisons import collate
 
     results, comparisons = collate(args.out, args.n_boot)
     print(table(records))
@@ -61,3 +60,19 @@ def finish(args: argparse.Namespace, records: list[dict]) -> int:
               f"p={f['p_value'].lstrip('+')}")
     print(f"results: {results}\ncomparisons: {comparisons}")
     return 0
+
+
+def table(records: list[dict]) -> str:
+    from ctssl.eval.records.comparisons import headline
+
+    """A console table: one row per run, mean and spread over seeds left to the report."""
+    rows = [("task", "backbone", "variant", "fraction", "seed", "n_train", "result")]
+    for r in records:
+        rows.append((r["task"], _short(r["backbone"]), r.get("variant", ""), f"{r['fraction']:g}", str(r["seed"]),
+                     str(r["n_train"]), headline(r)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
+
+
+def _short(source: str) -> str:
+    return source if len(source) <= 48 else "..." + source[-45:]

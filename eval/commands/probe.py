@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
     from ctssl.eval.commands.options import eval_spec, finish
     from ctssl.eval.measures.probe import ProbeConfig
-    from ctssl.eval.protocols.spec import probe_runs
+    from ctssl.eval.protocols.probe import probe_runs
 
     setup_logging(args.log_level)
     cfg = ProbeConfig(epochs=args.epochs, batch_size=args.batch_size, balanced=args.balanced, select=args.select)

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ctssl.core.logs import setup_logging
     from ctssl.eval.report.sections import write_report
-    from ctssl.eval.records.store import collate
+    from ctssl.eval.records.comparisons import collate
 
     setup_logging(args.log_level)
     if not Path(args.out).is_dir():

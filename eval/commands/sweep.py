@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(cfg) -> int:
     from ctssl.eval.report.sections import write_report
-    from ctssl.eval.records.store import collate, save_names
+    from ctssl.eval.records.comparisons import collate
+    from ctssl.eval.records.store import save_names
     from ctssl.eval.sweep.jobs import missing_jobs
 
     save_names(cfg.out, cfg.backbones, cfg.names)

@@ -1,6 +1,7 @@
 """Layer activations of a backbone: the stem's output and each stage's (ResNet; optionally the first
 convolution's, as the "revisiting hidden representations" study compares at ``conv1``), or the patch
-embedding and evenly spaced blocks (ViT), collected with forward hooks."""
+embedding and evenly spaced blocks (ViT), collected with forward hooks; ``spatial_activations`` samples the same spatial positions of two networks
+of one architecture (the "revisiting hidden representations" study's CCA datapoints)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,44 @@ def collect(model: nn.Module, inputs: torch.Tensor, reduce, batch: int = 32, dev
         for h in handles:
             h.remove()
     return {name: reduce(torch.cat(parts).numpy()) for name, parts in store.items()}
+
+
+def spatial_activations(model: torch.nn.Module, x: torch.Tensor, positions: int, seed: int = 0,
+                        batch: int = 32, device: str = "cpu") -> dict[str, np.ndarray]:
+    """{layer: (P, C)} activations at about ``positions`` spatial positions (tokens for a ViT) of the
+    images ``x``: the same number from each image, drawn by a generator seeded from (seed, layer, image),
+    so two networks of one architecture on the same images are sampled at the same positions."""
+    model = model.to(device).eval()
+    modules = layer_modules(model, conv1=True)
+    per_image = max(1, -(-positions // max(1, len(x))))
+    store: dict[str, list[np.ndarray]] = {name: [] for name in modules}
+    offset = [0]
+
+    def hook(name, layer_index):
+        def fn(_module, _inputs, out):
+            a = out.float().cpu()
+            a = a.flatten(2).transpose(1, 2) if a.ndim == 4 else a    # (B, positions, C)
+            for i in range(a.shape[0]):
+                rng = np.random.default_rng((seed, layer_index, offset[0] + i))
+                count = a.shape[1]
+                picks = np.sort(rng.choice(count, min(per_image, count), replace=False))
+                store[name].append(a[i, picks].numpy())
+        return fn
+
+    handles = [m.register_forward_hook(hook(name, j)) for j, (name, m) in enumerate(modules.items())]
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(x), batch):
+                model(x[start:start + batch].float().to(device))
+                offset[0] += len(x[start:start + batch])
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: np.concatenate(parts).astype(np.float64) for name, parts in store.items()}
+
+
+def conv_weights(model: nn.Module) -> dict[str, np.ndarray]:
+    """{name: (out channels, in x k x k)} float64 weights of every convolution, from the input on; each filter is
+    one row (one example for a similarity of weights, ``eval.measures.similarity.weight_similarity``)."""
+    return {name: m.weight.detach().flatten(1).double().cpu().numpy()
+            for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}

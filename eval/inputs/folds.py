@@ -1,4 +1,6 @@
-"""Patient-grouped cross-validation folds over a whole labelled dataset.
+"""Patient-grouped subsets of a labelled dataset: label fractions and cross-validation folds.
+
+``subsample`` draws a fraction of the labelled training set by patient (the label-fraction experiments).
 
 The seed studies that cross-validate (e.g. Juodelyte et al.'s "revisiting hidden representations": 5
 folds grouped by patient) pool every labelled sample, whatever split ingest gave it, and deal the
@@ -40,3 +42,28 @@ def fold_indices(folds: np.ndarray, fold: int, k: int) -> dict[str, np.ndarray]:
     val = (fold + 1) % k
     return {"train": np.flatnonzero((folds != fold) & (folds != val)), "val": np.flatnonzero(folds == val),
             "test": np.flatnonzero(folds == fold)}
+
+
+def subsample(targets: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of a ``fraction`` of the labelled training set, drawn by patient: patients are
+    shuffled with ``seed`` and taken until the fraction of samples is reached, then patients
+    holding any class still missing are added (every class keeps at least one patient).
+    ``fraction = 1`` keeps everything."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"Label fraction must be in (0, 1], got {fraction}.")
+    n = len(groups)
+    if fraction >= 1:
+        return np.arange(n)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(unique))
+    want = max(1, int(round(fraction * n)))
+    counts = np.bincount(inverse, minlength=len(unique))
+    chosen = order[: int(np.searchsorted(np.cumsum(counts[order]), want) + 1)]
+    keep = np.isin(inverse, chosen)
+    if targets.ndim == 1:
+        for c in np.unique(targets[targets >= 0]):
+            if not np.any(targets[keep] == c):
+                candidates = [g for g in order if np.any(targets[inverse == g] == c)]
+                keep |= inverse == candidates[0]
+    return np.flatnonzero(keep)

@@ -7,7 +7,9 @@
 - ``bootstrap_ci``: percentile bootstrap CI, resampling patients (``groups``) rather than slices
   when given, since slices of one patient are not independent;
 - ``paired_bootstrap``: the difference of a metric between two models on the same samples, its
-  CI and a two-sided bootstrap p-value.
+  CI and a two-sided bootstrap p-value;
+- ``metrics_with_ci``: a run's test metrics with patient-bootstrap CIs, as its record holds them;
+- ``score`` and ``selection_metric``: the validation metric a probe or a fine-tuning grid is chosen by.
 """
 
 from __future__ import annotations
@@ -105,3 +107,51 @@ def paired_bootstrap(metric: Callable, y: np.ndarray, out_a: np.ndarray, out_b: 
     p = min(1.0, 2 * min(np.mean(deltas <= 0), np.mean(deltas >= 0)))
     return {"delta": float(metric(y, out_b) - metric(y, out_a)), "lower": float(lo), "upper": float(hi),
             "p_value": float(p)}
+
+
+def metrics_with_ci(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, multilabel: bool,
+                    n_boot: int = 1000, seed: int = 0) -> dict:
+    """Point estimates with 95% percentile-bootstrap CIs, patients resampled. Multi-class: accuracy,
+    balanced accuracy, macro one-vs-rest AUROC; multi-label: macro AUROC over labels. Samples
+    of classes unseen in training (target -1) are left out and counted."""
+    keep = np.ones(len(y), bool) if multilabel else y >= 0
+    y, scores, groups = y[keep], scores[keep], groups[keep]
+    metrics = {"auroc": lambda t, s: macro_auroc(t, s)}
+    if not multilabel:
+        metrics = {"accuracy": lambda t, s: accuracy(t, s.argmax(1)),
+                   "balanced_accuracy": lambda t, s: balanced_accuracy(t, s.argmax(1)), **metrics}
+    out = {}
+    for name, fn in metrics.items():
+        value, lower, upper = bootstrap_ci(fn, y, scores, n=n_boot, groups=groups, seed=seed)
+        out[name] = {"value": finite(value), "lower": finite(lower), "upper": finite(upper)}
+    out["n"] = int(keep.sum())
+    out["n_unseen_class"] = int((~keep).sum())
+    return out
+
+
+def finite(value: float) -> float | None:
+    """Rounded for the record; None where undefined (JSON has no NaN)."""
+    return None if value is None or not np.isfinite(value) else round(float(value), 5)
+
+
+def selection_metric(cfg, multilabel: bool, num_classes: int = 0) -> str:
+    """The validation metric of a probe or fine-tuning ``cfg`` (its ``select`` and ``balanced``): as set, or
+    by task: AUROC for binary and multi-label tasks (what they are reported by), balanced accuracy (accuracy
+    when the loss is not class-weighted) for multi-class ones."""
+    if cfg.select != "auto":
+        return cfg.select
+    if multilabel or num_classes == 2:
+        return "auroc"
+    return "balanced_accuracy" if cfg.balanced else "accuracy"
+
+
+def score(metric: str, y: np.ndarray, scores: np.ndarray, multilabel: bool) -> float:
+    """``metric`` (accuracy, balanced_accuracy or auroc) of class scores (N, C); macro AUROC for multi-label."""
+    if metric == "auroc" or multilabel:
+        return macro_auroc(y, scores)
+    pred = scores.argmax(1)
+    if metric == "balanced_accuracy":
+        return balanced_accuracy(y, pred)
+    if metric == "accuracy":
+        return accuracy(y, pred)
+    raise ValueError(f"Unknown selection metric '{metric}'. Valid: accuracy, balanced_accuracy, auroc.")

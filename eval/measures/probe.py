@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ctssl.eval.measures.classification import accuracy, balanced_accuracy, macro_auroc
+from ctssl.eval.measures.classification import score, selection_metric
 
 
 @dataclass
@@ -66,27 +66,6 @@ def standardise(train: np.ndarray, *others: np.ndarray):
         z[:, constant] = 0.0
         out.append(z)
     return out
-
-
-def selection_metric(cfg: ProbeConfig, multilabel: bool, num_classes: int = 0) -> str:
-    """The validation metric: as set, or by task: AUROC for binary and multi-label tasks (what they are
-    reported by), balanced accuracy (accuracy when the loss is not class-weighted) for multi-class ones."""
-    if cfg.select != "auto":
-        return cfg.select
-    if multilabel or num_classes == 2:
-        return "auroc"
-    return "balanced_accuracy" if cfg.balanced else "accuracy"
-
-
-def score(metric: str, y: np.ndarray, scores: np.ndarray, multilabel: bool) -> float:
-    if metric == "auroc" or multilabel:
-        return macro_auroc(y, scores)
-    pred = scores.argmax(1)
-    if metric == "balanced_accuracy":
-        return balanced_accuracy(y, pred)
-    if metric == "accuracy":
-        return accuracy(y, pred)
-    raise ValueError(f"Unknown selection metric '{metric}'. Valid: accuracy, balanced_accuracy, auroc.")
 
 
 class LinearGrid:

@@ -13,6 +13,10 @@ All functions take ``x`` (N, p) and ``y`` (N, q) as numpy arrays (rows = example
   mean; ``svcca``: CCA after keeping the top singular directions explaining 99% of each set's
   variance (Raghu et al. 2017); ``pwcca``: correlations weighted by how much of the side with fewer
   neurons each canonical variate accounts for (Morcos et al. 2018; google/svcca's choice of side).
+- ``spatial_cca``: mean CCA of one network before and after fine-tuning with spatial positions as datapoints and
+  random channel draws, as Juodelyte et al. measured it ("Revisiting Hidden Representations in Transfer
+  Learning for Medical Imaging", TMLR 2024); ``svcca_mean`` is google/svcca's "mean" (the leading coefficients
+  that hold 98% of their sum).
 
 Every measure refuses, with a ValueError saying why, what makes it undefined: NaN or infinite
 activations, constant activations, too few examples (``check_pair``).
@@ -211,6 +215,65 @@ def cca_features(a: np.ndarray, seed: int = 0, ratio: int = 10) -> np.ndarray:
         return a
     keep = np.sort(np.random.default_rng(seed).choice(a.shape[1], limit, replace=False))
     return a[:, keep]
+
+
+def svcca_mean(rho: np.ndarray, threshold: float = 0.98) -> float:
+    """google/svcca ``cca_core.get_cca_similarity``'s "mean": the mean of the leading coefficients whose
+    sum first reaches ``threshold`` of the total (its ``sum_threshold``)."""
+    rho = np.sort(np.asarray(rho, np.float64))[::-1]
+    total = rho.sum()
+    if total <= 0:
+        return 0.0
+    for i in range(1, len(rho) + 1):
+        if rho[:i].sum() / total >= threshold:
+            return float(rho[:i].mean())
+    return float(rho.mean())
+
+
+def spatial_cca(a: np.ndarray, b: np.ndarray, channels: int = 64, repeats: int = 5, seed: int = 0) -> dict:
+    """Mean CCA of two (P, C) activation sets over the same P positions: ``repeats`` draws of ``channels``
+    random channels (at most P / 10; the same channels on both sides when they are as wide, i.e. one network
+    before and after fine-tuning; channels constant over the positions are left out first: a dead ReLU carries
+    no direction); mean and standard deviation over the repeats, and svcca's 98% mean."""
+    a, b = check_pair(a, b, minimum=2)
+    live_a = np.flatnonzero(np.ptp(a, axis=0) > 0)
+    live_b = np.flatnonzero(np.ptp(b, axis=0) > 0)
+    # CCA with nearly as many channels as datapoints finds spurious perfect correlations: at most one channel
+    # per 10 positions (a deep layer of a small input has few positions).
+    cap = max(1, len(a) // 10)
+    # One network before and after fine-tuning: channel i of one is channel i of the other, so both sides take
+    # the same channels (of those live in both); layers of different widths draw their own.
+    paired = a.shape[1] == b.shape[1]
+    if paired:
+        live_a = live_b = np.intersect1d(live_a, live_b)
+        if len(live_a) == 0:
+            raise ValueError("no channel varies over the positions in both activation sets")
+    take_a, take_b = min(channels, len(live_a), cap), min(channels, len(live_b), cap)
+    means, means98 = [], []
+    for r in range(repeats):
+        rng = np.random.default_rng((seed, r))
+        ca = np.sort(rng.choice(live_a, take_a, replace=False))
+        cb = ca if paired else np.sort(rng.choice(live_b, take_b, replace=False))
+        rho = cca(a[:, ca], b[:, cb])
+        means.append(float(rho.mean()))
+        means98.append(svcca_mean(rho))
+    return {"mean_cca": round(float(np.mean(means)), 5), "sd": round(float(np.std(means)), 5),
+            "svcca_mean98": round(float(np.mean(means98)), 5), "positions": int(len(a)),
+            "channels": [int(take_a), int(take_b)],
+            "live_channels": [int(len(live_a)), int(len(live_b))], "repeats": repeats}
+
+
+def weight_similarity(a: dict[str, np.ndarray], b: dict[str, np.ndarray], max_layers: int = 8) -> dict[str, float]:
+    """RBF CKA (median-distance bandwidth) between the convolution WEIGHTS of two networks of one architecture
+    (``{layer: (filters, in x k x k)}``, ``eval.features.layers.conv_weights``), layer by layer from the input:
+    the RadNet-12M study's "feature reuse", how much of a pretrained layer survives fine-tuning. Each filter is
+    one example; layers of different shapes or with fewer than 4 filters are skipped."""
+    out = {}
+    for name in list(a)[:max_layers]:
+        wa, wb = a[name], b.get(name)
+        if wb is not None and wa.shape == wb.shape and wa.shape[0] >= 4:
+            out[name] = round(float(rbf_cka(wa, wb)), 5)
+    return out
 
 
 MEASURES = {

@@ -5,7 +5,7 @@ normalisation); every fraction and seed reuses them. Each training gives two rec
 ``best_val`` (the epoch chosen on validation) and ``final`` (the last epoch), both on the test split.
 Every record holds the chosen learning rate and weight decay and the whole grid; a full network's also
 its "feature reuse" (the RadNet-12M study's measure: RBF CKA between the pretrained and the fine-tuned
-weights of the first convolutions, ``eval.similarity_run.weight_similarity``). With ``task="truncated"``
+weights of the first convolutions, ``eval.measures.similarity.weight_similarity``). With ``task="truncated"``
 (the truncated-transfer recipe) the variants are prefixed with the cut (``stage 2 best_val``, ``full
 final``) and the record holds the cut and the trainable parameter count.
 """
@@ -19,10 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctssl.eval.features.layers import conv_weights
 from ctssl.eval.inputs.datasets import open_dataset
+from ctssl.eval.measures.similarity import weight_similarity
 from ctssl.eval.inputs.spec import input_spec, prepare
-from ctssl.eval.protocols.spec import EvalSpec, headline
-from ctssl.eval.records.store import RunStore, metrics_with_ci, provenance, run_id, subsample
+from ctssl.eval.inputs.folds import subsample
+from ctssl.eval.measures.classification import metrics_with_ci
+from ctssl.eval.protocols.spec import EvalSpec
+from ctssl.eval.records.comparisons import headline
+from ctssl.eval.records.provenance import provenance
+from ctssl.eval.records.store import RunStore, run_id
 from ctssl.eval.inputs.sources import load_backbone
 from ctssl.finetune.finetune import FinetuneConfig, finetune_grid, predict
 
@@ -82,9 +88,7 @@ def finetune_runs(spec: EvalSpec, cfg: FinetuneConfig, out: str | Path, task: st
                         "chosen": {"lr": result["lr"], "weight_decay": result["weight_decay"]}})
                 reuse = {}
                 if not cfg.truncate:
-                    from ctssl.eval.protocols.similarity import weight_similarity
-
-                    reuse = weight_similarity(backbone, result["best_val"].export_backbone)
+                    reuse = weight_similarity(conv_weights(backbone), conv_weights(result["best_val"].export_backbone))
                 parameters = sum(p.numel() for p in result["best_val"].parameters())
                 for variant in VARIANTS:
                     scores = predict(result[variant], split_tensor("test"), data.multilabel, device=device)

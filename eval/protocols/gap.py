@@ -20,9 +20,10 @@ import numpy as np
 
 from ctssl.core.atomic import atomic_write_text
 from ctssl.eval.inputs.datasets import open_dataset
-from ctssl.eval.features.extract import cached_features
+from ctssl.eval.features.cache import cached_features
 from ctssl.eval.measures.gap import balanced, domain_classifier, frechet_distance, knn_purity, mmd2
-from ctssl.eval.records.store import provenance, slug
+from ctssl.eval.records.provenance import provenance
+from ctssl.eval.records.store import slug
 
 logger = logging.getLogger(__name__)
 

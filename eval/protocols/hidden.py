@@ -34,6 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctssl.eval.features.layers import spatial_activations
+from ctssl.eval.measures.similarity import spatial_cca
+
 logger = logging.getLogger(__name__)
 
 
@@ -45,90 +48,6 @@ class HiddenSettings:
     channels: int = 64             # random channels per side and repeat (the study: 64)
     repeats: int = 5               # repeats of the channel draw (the study: 5)
     images: int = 256              # test images of the fold whose activations are compared
-
-
-def spatial_activations(model: torch.nn.Module, x: torch.Tensor, positions: int, seed: int = 0,
-                        batch: int = 32, device: str = "cpu") -> dict[str, np.ndarray]:
-    """{layer: (P, C)} activations at about ``positions`` spatial positions (tokens for a ViT) of the
-    images ``x``: the same number from each image, drawn by a generator seeded from (seed, layer, image),
-    so two networks of one architecture on the same images are sampled at the same positions."""
-    from ctssl.eval.features.layers import layer_modules
-
-    model = model.to(device).eval()
-    modules = layer_modules(model, conv1=True)
-    per_image = max(1, -(-positions // max(1, len(x))))
-    store: dict[str, list[np.ndarray]] = {name: [] for name in modules}
-    offset = [0]
-
-    def hook(name, layer_index):
-        def fn(_module, _inputs, out):
-            a = out.float().cpu()
-            a = a.flatten(2).transpose(1, 2) if a.ndim == 4 else a    # (B, positions, C)
-            for i in range(a.shape[0]):
-                rng = np.random.default_rng((seed, layer_index, offset[0] + i))
-                count = a.shape[1]
-                picks = np.sort(rng.choice(count, min(per_image, count), replace=False))
-                store[name].append(a[i, picks].numpy())
-        return fn
-
-    handles = [m.register_forward_hook(hook(name, j)) for j, (name, m) in enumerate(modules.items())]
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(x), batch):
-                model(x[start:start + batch].float().to(device))
-                offset[0] += len(x[start:start + batch])
-    finally:
-        for h in handles:
-            h.remove()
-    return {name: np.concatenate(parts).astype(np.float64) for name, parts in store.items()}
-
-
-def svcca_mean(rho: np.ndarray, threshold: float = 0.98) -> float:
-    """google/svcca ``cca_core.get_cca_similarity``'s "mean": the mean of the leading coefficients whose
-    sum first reaches ``threshold`` of the total (its ``sum_threshold``)."""
-    rho = np.sort(np.asarray(rho, np.float64))[::-1]
-    total = rho.sum()
-    if total <= 0:
-        return 0.0
-    for i in range(1, len(rho) + 1):
-        if rho[:i].sum() / total >= threshold:
-            return float(rho[:i].mean())
-    return float(rho.mean())
-
-
-def spatial_cca(a: np.ndarray, b: np.ndarray, channels: int = 64, repeats: int = 5, seed: int = 0) -> dict:
-    """Mean CCA of two (P, C) activation sets over the same P positions: ``repeats`` draws of ``channels``
-    random channels (at most P / 10; the same channels on both sides when they are as wide, i.e. one network
-    before and after fine-tuning; channels constant over the positions are left out first: a dead ReLU carries
-    no direction); mean and standard deviation over the repeats, and svcca's 98% mean."""
-    from ctssl.eval.measures.similarity import cca, check_pair
-
-    a, b = check_pair(a, b, minimum=2)
-    live_a = np.flatnonzero(np.ptp(a, axis=0) > 0)
-    live_b = np.flatnonzero(np.ptp(b, axis=0) > 0)
-    # CCA with nearly as many channels as datapoints finds spurious perfect correlations: at most one channel
-    # per 10 positions (a deep layer of a small input has few positions).
-    cap = max(1, len(a) // 10)
-    # One network before and after fine-tuning: channel i of one is channel i of the other, so both sides take
-    # the same channels (of those live in both); layers of different widths draw their own.
-    paired = a.shape[1] == b.shape[1]
-    if paired:
-        live_a = live_b = np.intersect1d(live_a, live_b)
-        if len(live_a) == 0:
-            raise ValueError("no channel varies over the positions in both activation sets")
-    take_a, take_b = min(channels, len(live_a), cap), min(channels, len(live_b), cap)
-    means, means98 = [], []
-    for r in range(repeats):
-        rng = np.random.default_rng((seed, r))
-        ca = np.sort(rng.choice(live_a, take_a, replace=False))
-        cb = ca if paired else np.sort(rng.choice(live_b, take_b, replace=False))
-        rho = cca(a[:, ca], b[:, cb])
-        means.append(float(rho.mean()))
-        means98.append(svcca_mean(rho))
-    return {"mean_cca": round(float(np.mean(means)), 5), "sd": round(float(np.std(means)), 5),
-            "svcca_mean98": round(float(np.mean(means98)), 5), "positions": int(len(a)),
-            "channels": [int(take_a), int(take_b)],
-            "live_channels": [int(len(live_a)), int(len(live_b))], "repeats": repeats}
 
 
 def pooled_samples(data) -> tuple[list, np.ndarray, np.ndarray]:
@@ -163,8 +82,10 @@ def hidden_run(data_spec: str, label: str, source: str, order: int, fold: int, s
     from ctssl.eval.inputs.datasets import open_dataset
     from ctssl.eval.inputs.folds import fold_indices, patient_folds
     from ctssl.eval.inputs.spec import input_spec
-    from ctssl.eval.protocols.spec import headline
-    from ctssl.eval.records.store import RunStore, metrics_with_ci, provenance, run_id
+    from ctssl.eval.measures.classification import metrics_with_ci
+    from ctssl.eval.records.comparisons import headline
+    from ctssl.eval.records.provenance import provenance
+    from ctssl.eval.records.store import RunStore, run_id
     from ctssl.eval.inputs.sources import load_backbone
     from ctssl.finetune.finetune import finetune_grid, predict
 

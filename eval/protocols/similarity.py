@@ -15,30 +15,13 @@ import torch
 from ctssl.core.atomic import atomic_write_text
 from ctssl.eval.inputs.datasets import open_dataset
 from ctssl.eval.inputs.spec import input_spec, prepare
-from ctssl.eval.features.layers import collect
-from ctssl.eval.records.store import provenance, slug
-from ctssl.eval.measures.similarity import MEASURES, reduce_activations
+from ctssl.eval.features.layers import collect, conv_weights
+from ctssl.eval.records.provenance import provenance
+from ctssl.eval.records.store import slug
+from ctssl.eval.measures.similarity import MEASURES, reduce_activations, weight_similarity
 from ctssl.eval.inputs.sources import load_backbone
 
 logger = logging.getLogger(__name__)
-
-
-def weight_similarity(a: torch.nn.Module, b: torch.nn.Module, max_layers: int = 8) -> dict[str, float]:
-    """RBF CKA (median-distance bandwidth) between the convolution WEIGHTS of two networks of one
-    architecture, layer by layer from the input (the RadNet-12M study's "feature reuse": how much
-    of a pretrained layer survives fine-tuning). Each filter (out-channel) is one example of
-    in x k x k features; layers with fewer than 4 filters are skipped."""
-    from ctssl.eval.measures.similarity import rbf_cka
-
-    convs_a = [(n, m) for n, m in a.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    convs_b = dict((n, m) for n, m in b.named_modules() if isinstance(m, torch.nn.Conv2d))
-    out = {}
-    for name, conv in convs_a[:max_layers]:
-        wa = conv.weight.detach().flatten(1).double().numpy()
-        wb = convs_b[name].weight.detach().flatten(1).double().numpy()
-        if wa.shape == wb.shape and wa.shape[0] >= 4:
-            out[name] = round(float(rbf_cka(wa, wb)), 5)
-    return out
 
 
 def run_similarity(data: str, a: str, b: str, out: str | Path, split: str = "test", samples: int = 500,
@@ -80,7 +63,7 @@ def run_similarity(data: str, a: str, b: str, out: str | Path, split: str = "tes
         logger.info("%s done", measure)
     name = name or f"{slug(a)}_vs_{slug(b)}"
     folder = Path(out) / "similarity"
-    weights = weight_similarity(models[0], models[1]) if cards[0]["backbone"] == cards[1]["backbone"] else {}
+    weights = weight_similarity(conv_weights(models[0]), conv_weights(models[1])) if cards[0]["backbone"] == cards[1]["backbone"] else {}
     record = {"name": name, "a": a, "b": b, "card_a": cards[0], "card_b": cards[1], "dataset": dataset.describe(),
               "split": split, "n_images": len(images), "image_size": image_size, "spatial": spatial,
               "max_features": max_features, "layers_a": layers_a, "layers_b": layers_b,

@@ -45,7 +45,7 @@ def _load_folder(folder: Path) -> list[dict]:
 
 
 def _main_metric(record: dict) -> str:
-    from ctssl.eval.records.store import main_metric
+    from ctssl.eval.records.comparisons import main_metric
 
     return main_metric(record)
 
@@ -176,7 +176,7 @@ border:1px solid #e3e7ef}code{background:#f1f4f9;padding:0 .25rem;border-radius:
 def write_report(out: str | Path, title: str = "ctssl evaluation report") -> tuple[Path, Path]:
     """Write OUT/report.html and OUT/report.md; returns their paths."""
     from ctssl.eval.report.plots import confounder_curves, efficiency_curves, heatmaps
-    from ctssl.eval.records.store import git_commit
+    from ctssl.eval.records.provenance import git_commit
 
     out = Path(out)
     # Readable backbone names (OUT/names.json, from --name or the demo); otherwise shortened sources.

@@ -25,7 +25,7 @@ from ctssl.eval.report.sections import _fmt, _img, _md_table, _table
 
 
 def _metric(record: dict) -> str:
-    from ctssl.eval.records.store import main_metric
+    from ctssl.eval.records.comparisons import main_metric
 
     return main_metric(record)
 

@@ -102,7 +102,7 @@ def resolve_sweep_config(recipe: str | None = None, config_file: str | None = No
 
 def validate(cfg: SweepConfig) -> None:
     from ctssl.core.config import ConfigError
-    from ctssl.eval.protocols.confounders import CONFOUNDERS
+    from ctssl.eval.inputs.confounders import CONFOUNDERS
 
     problems = []
     if not cfg.data:
@@ -174,7 +174,9 @@ def confounder_name(job: dict) -> str:
 def run_job(cfg: SweepConfig, index: int) -> list[dict]:
     from dataclasses import replace
 
-    from ctssl.eval.protocols.spec import EvalSpec, knn_runs, probe_runs
+    from ctssl.eval.protocols.knn import knn_runs
+    from ctssl.eval.protocols.probe import probe_runs
+    from ctssl.eval.protocols.spec import EvalSpec
     from ctssl.eval.protocols.finetune import finetune_runs
 
     validate(cfg)
