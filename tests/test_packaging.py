@@ -103,7 +103,7 @@ def test_wheel_top_level_is_ctssl_only(wheel):
     assert top_level in (None, ["ctssl"])
     # The stage folders are inside the namespace, with their data files.
     for module in ("ctssl/data/ingest/run.py", "ctssl/shards/reader.py", "ctssl/pretrain/main.py",
-                   "ctssl/finetune/finetune.py", "ctssl/eval/report/sections.py", "ctssl/__main__.py",
+                   "ctssl/finetune/finetune.py", "ctssl/eval/report/build.py", "ctssl/__main__.py",
                    "ctssl/pretrain/recipes/simclr_rn50_ct.yaml", "ctssl/eval/recipes/hidden_representations.yaml",
                    "ctssl/data/synth/phantom.py"):
         assert module in names, module

@@ -92,7 +92,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     from ctssl.eval.protocols.knn import knn_runs
     from ctssl.eval.protocols.probe import probe_runs
     from ctssl.eval.protocols.spec import EvalSpec
-    from ctssl.eval.report.sections import write_report
+    from ctssl.eval.report.build import write_report
     from ctssl.eval.records.comparisons import collate
     from ctssl.eval.records.store import save_names
     from ctssl.eval.protocols.similarity import run_similarity

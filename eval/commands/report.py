@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ctssl.core.logs import setup_logging
-    from ctssl.eval.report.sections import write_report
+    from ctssl.eval.report.build import write_report
     from ctssl.eval.records.comparisons import collate
 
     setup_logging(args.log_level)

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(cfg) -> int:
-    from ctssl.eval.report.sections import write_report
+    from ctssl.eval.report.build import TITLE, write_report
     from ctssl.eval.records.comparisons import collate
     from ctssl.eval.records.store import save_names
     from ctssl.eval.sweep.jobs import missing_jobs
@@ -120,7 +120,7 @@ def _report(cfg) -> int:
     results, comparisons = collate(cfg.out, cfg.n_boot)
     missing = missing_jobs(cfg)
     print(f"results: {results}\ncomparisons: {comparisons}")
-    html, markdown = write_report(cfg.out, cfg.title or "ctssl evaluation report")
+    html, markdown = write_report(cfg.out, cfg.title or TITLE)
     print(f"report: {html}\nsummary: {markdown}")
     if missing:
         print(f"{len(missing)} job(s) not finished: indexes {[j['index'] for j in missing]}; rerun them with "

@@ -109,7 +109,7 @@ def run_confounders(data: str, backbones: list[str], label: str, cfg: Confounder
     folder = Path(out) / "confounders"
     record = {"name": name, "dataset": dataset.describe(), "label": label, "positive": cfg.positive,
               "config": {**cfg.__dict__}, "rows": rows, "provenance": provenance()}
-    from ctssl.eval.report.plots import confounder_curves
+    from ctssl.eval.records.plots import confounder_curves
 
     record["figure"] = str(confounder_curves(rows, "auroc", folder / f"{name}.png",
                                              f"confounder '{cfg.confounder}' on {label} = {cfg.positive}"))

@@ -104,7 +104,7 @@ def run_gap(a: str, b: str, backbones: list[str], out: str | Path, label: str = 
 def _embedding(fa, fb, data_a, data_b, source, seed, path, per_domain):
     from sklearn.manifold import TSNE
 
-    from ctssl.eval.report.plots import embedding
+    from ctssl.eval.records.plots import embedding
 
     rng = np.random.default_rng(seed)
     ia = np.sort(rng.choice(len(fa.targets), min(per_domain, len(fa.targets)), replace=False))

@@ -72,7 +72,7 @@ def run_similarity(data: str, a: str, b: str, out: str | Path, split: str = "tes
               "matrices": matrices, "undefined": undefined, "weight_rbf_cka": weights, "provenance": provenance()}
     path = folder / f"{name}.json"
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
-    from ctssl.eval.report.plots import heatmaps
+    from ctssl.eval.records.plots import heatmaps
 
     record["figure"] = str(heatmaps(record, folder / f"{name}.png"))
     record["json"] = str(path)

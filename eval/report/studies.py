@@ -1,6 +1,7 @@
 """The report's sections for the seed-study recipes (eval/recipes/): each study's results laid out as its
 paper's tables and figures. ``study_sections(out, study, records, comparisons, confounders, label)``
-returns (HTML parts, Markdown lines); ``eval.report.write_report`` places them after the recipe's citation.
+returns the study's document blocks (``eval.report.document``); ``eval.report.build.write_report`` places them
+after the recipe's citation.
 
 - ``radnet12m``: fine-tuning and linear probe at each label fraction (mean ± SD over seeds, relative Δ of
   the means vs the baseline, Welch p), feature reuse (RBF CKA of pretrained vs fine-tuned conv weights) and
@@ -16,18 +17,14 @@ returns (HTML parts, Markdown lines); ``eval.report.write_report`` places them a
 from __future__ import annotations
 
 from collections import defaultdict
-from html import escape as html_escape
 from pathlib import Path
 
 import numpy as np
 
-from ctssl.eval.report.sections import _fmt, _img, _md_table, _table
-
-
-def _metric(record: dict) -> str:
-    from ctssl.eval.records.comparisons import main_metric
-
-    return main_metric(record)
+from ctssl.eval.protocols.finetune import cut_name
+from ctssl.eval.records.comparisons import main_metric
+from ctssl.eval.records.plots import confounder_curves, cut_curves, layer_profile
+from ctssl.eval.report.document import Block, Figure, Heading, Note, Table, fmt
 
 
 def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
@@ -48,21 +45,19 @@ def _backbones(records: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["backbone"] for r in sorted(records, key=lambda r: r["backbone_order"])))
 
 
-def _section(title: str, note: str, header, rows, h: list, md: list) -> None:
-    h.append(f"<h3>{html_escape(title)}</h3><p class='note'>{html_escape(note)}</p>" + _table(header, rows))
-    md += [f"### {title}", "", note, "", *_md_table(header, rows)]
+def _section(title: str, note: str, header, rows) -> list[Block]:
+    return [Heading(title, 3), Note(note), Table(header, rows)]
 
 
-def _figure(path: Path, alt: str, out: Path, h: list, md: list) -> None:
-    h.append(_img(path))
-    md += [f"![{alt}]({path.relative_to(out).as_posix()})", ""]
+def _figure(path: Path, alt: str, out: Path) -> Figure:
+    return Figure(path, alt, path.relative_to(out).as_posix())
 
 
-def radnet12m(out: Path, records, comparisons, confounders, label) -> tuple[list, list]:
-    h, md = [], []
+def radnet12m(out: Path, records, comparisons, confounders, label) -> list[Block]:
+    blocks = []
     runs = [r for r in records if (r["task"] == "finetune" and r.get("variant") == "best_val") or r["task"] == "probe"]
     if not runs:
-        return h, md
+        return blocks
     backbones = _backbones(runs)
     welch = {(c["task"], c["fraction"], c["backbone"]): c for c in comparisons
              if c.get("seed") == "all" and c.get("variant") in ("best_val", "")}
@@ -71,20 +66,20 @@ def radnet12m(out: Path, records, comparisons, confounders, label) -> tuple[list
     for task in ("finetune", "probe"):
         for fraction in sorted({r["fraction"] for r in runs if r["task"] == task}):
             mine = [r for r in runs if r["task"] == task and r["fraction"] == fraction]
-            metric = _metric(mine[0])
+            metric = main_metric(mine[0])
             cells = []
             for b in backbones:
                 text = _cell([r["test"][metric]["value"] for r in mine if r["backbone"] == b])
                 test = welch.get((task, fraction, b))
                 if test and b != backbones[0]:
-                    text += f"; Δ {_fmt(test.get('relative_delta'), '+.1%')} (p {_fmt(test.get('p_value'))})"
+                    text += f"; Δ {fmt(test.get('relative_delta'), '+.1%')} (p {fmt(test.get('p_value'))})"
                 cells.append(text)
             rows.append([f"{'fine-tuning' if task == 'finetune' else 'linear probe'} ({metric})", f"{fraction:g}",
                          *cells])
-    _section("Table 1: fine-tuning and linear evaluation at label fractions",
-             f"Test metric, mean ± SD over seeds (n); Δ: relative difference of the means against the baseline "
-             f"({label(backbones[0])}), p: Welch's t-test over seeds. Fine-tuning: the model of the best "
-             "validation epoch, its lr chosen per backbone on validation.", header, rows, h, md)
+    blocks += _section("Table 1: fine-tuning and linear evaluation at label fractions",
+                       f"Test metric, mean ± SD over seeds (n); Δ: relative difference of the means against the baseline "
+                       f"({label(backbones[0])}), p: Welch's t-test over seeds. Fine-tuning: the model of the best "
+                       "validation epoch, its lr chosen per backbone on validation.", header, rows)
     reuse = [r for r in runs if r["task"] == "finetune" and r.get("feature_reuse")]
     if reuse:
         layers = list(reuse[0]["feature_reuse"])[:6]
@@ -95,10 +90,10 @@ def radnet12m(out: Path, records, comparisons, confounders, label) -> tuple[list
                 if mine:
                     rows.append([label(b), f"{fraction:g}",
                                  *[_cell([r["feature_reuse"].get(layer) for r in mine]) for layer in layers]])
-        _section("Table 2: feature reuse",
-                 "RBF CKA (median-distance bandwidth) between the pretrained and the fine-tuned weights of each "
-                 "convolution, each filter one example: 1 = the layer survived fine-tuning unchanged up to "
-                 "rotation and scale. Mean ± SD over seeds.", ["backbone", "label fraction", *layers], rows, h, md)
+        blocks += _section("Table 2: feature reuse",
+                           "RBF CKA (median-distance bandwidth) between the pretrained and the fine-tuned weights of each "
+                           "convolution, each filter one example: 1 = the layer survived fine-tuning unchanged up to "
+                           "rotation and scale. Mean ± SD over seeds.", ["backbone", "label fraction", *layers], rows)
     paired = [c for c in comparisons if c.get("seed") != "all" and c.get("agreement") and
               c["task"] in ("finetune", "probe") and c.get("variant") in ("best_val", "")]
     if paired:
@@ -109,23 +104,21 @@ def radnet12m(out: Path, records, comparisons, confounders, label) -> tuple[list
                                                                               a["only_a_right"], a["both_wrong"]]
         rows = [[task, f"{fraction:g}", label(b), label(base), *[str(int(v)) for v in counts]]
                 for (task, fraction, b, base), counts in sorted(sums.items(), key=lambda kv: (kv[0][0], kv[0][1]))]
-        _section("Table 3: who knew what",
-                 "Test samples (summed over seeds) that both models classified right, only the backbone, only the "
-                 "baseline, or neither: where CT pretraining helps, and where it loses what the baseline knew.",
-                 ["task", "label fraction", "backbone", "baseline", "both right", "only backbone", "only baseline",
-                  "both wrong"], rows, h, md)
-    return h, md
+        blocks += _section("Table 3: who knew what",
+                           "Test samples (summed over seeds) that both models classified right, only the backbone, only the "
+                           "baseline, or neither: where CT pretraining helps, and where it loses what the baseline knew.",
+                           ["task", "label fraction", "backbone", "baseline", "both right", "only backbone", "only baseline",
+                            "both wrong"], rows)
+    return blocks
 
 
-def hidden_representations(out: Path, records, comparisons, confounders, label) -> tuple[list, list]:
-    from ctssl.eval.report.plots import layer_profile
-
-    h, md = [], []
+def hidden_representations(out: Path, records, comparisons, confounders, label) -> list[Block]:
+    blocks = []
     runs = [r for r in records if r["task"] == "hidden"]
     if not runs:
-        return h, md
+        return blocks
     backbones = _backbones(runs)
-    metric = _metric(runs[0])
+    metric = main_metric(runs[0])
     rows = []
     for b in backbones:
         mine = [r for r in runs if r["backbone"] == b]
@@ -135,9 +128,9 @@ def hidden_representations(out: Path, records, comparisons, confounders, label) 
                      _cell([(r["test"].get(other) or {}).get("value") for r in mine]), str(len(mine)),
                      ", ".join(f"{lr:g}" for lr in chosen)])
     other = "accuracy" if metric == "auroc" else "auroc"
-    _section("Table 1: fine-tuned performance",
-             f"Test {metric} and {other} over patient-grouped folds (mean ± SD, n folds); lr chosen on each fold's "
-             "validation patients.", ["backbone", metric, other, "folds", "chosen lr"], rows, h, md)
+    blocks += _section("Table 1: fine-tuned performance",
+                       f"Test {metric} and {other} over patient-grouped folds (mean ± SD, n folds); lr chosen on each fold's "
+                       "validation patients.", ["backbone", metric, other, "folds", "chosen lr"], rows)
     layers = list(runs[0]["cca_pretrained_vs_finetuned"])
     series, rows = {}, []
     for b in backbones:
@@ -158,11 +151,11 @@ def hidden_representations(out: Path, records, comparisons, confounders, label) 
             f"images: spatial positions as datapoints, random channels per side (at most one per 10 datapoints), "
             f"{first[layers[0]].get('repeats', '?')} repeats; the plain mean of all coefficients (svcca's 98% "
             "mean is in the records). Mean ± SD over folds; lower = fine-tuning changed the layer more.")
-    _section("Table 2: similarity of pretrained and fine-tuned representations", note, ["backbone", *layers], rows,
-             h, md)
+    blocks += _section("Table 2: similarity of pretrained and fine-tuned representations", note, ["backbone", *layers],
+                                 rows)
     path = layer_profile(series, out / "figures" / "hidden-cca.png",
                          "Mean CCA, pretrained vs fine-tuned, per layer (mean ± SD over folds)")
-    _figure(path, "mean CCA per layer", out, h, md)
+    blocks.append(_figure(path, "mean CCA per layer", out))
     pairs = defaultdict(list)
     for c in comparisons:
         if c["task"] == "hidden" and c.get("agreement") and c.get("seed") != "all":
@@ -171,24 +164,21 @@ def hidden_representations(out: Path, records, comparisons, confounders, label) 
         rows = [[label(a), label(b), _cell([x["agreement_on_correctness"] for x in v]),
                  _cell([x["chance_agreement"] for x in v]), _cell([x["error_consistency_kappa"] for x in v])]
                 for (a, b), v in pairs.items()]
-        _section("Table 3: prediction similarity of the fine-tuned models",
-                 "Fraction of test samples both models got right or both wrong, against its chance level "
-                 "acc_a·acc_b + (1 − acc_a)(1 − acc_b), and the error-consistency κ; mean ± SD over folds.",
-                 ["model A", "model B", "agreement on correctness", "chance", "κ"], rows, h, md)
-    return h, md
+        blocks += _section("Table 3: prediction similarity of the fine-tuned models",
+                           "Fraction of test samples both models got right or both wrong, against its chance level "
+                           "acc_a·acc_b + (1 − acc_a)(1 − acc_b), and the error-consistency κ; mean ± SD over folds.",
+                           ["model A", "model B", "agreement on correctness", "chance", "κ"], rows)
+    return blocks
 
 
-def truncated_transfer(out: Path, records, comparisons, confounders, label) -> tuple[list, list]:
-    from ctssl.eval.report.plots import cut_curves
-    from ctssl.eval.protocols.finetune import cut_name
-
-    h, md = [], []
+def truncated_transfer(out: Path, records, comparisons, confounders, label) -> list[Block]:
+    blocks = []
     runs = [r for r in records if r["task"] == "truncated" and r.get("variant", "").endswith("best_val")]
     if not runs:
-        return h, md
+        return blocks
     backbones = _backbones(runs)
     cuts = sorted({r["cut"] for r in runs}, key=lambda c: c or 99)
-    metric = _metric(runs[0])
+    metric = main_metric(runs[0])
     rows = []
     for b in backbones:
         for fraction in sorted({r["fraction"] for r in runs}):
@@ -197,10 +187,10 @@ def truncated_transfer(out: Path, records, comparisons, confounders, label) -> t
                          *[_cell([r["test"][metric]["value"] for r in mine if r["cut"] == c]) for c in cuts]])
     params = {c: next((r["parameters"] for r in runs if r["cut"] == c), None) for c in cuts}
     rows.append(["parameters (incl. head)", "", *[f"{params[c] / 1e6:.2f} M" if params[c] else "n/a" for c in cuts]])
-    _section("Table 1: test performance by cut point",
-             f"Test {metric} (mean ± SD over seeds, n) of the network cut after stage k with a linear head on the "
-             "unpooled map, and of the full network; every cut with the same epochs and lr grid, chosen on validation.",
-             ["backbone", "label fraction", *[cut_name(c) for c in cuts]], rows, h, md)
+    blocks += _section("Table 1: test performance by cut point",
+                       f"Test {metric} (mean ± SD over seeds, n) of the network cut after stage k with a linear head on the "
+                       "unpooled map, and of the full network; every cut with the same epochs and lr grid, chosen on validation.",
+                       ["backbone", "label fraction", *[cut_name(c) for c in cuts]], rows)
     for i, fraction in enumerate(sorted({r["fraction"] for r in runs})):
         series = {}
         for b in backbones:
@@ -212,14 +202,12 @@ def truncated_transfer(out: Path, records, comparisons, confounders, label) -> t
             series[label(b)] = points
         path = cut_curves(series, metric, out / "figures" / f"truncation-{i}.png",
                           f"Test {metric} by cut point, {fraction:g} of the labels")
-        _figure(path, f"truncation at fraction {fraction:g}", out, h, md)
-    return h, md
+        blocks.append(_figure(path, f"truncation at fraction {fraction:g}", out))
+    return blocks
 
 
-def source_matters(out: Path, records, comparisons, confounders, label) -> tuple[list, list]:
-    from ctssl.eval.report.plots import confounder_curves
-
-    h, md = [], []
+def source_matters(out: Path, records, comparisons, confounders, label) -> list[Block]:
+    blocks = []
     by_kind = defaultdict(list)
     for c in confounders:
         for row in c["rows"]:
@@ -238,19 +226,19 @@ def source_matters(out: Path, records, comparisons, confounders, label) -> tuple
                               _cell([r["confounded"]["auroc"]["value"] for r in mine]),
                               _cell([r["drop"]["auroc"] for r in mine]),
                               f"{significant}/{len(tests)}" if tests and tests[0] else "n/a",
-                              _fmt(float(np.median([t["p_value"] for t in tests])) if tests and all(
+                              fmt(float(np.median([t["p_value"] for t in tests])) if tests and all(
                                   t.get("p_value") is not None for t in tests) else None)])
-        _section(f"Confounder '{kind}'",
-                 f"AUROC on the clean and on the anti-correlated test set (the confounder in every negative), and the "
-                 f"drop, as the confounded fraction of positive training images grows; mean ± SD over seeds (n). "
-                 f"Permutation test of each drop (negatives' clean/confounded scores exchanged): seeds with p < 0.05, "
-                 f"median p. Mode: {rows[0]['mode']}.",
-                 ["backbone", "confounded fraction", "clean AUROC", "anti-correlated AUROC", "drop",
-                  "p < 0.05", "median p"], table, h, md)
+        blocks += _section(f"Confounder '{kind}'",
+                           f"AUROC on the clean and on the anti-correlated test set (the confounder in every negative), and the "
+                           f"drop, as the confounded fraction of positive training images grows; mean ± SD over seeds (n). "
+                           f"Permutation test of each drop (negatives' clean/confounded scores exchanged): seeds with p < 0.05, "
+                           f"median p. Mode: {rows[0]['mode']}.",
+                           ["backbone", "confounded fraction", "clean AUROC", "anti-correlated AUROC", "drop",
+                            "p < 0.05", "median p"], table)
         path = confounder_curves(rows, "auroc", out / "figures" / f"confounder-{i}.png",
                                  f"Confounder '{kind}': clean vs anti-correlated test AUROC", label)
-        _figure(path, f"confounder {kind}", out, h, md)
-    return h, md
+        blocks.append(_figure(path, f"confounder {kind}", out))
+    return blocks
 
 
 STUDIES = {"radnet12m": radnet12m, "hidden_representations": hidden_representations,
@@ -268,5 +256,5 @@ def studies_to_render(study: str, records: list[dict]) -> list[str]:
     return names
 
 
-def study_sections(out: Path, study: str, records, comparisons, confounders, label) -> tuple[list, list]:
+def study_sections(out: Path, study: str, records, comparisons, confounders, label) -> list[Block]:
     return STUDIES[study](Path(out), records, comparisons, confounders, label)

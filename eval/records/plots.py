@@ -1,4 +1,5 @@
-"""Figures for the analyses and the report (matplotlib, Agg backend, PNG written atomically)."""
+"""Figures of the records, written beside them by the protocols and redrawn with readable names by the report
+(matplotlib, Agg backend, PNG written atomically)."""
 
 from __future__ import annotations
 
