@@ -16,6 +16,7 @@ import pytest
 
 from ctssl.core.config import recipe_names
 from ctssl.eval.sweep import jobs as sweep
+from ctssl.eval.sweep.config import RECIPES, resolve_sweep_config
 from ctssl.eval.measures.confounders import _auroc_rows, permutation_test
 from ctssl.eval.inputs.folds import fold_indices, patient_folds
 from ctssl.eval.features.layers import spatial_activations
@@ -30,9 +31,9 @@ TINY = ["--set", "image_size=32", "--set", "n_boot=50", "--set", "finetune.epoch
 
 
 def test_recipes_hold_their_papers_protocols():
-    assert set(recipe_names(sweep.RECIPES)) == {"radnet12m", "hidden_representations", "source_matters", "truncated_transfer"}
-    cfg = {name: sweep.resolve_sweep_config(name, options={"data": "d", "backbones": ["a", "b"]})
-           for name in recipe_names(sweep.RECIPES)}
+    assert set(recipe_names(RECIPES)) == {"radnet12m", "hidden_representations", "source_matters", "truncated_transfer"}
+    cfg = {name: resolve_sweep_config(name, options={"data": "d", "backbones": ["a", "b"]})
+           for name in recipe_names(RECIPES)}
     for name, c in cfg.items():
         sweep.validate(c)
         assert c.study == name and c.recipe == name and c.reference and c.title
@@ -50,21 +51,21 @@ def test_recipes_hold_their_papers_protocols():
 def test_job_lists_and_recipe_in_a_config_file(tmp_path):
     config = tmp_path / "study.yaml"
     config.write_text("recipe: truncated_transfer\ndata: d\nbackbones: [a, b]\nseeds: [0]\n")
-    cfg = sweep.resolve_sweep_config(None, str(config))
+    cfg = resolve_sweep_config(None, str(config))
     assert cfg.study == "truncated_transfer" and cfg.seeds == [0]
     jobs = sweep.jobs(cfg)
     assert len(jobs) == 2 * 4 * 3 * 1 and {j["cut"] for j in jobs} == {0, 1, 2, 3}
     assert [j["index"] for j in jobs] == list(range(len(jobs)))
-    hidden = sweep.resolve_sweep_config("hidden_representations", options={"data": "d", "backbones": ["a"]})
+    hidden = resolve_sweep_config("hidden_representations", options={"data": "d", "backbones": ["a"]})
     assert [j["fold"] for j in sweep.jobs(hidden)] == [0, 1, 2, 3, 4]
-    source = sweep.resolve_sweep_config("source_matters", options={"data": "d", "backbones": ["a", "b"]})
+    source = resolve_sweep_config("source_matters", options={"data": "d", "backbones": ["a", "b"]})
     assert len(sweep.jobs(source)) == 2 * 3 * 3
     from ctssl.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="Unknown recipe 'nope'"):
-        sweep.resolve_sweep_config("nope")
+        resolve_sweep_config("nope")
     with pytest.raises(ConfigError, match="hidden.folds must be at least 3"):
-        sweep.validate(sweep.resolve_sweep_config("hidden_representations", overrides=["hidden.folds=2"],
+        sweep.validate(resolve_sweep_config("hidden_representations", overrides=["hidden.folds=2"],
                                                   options={"data": "d", "backbones": ["a"]}))
 
 

@@ -34,16 +34,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
-    from ctssl.eval.protocols.confounders import ConfounderConfig, run_confounders
     from ctssl.eval.measures.probe import ProbeConfig
+    from ctssl.eval.protocols.confounders import ConfounderSettings, run_confounders
+    from ctssl.eval.protocols.spec import EvalTarget
     from ctssl.finetune.finetune import FinetuneConfig
 
     setup_logging(args.log_level)
-    cfg = ConfounderConfig(confounder=args.confounder, positive=args.positive, fractions=args.fraction or [0.0, 0.1, 0.2, 0.5, 0.8, 1.0],
-                           mode=args.mode, seed=args.seed, image_size=args.image_size, n_boot=args.n_boot)
-    record = run_confounders(args.data, args.backbone, args.label, cfg, args.out, args.cache,
-                             probe_cfg=ProbeConfig(epochs=args.epochs or 50),
-                             finetune_cfg=FinetuneConfig(epochs=args.epochs or 5))
+    settings = ConfounderSettings(positive=args.positive, mode=args.mode)
+    if args.fraction:
+        settings.fractions = args.fraction
+    target = EvalTarget(data=args.data, label=args.label, backbones=args.backbone, image_size=args.image_size,
+                        n_boot=args.n_boot)
+    record = run_confounders(target, settings, args.out, args.confounder, args.seed,
+                             probe=ProbeConfig(epochs=args.epochs or 50), finetune=FinetuneConfig(epochs=args.epochs or 5),
+                             cache=args.cache)
     print(f"{'backbone':<48} {'fraction':>8} {'clean AUROC':>12} {'anti AUROC':>11} {'drop':>7}")
     for r in record["rows"]:
         clean, anti = r["clean"]["auroc"]["value"], r["confounded"]["auroc"]["value"]

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
     from ctssl.eval.commands.options import eval_spec, finish
     from ctssl.finetune.finetune import FinetuneConfig
-    from ctssl.eval.protocols.finetune import finetune_runs
+    from ctssl.eval.protocols.finetune import run_finetune
 
     setup_logging(args.log_level)
     defaults = FinetuneConfig()
@@ -54,4 +54,4 @@ def run(args: argparse.Namespace) -> int:
                          weight_decays=args.weight_decay or defaults.weight_decays, llrd=args.llrd,
                          truncate=args.truncate, truncate_pool=args.truncate_pool, patience=args.patience,
                          augment=args.augment, balanced=args.balanced, save_model=args.save_model)
-    return finish(args, finetune_runs(eval_spec(args), cfg, args.out))
+    return finish(args, run_finetune(eval_spec(args), cfg, args.out))

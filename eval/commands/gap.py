@@ -33,11 +33,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
-    from ctssl.eval.protocols.gap import run_gap
+    from ctssl.eval.protocols.gap import GapSettings, run_gap
 
     setup_logging(args.log_level)
-    record = run_gap(args.a, args.b, args.backbone, args.out, args.label, args.label_b, args.split, args.max_samples,
-                     args.image_size, args.cache, args.k, args.embed, args.name)
+    settings = GapSettings(label=args.label, label_b=args.label_b or "", split=args.split, max_samples=args.max_samples,
+                           image_size=args.image_size, k=args.k, embed=args.embed)
+    record = run_gap(args.a, args.b, args.backbone, settings, args.out, args.cache, args.name)
     print(f"{'backbone':<48} {'A-dist':>7} {'MMD2':>8} {'Frechet':>9} {'purity':>7} {'probe gap A->B':>15}")
     for r in record["rows"]:
         transfer = r["probe_transfer"]["a_to_b"]

@@ -30,8 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
     from ctssl.eval.commands.options import eval_spec, finish
-    from ctssl.eval.protocols.knn import knn_runs
+    from ctssl.eval.protocols.knn import KNNSettings, run_knn
 
     setup_logging(args.log_level)
-    records = knn_runs(eval_spec(args), args.out, args.k or [10, 20, 100, 200], args.temperature, args.index)
+    settings = KNNSettings(k=args.k or [10, 20, 100, 200], temperature=args.temperature, index=args.index)
+    records = run_knn(eval_spec(args), settings, args.out, args.cache)
     return finish(args, records)

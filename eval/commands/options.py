@@ -36,8 +36,8 @@ def eval_spec(args: argparse.Namespace):
     from ctssl.eval.records.store import save_names
 
     save_names(args.out, args.backbone, args.name)
-    return EvalSpec(dataset=args.data, backbones=args.backbone, label=args.label, fractions=args.fraction or [1.0],
-                    seeds=args.seed or [0], image_size=args.image_size, cache=args.cache, n_boot=args.n_boot,
+    return EvalSpec(data=args.data, backbones=args.backbone, label=args.label, fractions=args.fraction or [1.0],
+                    seeds=args.seed or [0], image_size=args.image_size, n_boot=args.n_boot,
                     grey_window=args.grey_window)
 
 

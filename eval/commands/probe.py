@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
     from ctssl.eval.commands.options import eval_spec, finish
     from ctssl.eval.measures.probe import ProbeConfig
-    from ctssl.eval.protocols.probe import probe_runs
+    from ctssl.eval.protocols.probe import run_probe
 
     setup_logging(args.log_level)
     cfg = ProbeConfig(epochs=args.epochs, batch_size=args.batch_size, balanced=args.balanced, select=args.select)
@@ -49,5 +49,5 @@ def run(args: argparse.Namespace) -> int:
         cfg.lrs = args.lr
     if args.wd:
         cfg.weight_decays = args.wd
-    records = probe_runs(eval_spec(args), cfg, args.out, logreg=args.logreg)
+    records = run_probe(eval_spec(args), cfg, args.out, logreg=args.logreg, cache=args.cache)
     return finish(args, records)

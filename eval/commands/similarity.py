@@ -34,12 +34,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
-    from ctssl.eval.protocols.similarity import run_similarity
+    from ctssl.eval.protocols.similarity import SimilaritySettings, run_similarity
 
     setup_logging(args.log_level)
-    result = run_similarity(args.data, args.a, args.b, args.out, split=args.split, samples=args.samples,
-                            image_size=args.image_size, spatial=args.spatial, max_features=args.max_features,
-                            measures=args.measure, name=args.name)
+    settings = SimilaritySettings(split=args.split, samples=args.samples, image_size=args.image_size,
+                                  spatial=args.spatial, max_features=args.max_features)
+    if args.measure:
+        settings.measures = args.measure
+    result = run_similarity(args.data, args.a, args.b, settings, args.out, name=args.name)
     for measure, matrix in result["matrices"].items():
         print(f"{measure} (rows: A layers, columns: B layers)")
         print("          " + " ".join(f"{c:>8}" for c in result["layers_b"]))

@@ -23,7 +23,7 @@ Recipes (each file cites its paper; --set changes any setting, e.g. --set seeds=
   truncated_transfer      fine-tuning cut after every ResNet stage, head on the unpooled map, at
                           data-poor label fractions
 
-A config file holds what differs from eval.sweep.SweepConfig, e.g.:
+A config file holds what differs from eval.sweep.config.SweepConfig, e.g.:
 
   out: runs/eval
   data: runs/demo/shards-ct
@@ -70,17 +70,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def resolve(args: argparse.Namespace):
     """The sweep's config from the recipe, --config, --set and the named options."""
     from ctssl.core.config import ConfigError, recipe_names
-    from ctssl.eval.sweep import jobs as sweep
+    from ctssl.eval.sweep.config import RECIPES, resolve_sweep_config
+    from ctssl.eval.sweep.jobs import validate
 
     recipe = getattr(args, "recipe", None)
     if not args.config and not recipe:
         raise ConfigError("ctssl sweep needs --recipe NAME or --config sweep.yaml (see ctssl sweep --help); "
-                          f"recipes: {recipe_names(sweep.RECIPES)}.")
+                          f"recipes: {recipe_names(RECIPES)}.")
     options = {"data": getattr(args, "data", None), "label": getattr(args, "label", None),
                "backbones": getattr(args, "backbone", None), "names": getattr(args, "name", None),
                "out": getattr(args, "out", None)}
-    cfg = sweep.resolve_sweep_config(recipe, args.config, args.overrides, options)
-    sweep.validate(cfg)
+    cfg = resolve_sweep_config(recipe, args.config, args.overrides, options)
+    validate(cfg)
     return cfg
 
 

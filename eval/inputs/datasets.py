@@ -46,6 +46,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
+DEFAULT_LABEL = "region"     # the label evaluated unless one is named (body region of ctssl's CT shards)
 UNIT_ROWS = 512          # samples per unit of work for in-memory datasets (shard datasets: one shard)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -135,7 +136,7 @@ class Dataset:
                 "counts": {s: len(v) for s, v in self.samples.items()}}
 
 
-def open_dataset(spec: str, label: str = "region") -> Dataset:
+def open_dataset(spec: str, label: str = DEFAULT_LABEL) -> Dataset:
     """Read the dataset named by ``spec`` (module docstring)."""
     if spec.startswith("imagefolder:"):
         data = _imagefolder(spec, Path(spec.split(":", 1)[1]))
@@ -297,7 +298,7 @@ def _medmnist(spec: str, path: Path, label: str) -> Dataset:
                    f"{split}-{i}", f"{split}-{i}")
             for i in range(len(images))]
     classes = [str(c) for c in range(data["train_labels"].shape[1])] if multilabel else []
-    return Dataset(spec, label if label != "region" else "label", "image", _hash_file(path), samples,
+    return Dataset(spec, label if label != DEFAULT_LABEL else "label", "image", _hash_file(path), samples,
                    classes=classes, multilabel=multilabel)
 
 

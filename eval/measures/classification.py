@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 
+BOOTSTRAP_RESAMPLES = 1000      # resamples of every bootstrap CI and paired comparison, unless set
+
 
 def accuracy(y: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(np.asarray(y) == np.asarray(pred)))
@@ -72,7 +74,7 @@ class _Resampler:
         return np.concatenate([self.members[g] for g in chosen])
 
 
-def bootstrap_ci(metric: Callable, y: np.ndarray, out: np.ndarray, n: int = 1000, alpha: float = 0.05,
+def bootstrap_ci(metric: Callable, y: np.ndarray, out: np.ndarray, n: int = BOOTSTRAP_RESAMPLES, alpha: float = 0.05,
                  groups: np.ndarray | None = None, seed: int = 0) -> tuple[float, float, float]:
     """(point estimate, lower, upper) of ``metric(y, out)`` by the percentile bootstrap."""
     y, out = np.asarray(y), np.asarray(out)
@@ -89,8 +91,9 @@ def bootstrap_ci(metric: Callable, y: np.ndarray, out: np.ndarray, n: int = 1000
     return float(metric(y, out)), float(lo), float(hi)
 
 
-def paired_bootstrap(metric: Callable, y: np.ndarray, out_a: np.ndarray, out_b: np.ndarray, n: int = 1000,
-                     alpha: float = 0.05, groups: np.ndarray | None = None, seed: int = 0) -> dict:
+def paired_bootstrap(metric: Callable, y: np.ndarray, out_a: np.ndarray, out_b: np.ndarray,
+                     n: int = BOOTSTRAP_RESAMPLES, alpha: float = 0.05, groups: np.ndarray | None = None,
+                     seed: int = 0) -> dict:
     """Difference metric(b) - metric(a) on the same resamples: estimate, CI and two-sided p."""
     y, out_a, out_b = np.asarray(y), np.asarray(out_a), np.asarray(out_b)
     resample = _Resampler(len(y), groups, seed)
@@ -110,7 +113,7 @@ def paired_bootstrap(metric: Callable, y: np.ndarray, out_a: np.ndarray, out_b: 
 
 
 def metrics_with_ci(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, multilabel: bool,
-                    n_boot: int = 1000, seed: int = 0) -> dict:
+                    n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> dict:
     """Point estimates with 95% percentile-bootstrap CIs, patients resampled. Multi-class: accuracy,
     balanced accuracy, macro one-vs-rest AUROC; multi-label: macro AUROC over labels. Samples
     of classes unseen in training (target -1) are left out and counted."""

@@ -12,7 +12,9 @@
   cross-validated accuracy on equal-size samples; proxy A-distance ``2 (1 - 2 err)`` (Ben-David
   et al. 2007): 0 = indistinguishable, 2 = perfectly separable.
 - ``knn_purity``: the mean fraction of each sample's k nearest neighbours (cosine, itself
-  excluded) from its own domain, against the chance level for equal-size domains.
+  excluded) from its own domain, against the chance level for equal-size domains;
+- ``probe_gap``: a linear classifier trained on one domain, its accuracy on the same and on the other
+  domain (the cross-domain "probe gap" of transfer studies).
 """
 
 from __future__ import annotations
@@ -113,3 +115,19 @@ def knn_purity(x: np.ndarray, y: np.ndarray, k: int = 10) -> dict:
     n = len(data)
     chance = float(((len(x) - 1) * len(x) + (len(y) - 1) * len(y)) / (n * (n - 1)))
     return {"k": k, "purity": round(purity, 5), "chance": round(chance, 5)}
+
+
+def probe_gap(train_x: np.ndarray, train_y: np.ndarray, in_x: np.ndarray, in_y: np.ndarray, cross_x: np.ndarray,
+              cross_y: np.ndarray) -> dict:
+    """The cross-domain probe gap: a standardised, class-balanced logistic regression trained on one domain
+    (``train``), its accuracy on held-out samples of the same domain (``in``) and of the other (``cross``), and
+    their difference (in-domain minus cross-domain)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
+    clf.fit(train_x, train_y)
+    in_domain, cross = float(np.mean(clf.predict(in_x) == in_y)), float(np.mean(clf.predict(cross_x) == cross_y))
+    return {"in_domain_accuracy": round(in_domain, 5), "cross_domain_accuracy": round(cross, 5),
+            "gap": round(in_domain - cross, 5), "n_train": len(train_y), "n_in": len(in_y), "n_cross": len(cross_y)}

@@ -38,7 +38,6 @@ class ProbeConfig:
     momentum: float = 0.9
     balanced: bool = True          # inverse-frequency class weights in the loss
     select: str = "auto"           # validation metric: accuracy, balanced_accuracy, auroc; auto by task
-    seed: int = 0
 
 
 def constant_features(train: np.ndarray, rel_eps: float = 1e-4) -> np.ndarray:
@@ -95,11 +94,11 @@ class LinearGrid:
 
 
 def train_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-                cfg: ProbeConfig, num_classes: int, multilabel: bool = False) -> dict:
+                cfg: ProbeConfig, num_classes: int, multilabel: bool = False, seed: int = 0) -> dict:
     """Train the grid on standardised features; returns the heads' validation scores and the
     chosen head's weights."""
     grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32))
     y = torch.from_numpy(np.asarray(train_y))
     heads = LinearGrid(x.shape[1], num_classes, [g[0] for g in grid], [g[1] for g in grid], gen)

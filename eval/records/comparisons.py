@@ -18,7 +18,7 @@ import numpy as np
 
 from ctssl.core.atomic import atomic_open
 from ctssl.eval.measures.agreement import prediction_similarity
-from ctssl.eval.measures.classification import accuracy, finite, macro_auroc, paired_bootstrap
+from ctssl.eval.measures.classification import BOOTSTRAP_RESAMPLES, accuracy, finite, macro_auroc, paired_bootstrap
 from ctssl.eval.records.store import RunStore
 
 
@@ -44,7 +44,7 @@ def _comparison_key(r: dict) -> tuple:
             r.get("variant", ""))
 
 
-def collate(out: str | Path, n_boot: int = 1000) -> tuple[Path, Path]:
+def collate(out: str | Path, n_boot: int = BOOTSTRAP_RESAMPLES) -> tuple[Path, Path]:
     """Write OUT/results.jsonl and OUT/comparisons.jsonl from OUT/runs/ (module docstring)."""
     store = RunStore(out)
     records = sorted(store.records(), key=lambda r: (_comparison_key(r), r["backbone_order"], r["backbone"]))

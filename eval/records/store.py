@@ -5,7 +5,7 @@ written so that runs can happen in any order, on any machine, and be resumed.
 targets, scores), both written atomically; ``run_id`` hashes what defines the run (task, backbone source and
 weights hash, dataset fingerprint and label, fraction, seed, task config), so a rerun skips finished runs and a
 SLURM array task writes only its own files. ``OUT/names.json`` holds readable backbone names for the report;
-``slug`` names a record file after its sources.
+``slug`` and ``pair_name`` name a record file after its sources.
 """
 
 from __future__ import annotations
@@ -24,6 +24,11 @@ def slug(source: str) -> str:
     """A short file-name-safe name of a backbone or dataset source (its run folder for exports)."""
     stem = Path(source).parent.name if source.endswith((".safetensors", ".pt")) else source
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-")[:40]
+
+
+def pair_name(a: str, b: str) -> str:
+    """The default name of a comparison of ``a`` with ``b`` (similarity, domain gap): ``A_vs_B``."""
+    return f"{slug(a)}_vs_{slug(b)}"
 
 
 def run_id(**identity) -> str:
