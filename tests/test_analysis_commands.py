@@ -14,8 +14,10 @@ from ctssl.cli.main import main
 def test_similarity_gap_and_report(eval_shards, natural_shards, tmp_path, capsys):
     out = tmp_path / "analysis"
     assert main(["similarity", "--data", str(eval_shards), "--a", "random:resnet18:3", "--b", "random:resnet18:3:1",
-                 "--samples", "60", "--image-size", "32", "--out", str(out), "--name", "seed0_vs_seed1"]) == 0
+                 "--samples", "60", "--image-size", "32", "--out", str(out), "--name", "seed0_vs_seed1",
+                 "--set", "max_features=512"]) == 0
     record = json.loads((out / "similarity" / "seed0_vs_seed1.json").read_text())
+    assert record["max_features"] == 512 and (out / "similarity" / "seed0_vs_seed1-config.yaml").exists()
     assert record["layers_a"] == ["stem", "layer1", "layer2", "layer3", "layer4"]
     assert set(record["matrices"]) == {"linear_cka", "rbf_cka", "unbiased_cka", "mean_cca", "svcca", "pwcca"}
     cka = record["matrices"]["linear_cka"]
@@ -32,9 +34,10 @@ def test_similarity_gap_and_report(eval_shards, natural_shards, tmp_path, capsys
 
     assert main(["gap", "--a", str(eval_shards), "--b", str(natural_shards), "--label-b", "class",
                  "--backbone", "random:resnet18:3", "--max-samples", "40", "--image-size", "32",
-                 "--out", str(out), "--name", "ct_vs_natural"]) == 0
+                 "--out", str(out), "--name", "ct_vs_natural", "--set", "k=5"]) == 0
     gap = json.loads((out / "gap" / "ct_vs_natural.json").read_text())
     row = gap["rows"][0]
+    assert row["knn_purity"]["k"] == 5 and (out / "gap" / "ct_vs_natural-config.yaml").exists()
     # CT slices and dead-leaves pictures are far apart in any feature space (0 = indistinguishable, 2 =
     # separable; with the 15 test images per domain of these tiny corpora one error moves it by 0.13).
     assert row["domain_classifier"]["proxy_a_distance"] > 1.2 and row["mmd2"]["value"] > 0
@@ -45,9 +48,10 @@ def test_similarity_gap_and_report(eval_shards, natural_shards, tmp_path, capsys
                  "random:resnet18:3:1", "--name", "random seed 0", "--name", "random seed 1", "--k", "10", "--fraction", "0.5", "--fraction", "1", "--image-size", "32",
                  "--n-boot", "50", "--out", str(out)]) == 0
     capsys.readouterr()
-    assert main(["report", "--out", str(out), "--n-boot", "50"]) == 0
+    assert main(["report", "--out", str(out), "--set", "n_boot=50", "--set", "title=seed 0 against seed 1"]) == 0
     assert "report:" in capsys.readouterr().out
     page = (out / "report.html").read_text()
+    assert "<h1>seed 0 against seed 1</h1>" in page
     for section in ("Downstream results", "Paired comparisons", "Data efficiency", "Representation similarity",
                     "Domain gap", "Provenance"):
         assert section in page

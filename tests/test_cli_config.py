@@ -49,27 +49,24 @@ def test_saved_config_round_trips(tmp_path):
     assert load_config(Outer, tmp_path / "c.yaml") == cfg
 
 
-def _help(*words):
-    out = subprocess.run([sys.executable, "-m", "ctssl", *words, "--help"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
 def test_help_explains_every_command_and_phase():
+    """``ctssl --help`` in a process of its own; every command's and phase's help in this one (their defaults are
+    looked up in the settings when the help is shown)."""
     import argparse
 
     from ctssl.cli.main import build_parser
 
-    top = _help()
+    top = subprocess.run([sys.executable, "-m", "ctssl", "--help"], capture_output=True, text=True)
+    assert top.returncode == 0, top.stderr
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for name in COMMANDS:
-        assert name in top
+        assert name in top.stdout
         sub = commands.choices[name]
         phases = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
-        targets = [(name, p) for p in phases[0].choices] if phases else [(name,)]
-        for words in targets:
-            text = _help(*words)
-            assert "--config" in text and "--set" in text, words
+        for parser in [sub, *(phases[0].choices.values() if phases else [])]:
+            text = parser.format_help()
+            assert "--log-level" in text and "%(" not in text, parser.prog
+            assert ("--set" in text) == ("--config" in text), parser.prog
 
 
 def test_bad_override_exits_2_with_message(tmp_path, capsys):

@@ -41,7 +41,8 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     # A rerun finds every stage complete and recomputes nothing.
     before = {p: p.stat().st_mtime_ns for p in (out / "eval" / "runs").iterdir()}
     pretrained = (out / "simclr-ct" / "backbone.safetensors").stat().st_mtime_ns
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--set", "quick=true", "--out", str(out)]) == 0     # the same settings, by --set
+    assert "quick: true" in (out / "demo-config.yaml").read_text()
     assert (out / "simclr-ct" / "backbone.safetensors").stat().st_mtime_ns == pretrained
     assert {p: p.stat().st_mtime_ns for p in (out / "eval" / "runs").iterdir()} == before
     assert "already complete" in (out / "demo.log").read_text()

@@ -54,10 +54,11 @@ def test_knn_probe_and_finetune_commands(eval_shards, exported, tmp_path, capsys
     path, _ = exported
     common = ["--data", str(eval_shards), "--label", "region", "--backbone", "random:resnet18:3",
               "--backbone", str(path), "--image-size", "32", "--n-boot", "100", "--out", str(tmp_path)]
-    assert main(["knn", *common, "--k", "5", "--k", "20", "--fraction", "0.5", "--fraction", "1"]) == 0
-    assert main(["probe", *common, "--epochs", "5", "--lr", "0.01", "--lr", "0.1", "--wd", "0"]) == 0
-    assert main(["finetune", *common, "--epochs", "2", "--truncate", "2", "--llrd", "0.5"]) == 0
-    assert main(["finetune", *common, "--epochs", "1", "--seed", "1", "--save-model"]) == 0
+    assert main(["knn", *common, "--set", "knn.k=[5,20]", "--fraction", "0.5", "--fraction", "1"]) == 0
+    assert "- 5" in (tmp_path / "knn-config.yaml").read_text()
+    assert main(["probe", *common, "--set", "probe.epochs=5", "--lr", "0.01", "--lr", "0.1", "--wd", "0"]) == 0
+    assert main(["finetune", *common, "--epochs", "2", "--truncate", "2", "--set", "finetune.llrd=0.5"]) == 0
+    assert main(["finetune", *common, "--set", "finetune.epochs=1", "--seed", "1", "--save-model"]) == 0
     exports = sorted((tmp_path / "models").glob("*/backbone.safetensors"))
     assert len(exports) == 2                                   # one per backbone, full network only
     tuned, card = load_backbone(str(exports[0]))
@@ -69,6 +70,11 @@ def test_knn_probe_and_finetune_commands(eval_shards, exported, tmp_path, capsys
     assert len([r for r in records if r["task"] == "knn"]) == 2 * 2 * 2            # backbones x fractions x k
     assert {r["variant"] for r in records if r["task"] == "finetune"} == {"best_val", "final"}
     assert {r["config"]["truncate"] for r in records if r["task"] == "finetune"} == {0, 2}
+    # The settings given by --set are those the records hold.
+    assert {r["config"]["k"] for r in records if r["task"] == "knn"} == {5, 20}
+    assert {r["config"]["epochs"] for r in records if r["task"] == "probe"} == {5}
+    assert {(r["config"]["epochs"], r["config"]["llrd"]) for r in records if r["task"] == "finetune"} == {(2, 0.5),
+                                                                                                       (1, 1.0)}
     for r in records:
         acc = r["test"]["accuracy"]
         assert acc["lower"] <= acc["value"] <= acc["upper"] and 0 <= acc["value"] <= 1
@@ -85,5 +91,5 @@ def test_knn_probe_and_finetune_commands(eval_shards, exported, tmp_path, capsys
 
     # A rerun finds every run done and recomputes nothing.
     stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()}
-    assert main(["knn", *common, "--k", "5", "--k", "20", "--fraction", "0.5", "--fraction", "1"]) == 0
+    assert main(["knn", *common, "--set", "knn.k=[5,20]", "--fraction", "0.5", "--fraction", "1"]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "runs").iterdir()} == stamps

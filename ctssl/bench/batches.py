@@ -11,11 +11,12 @@ import json
 import time
 from pathlib import Path
 
+from ctssl.bench.settings import BatchesBench
 from ctssl.core.atomic import atomic_write_text
 
 
 
-def measure(out: Path, batch: int = 512, batches: int = 24, workers: int = 2) -> dict:
+def measure(cfg: BatchesBench) -> dict:
     from ctssl.pretrain.batch_stats import (batch_composition, iid_expectation, series_ordered_corpus,
                                             simulate_iid, summarise)
     from ctssl.pretrain.config import resolve_pretrain_config
@@ -23,6 +24,7 @@ def measure(out: Path, batch: int = 512, batches: int = 24, workers: int = 2) ->
     from ctssl.shards.reader import iter_samples
     from ctssl.shards.shuffle import ShuffleConfig, run_shuffle
 
+    out, batch, batches, workers = Path(cfg.out), cfg.batch, cfg.batches, cfg.workers
     series, slices, per_shard = 240, 125, 40
     ordered = series_ordered_corpus(out / "batches-ordered", series, slices, per_shard)
     shuffled = out / "batches-shuffled"
@@ -52,14 +54,17 @@ def measure(out: Path, batch: int = 512, batches: int = 24, workers: int = 2) ->
                               for name, r in rows.items()}}
 
 
-def run(out: str | Path) -> dict:
+def result_path(cfg: BatchesBench) -> Path:
+    return Path(cfg.out) / "pretrain-batches-bench.json"
+
+
+def run(cfg: BatchesBench) -> dict:
     """Measure, write OUT/pretrain-batches-bench.json and return the result."""
     from ctssl.core.machine import machine_info
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": "pretrain-batches", "machine": machine_info(), "results": measure(out)}
-    atomic_write_text(out / "pretrain-batches-bench.json", json.dumps(result, indent=1) + "\n")
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": "pretrain-batches", "machine": machine_info(), "results": measure(cfg)}
+    atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
     return result
 
 

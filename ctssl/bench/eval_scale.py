@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctssl.bench.settings import ScaleBench
 from ctssl.core.atomic import atomic_write_text
 
 
@@ -44,8 +45,7 @@ class _PeakAnonymous:
         self.peak = max(self.peak, self.read())
 
 
-def measure(out: Path, bank_rows: int = 200_000, dim: int = 2048, queries: int = 1_000, k: int = 20,
-                target_rows: int = 12_000_000) -> dict:
+def measure(cfg: ScaleBench) -> dict:
     """The 12M-slice question, measured at a size this machine holds and projected: streamed exact kNN
     (FAISS flat over a memory-mapped float32 bank on disk, read in chunks of 256 MiB as ``ctssl knn`` reads a
     bank larger than memory) on ``bank_rows`` x ``dim``, its time and the memory it allocates, then linear
@@ -53,7 +53,8 @@ def measure(out: Path, bank_rows: int = 200_000, dim: int = 2048, queries: int =
     heap, whatever the bank)."""
     from ctssl.eval.measures.knn import chunk_rows_for, faiss_search
 
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
+    bank_rows, dim, queries, k, target_rows = cfg.bank_rows, cfg.dim, cfg.queries, cfg.k, cfg.target_rows
+    with tempfile.TemporaryDirectory(dir=cfg.out) as tmp:
         path = Path(tmp) / "bank.npy"
         bank = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(bank_rows, dim))
         rng = np.random.default_rng(0)
@@ -85,16 +86,19 @@ def measure(out: Path, bank_rows: int = 200_000, dim: int = 2048, queries: int =
                                       "time is linear in rows"}}
 
 
-def run(out: str | Path) -> dict:
+def result_path(cfg: ScaleBench) -> Path:
+    return Path(cfg.out) / "eval-scale-bench.json"
+
+
+def run(cfg: ScaleBench) -> dict:
     """Measure, write OUT/eval-scale-bench.json and return the result."""
     from ctssl.core.machine import machine_info
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    result = {"benchmark": "eval-scale", "machine": machine_info(), "results": measure(out)}
+    result = {"benchmark": "eval-scale", "machine": machine_info(), "results": measure(cfg)}
     result["seconds"] = round(time.perf_counter() - start, 1)
-    atomic_write_text(out / "eval-scale-bench.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
     return result
 
 

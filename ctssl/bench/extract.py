@@ -18,6 +18,7 @@ import torch
 
 from ctssl.bench.corpus import bench_shards
 from ctssl.bench.measure import median_rate
+from ctssl.bench.settings import ExtractBench
 from ctssl.core.atomic import atomic_write_text
 
 
@@ -38,7 +39,7 @@ def _extract_previous(model, data, split, spec, out, batch, device) -> None:
             out[row:] = model(torch.stack(pending).to(device)).float().cpu().numpy()
 
 
-def measure(out: Path, sizes=(64, 224), workers: int = 2, repeats: int = 2) -> dict:
+def measure(cfg: ExtractBench) -> dict:
     """Extraction images/s on the benchmark's CT shards (8 shards): the previous path (every image prepared
     one at a time in the main process) against ``extract_units`` with no workers (batched preparation in
     the main process) and with ``workers`` DataLoader workers preparing batches while the main process runs
@@ -49,7 +50,8 @@ def measure(out: Path, sizes=(64, 224), workers: int = 2, repeats: int = 2) -> d
     from ctssl.eval.inputs.spec import input_spec
     from ctssl.eval.inputs.sources import load_backbone
 
-    data = open_dataset(str(bench_shards(out)), "region")
+    sizes, workers, repeats = cfg.sizes, cfg.workers, cfg.repeats
+    data = open_dataset(str(bench_shards(Path(cfg.out))), "region")
     split = "train"
     n = len(data.entries(split))
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -84,16 +86,19 @@ def measure(out: Path, sizes=(64, 224), workers: int = 2, repeats: int = 2) -> d
     return {"rows": rows, "workers": workers, "threads": torch.get_num_threads(), "shards": len(data.units[split])}
 
 
-def run(out: str | Path) -> dict:
+def result_path(cfg: ExtractBench) -> Path:
+    return Path(cfg.out) / "eval-extract-bench.json"
+
+
+def run(cfg: ExtractBench) -> dict:
     """Measure, write OUT/eval-extract-bench.json and return the result."""
     from ctssl.core.machine import machine_info
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    result = {"benchmark": "eval-extract", "machine": machine_info(), "results": measure(out)}
+    result = {"benchmark": "eval-extract", "machine": machine_info(), "results": measure(cfg)}
     result["seconds"] = round(time.perf_counter() - start, 1)
-    atomic_write_text(out / "eval-extract-bench.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctssl.bench.settings import IngestBench
 from ctssl.core.atomic import atomic_write_text
 from ctssl.core.machine import machine_info
 
@@ -144,9 +145,13 @@ def _encodings(images: list[np.ndarray]) -> list[dict]:
     return rows
 
 
-def run(out: str | Path, matrix: int = 512) -> dict:
+def result_path(cfg: IngestBench) -> Path:
+    return Path(cfg.out) / "ingest-bench.json"
+
+
+def run(cfg: IngestBench) -> dict:
     """Measure, write OUT/ingest-bench.json and return the result."""
-    out = Path(out)
+    out, matrix = Path(cfg.out), cfg.matrix
     corpus = _corpus(out / "corpus", matrix)
     plain, j2k = _files(corpus, UNCOMPRESSED), _files(corpus, JPEG2000)
     with tempfile.TemporaryDirectory(dir=out) as tmp:
@@ -174,7 +179,7 @@ def run(out: str | Path, matrix: int = 512) -> dict:
     result = {"benchmark": "ingest", "input_matrix": matrix, "output_size": 256,
               "slices": {"uncompressed": len(plain), "jpeg2000": len(j2k)}, "results": rows,
               "encodings": encodings, "machine": machine_info()}
-    atomic_write_text(out / "ingest-bench.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
     return result
 
 

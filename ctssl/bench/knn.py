@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ctssl.bench.measure import median_rate
+from ctssl.bench.settings import KNNBench
 from ctssl.core.atomic import atomic_write_text
 
 
@@ -30,11 +31,12 @@ def clustered_features(n: int, dim: int, clusters: int, seed: int) -> np.ndarray
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def measure(bank: int = 200_000, queries: int = 2_000, dim: int = 512, k: int = 20, repeats: int = 3) -> dict:
+def measure(cfg: KNNBench) -> dict:
     from sklearn.neighbors import NearestNeighbors
 
     from ctssl.eval.measures.knn import faiss_search, knn_predict
 
+    bank, queries, dim, k, repeats = cfg.bank, cfg.queries, cfg.dim, cfg.k, cfg.repeats
     b = clustered_features(bank, dim, 100, 0)
     q = clustered_features(queries, dim, 100, 1)
     labels = torch.zeros(bank, dtype=torch.long)
@@ -86,16 +88,19 @@ def _ivf_searcher(bank: np.ndarray, query: np.ndarray, k: int, nlist: int = 256,
     return lambda: index.search(query, k)
 
 
-def run(out: str | Path) -> dict:
+def result_path(cfg: KNNBench) -> Path:
+    return Path(cfg.out) / "eval-knn-bench.json"
+
+
+def run(cfg: KNNBench) -> dict:
     """Measure, write OUT/eval-knn-bench.json and return the result."""
     from ctssl.core.machine import machine_info
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    result = {"benchmark": "eval-knn", "machine": machine_info(), "results": measure()}
+    result = {"benchmark": "eval-knn", "machine": machine_info(), "results": measure(cfg)}
     result["seconds"] = round(time.perf_counter() - start, 1)
-    atomic_write_text(out / "eval-knn-bench.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
     return result
 
 

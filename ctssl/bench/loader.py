@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ctssl.bench.corpus import bench_shards
 from ctssl.bench.measure import median_cpu_seconds
+from ctssl.bench.settings import LoaderBench
 from ctssl.core.atomic import atomic_write_text
 
 
@@ -62,7 +63,7 @@ class LegacyCTViews:
         return [self._view(x, size, scale) for size, scale in self.crops]
 
 
-def measure(out: Path, n: int = 256, repeats: int = 3) -> dict:
+def measure(cfg: LoaderBench) -> dict:
     from lightly.transforms import SimCLRTransform
     from PIL import Image
 
@@ -74,7 +75,8 @@ def measure(out: Path, n: int = 256, repeats: int = 3) -> dict:
     from ctssl.shards.reader import iter_shard, shard_paths
 
     torch.set_num_threads(1)
-    shards = bench_shards(out)
+    n, repeats = cfg.samples, cfg.repeats
+    shards = bench_shards(Path(cfg.out))
     batch = 64
     steps = max(1, n // batch)
     cfg = resolve_pretrain_config(None, None, ["data.image_size=224", "data.shuffle_buffer=64"],
@@ -119,14 +121,17 @@ def measure(out: Path, n: int = 256, repeats: int = 3) -> dict:
             "legacy_vs_lightly": round(ms["lightly"] / ms["legacy"], 2)}
 
 
-def run(out: str | Path) -> dict:
+def result_path(cfg: LoaderBench) -> Path:
+    return Path(cfg.out) / "pretrain-loader-bench.json"
+
+
+def run(cfg: LoaderBench) -> dict:
     """Measure, write OUT/pretrain-loader-bench.json and return the result."""
     from ctssl.core.machine import machine_info
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": "pretrain-loader", "machine": machine_info(), "results": measure(out)}
-    atomic_write_text(out / "pretrain-loader-bench.json", json.dumps(result, indent=1) + "\n")
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": "pretrain-loader", "machine": machine_info(), "results": measure(cfg)}
+    atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctssl.bench.settings import PlanScaleBench
 from ctssl.core.atomic import atomic_write_text
 
 BYTES_PER_SLICE = 52_273          # measured shard bytes per 256x256 slice (docs/ingest.md)
@@ -165,10 +166,14 @@ def _in_child(target, *args) -> dict:
     return result
 
 
-def run(out: str | Path, series: int = 100_000, slices: int = 12_000_000, tasks: int = 256) -> dict:
+def result_path(cfg: PlanScaleBench) -> Path:
+    return Path(cfg.out) / f"scale-{cfg.series}-{cfg.slices}.json"
+
+
+def run(cfg: PlanScaleBench) -> dict:
     """Measure, write OUT/scale-SERIES-SLICES.json and return the result."""
-    out = Path(out)
-    work = out / f"scale-{series}-{slices}"
+    series, slices, tasks = cfg.series, cfg.slices, cfg.tasks
+    work = Path(cfg.out) / f"scale-{series}-{slices}"
     if work.exists():
         shutil.rmtree(work)
     start = time.perf_counter()
@@ -181,7 +186,7 @@ def run(out: str | Path, series: int = 100_000, slices: int = 12_000_000, tasks:
               "partitions": partitions, "index_generation_seconds": round(index_seconds, 1),
               "plan": plan, "merge": merge}
     shutil.rmtree(work)
-    atomic_write_text(out / f"scale-{series}-{slices}.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -2,10 +2,11 @@
 figures (each with its baseline measured in the same run), written as JSON and as the Markdown table that
 docs/benchmarks.md reproduces.
 
-A suite is one module of ``ctssl.bench`` with ``run(out, ...) -> result`` (measures and writes its JSON into
-``out``), ``format_table(result)`` (the console table) and ``summary_rows(results)`` (its lines in the ``all``
-table). A new suite is a new module and one line in ``SUITES``; modules are imported when run, so that the
-command line starts without torch.
+A suite is one module of ``ctssl.bench`` with ``run(settings) -> result`` (measures and writes its JSON to
+``result_path(settings)``), ``format_table(result)`` (the console table) and ``summary_rows(results)`` (its lines
+in the ``all`` table), and a settings dataclass in ``ctssl.bench.settings``. A new suite is a new module, its
+settings and one entry in ``SUITES``; modules are imported when run, so that the command line starts without
+torch.
 """
 
 from __future__ import annotations
@@ -15,41 +16,62 @@ import json
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import NamedTuple
 
+from ctssl.bench.settings import PlanScaleBench, SuiteBench
 from ctssl.core.atomic import atomic_write_text
 
-# command name -> (module, one line of help), in the order ``all`` runs them.
+
+class Suite(NamedTuple):
+    module: str              # run(settings) -> result, result_path(settings), format_table, summary_rows
+    help: str
+    settings: str            # its settings dataclass in ctssl.bench.settings
+    example: str             # a --set that works for it
+
+
+# command name -> suite, in the order ``all`` runs them.
 SUITES = {
-    "ingest": ("ctssl.bench.ingest", "ingest, shard decode and encoding benchmark"),
-    "plan-scale": ("ctssl.bench.plan_scale", "plan and merge time and memory at archive scale"),
-    "loader": ("ctssl.bench.loader", "loader CPU time per sample vs ctssl 0.1's views and lightly's"),
-    "batches": ("ctssl.bench.batches", "what training batches are made of, vs i.i.d. sampling"),
-    "train": ("ctssl.bench.train", "training step images/s"),
-    "knn": ("ctssl.bench.knn", "kNN search queries/s vs scikit-learn"),
-    "extract": ("ctssl.bench.extract", "feature extraction images/s, batched and loader workers vs one image at a time"),
-    "eval-scale": ("ctssl.bench.eval_scale", "12M-slice kNN time and memory, measured and projected"),
+    "ingest": Suite("ctssl.bench.ingest", "ingest, shard decode and encoding benchmark", "IngestBench", "matrix=256"),
+    "plan-scale": Suite("ctssl.bench.plan_scale", "plan and merge time and memory at archive scale", "PlanScaleBench",
+                        "tasks=64"),
+    "loader": Suite("ctssl.bench.loader", "loader CPU time per sample vs ctssl 0.1's views and lightly's",
+                    "LoaderBench", "repeats=1"),
+    "batches": Suite("ctssl.bench.batches", "what training batches are made of, vs i.i.d. sampling", "BatchesBench",
+                     "batches=8"),
+    "train": Suite("ctssl.bench.train", "training step images/s", "TrainBench", "sizes=[96]"),
+    "knn": Suite("ctssl.bench.knn", "kNN search queries/s vs scikit-learn", "KNNBench", "bank=20000"),
+    "extract": Suite("ctssl.bench.extract", "feature extraction images/s, batched and loader workers vs one image at "
+                     "a time", "ExtractBench", "sizes=[64]"),
+    "eval-scale": Suite("ctssl.bench.eval_scale", "12M-slice kNN time and memory, measured and projected", "ScaleBench",
+                        "bank_rows=20000"),
 }
 
 
 def suite(name: str) -> ModuleType:
     """The module of suite ``name``."""
-    return importlib.import_module(SUITES[name][0])
+    return importlib.import_module(SUITES[name].module)
 
 
-def run_suite(out: str | Path, scale_series: int = 10_000, scale_slices: int = 1_200_000,
-              skip: tuple[str, ...] = ()) -> dict:
-    """Every suite not in ``skip`` (plan-scale at ``scale_series`` x ``scale_slices``); writes
-    OUT/bench-suite.json and OUT/bench-suite.md."""
+def settings_of(name: str) -> type:
+    """The settings dataclass of suite ``name``."""
+    return getattr(importlib.import_module("ctssl.bench.settings"), SUITES[name].settings)
+
+
+def run_suite(cfg: SuiteBench) -> dict:
+    """Every suite not in ``cfg.skip``, each with its default settings in ``cfg.out`` (plan-scale at
+    ``cfg.scale_slices``, 120 slices per series); writes OUT/bench-suite.json and OUT/bench-suite.md."""
     from ctssl.core.machine import machine_info
 
-    out = Path(out)
-    options = {"plan-scale": {"series": scale_series, "slices": scale_slices, "tasks": 256}}
+    out = Path(cfg.out)
+    settings = {name: settings_of(name)(out=cfg.out) for name in SUITES}
+    settings["plan-scale"] = PlanScaleBench(out=cfg.out, series=max(1, cfg.scale_slices // 120),
+                                            slices=cfg.scale_slices)
     result = {"benchmark": "suite", "machine": machine_info(), "suites": {}, "rows": []}
     for name in SUITES:
-        if name in skip:
+        if name in cfg.skip:
             continue
         start = time.perf_counter()
-        measured = suite(name).run(out, **options.get(name, {}))
+        measured = suite(name).run(settings[name])
         data = measured.get("results", measured)
         result["suites"][name] = {"seconds": round(time.perf_counter() - start, 1), "results": data}
         result["rows"] += [[f"`ctssl bench {name}`", *row] for row in suite(name).summary_rows(data)]

@@ -10,15 +10,17 @@ from pathlib import Path
 import torch
 
 from ctssl.bench.measure import median_rate
+from ctssl.bench.settings import TrainBench
 from ctssl.core.atomic import atomic_write_text
 
 
 
-def measure(batch: int = 32, sizes=(96, 224), steps: int = 3) -> dict:
+def measure(cfg: TrainBench) -> dict:
     from ctssl.pretrain.backbones import build_backbone
     from ctssl.pretrain.config import SimCLRConfig
     from ctssl.pretrain.methods.simclr import SimCLR
 
+    batch, sizes, steps = cfg.batch, cfg.sizes, cfg.steps
     torch.set_num_threads(os.cpu_count() or 1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
@@ -46,14 +48,17 @@ def measure(batch: int = 32, sizes=(96, 224), steps: int = 3) -> dict:
     return {"rows": rows, "threads": torch.get_num_threads()}
 
 
-def run(out: str | Path) -> dict:
+def result_path(cfg: TrainBench) -> Path:
+    return Path(cfg.out) / "pretrain-train-bench.json"
+
+
+def run(cfg: TrainBench) -> dict:
     """Measure, write OUT/pretrain-train-bench.json and return the result."""
     from ctssl.core.machine import machine_info
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": "pretrain-train", "machine": machine_info(), "results": measure()}
-    atomic_write_text(out / "pretrain-train-bench.json", json.dumps(result, indent=1) + "\n")
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": "pretrain-train", "machine": machine_info(), "results": measure(cfg)}
+    atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
     return result
 
 

@@ -24,54 +24,59 @@ run, prints a table and writes JSON.
   ctssl bench all [--out DIR] [--skip SUITE]
       every suite above (plan-scale at 1.2M slices), one table: OUT/bench-suite.md and .json
       (the table docs/benchmarks.md reproduces)
+
+Each suite's settings (ctssl.bench.settings) take --config and --set, e.g. a quick kNN run:
+  ctssl bench knn --set bank=20000 --set queries=200
+and are written beside its results (OUT/<results>-config.yaml).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from ctssl.core.options import Settings
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from ctssl.bench.suite import SUITES
 
     sub = parser.add_subparsers(dest="suite", metavar="SUITE", required=True)
-    for name, (_module, text) in SUITES.items():
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--out", default="runs/bench", help="work folder" + (
-            "; the corpus is cached here" if name == "ingest" else " (needs ~ 2 GB per 12M slices)"
-            if name == "plan-scale" else ""))
+    for name, suite in SUITES.items():
+        cmd = sub.add_parser(name, help=suite.help)
+        settings = Settings(cmd, f"ctssl.bench.settings:{suite.settings}", example=suite.example)
+        settings.option("--out", key="out", help="work folder; corpora are cached here")
         if name == "ingest":
-            cmd.add_argument("--matrix", type=int, default=512, help="input slice matrix (default 512)")
+            settings.option("--matrix", key="matrix", type=int, help="input slice matrix")
         if name == "plan-scale":
-            cmd.add_argument("--series", type=int, default=100_000, help="series in the index (default 100000)")
-            cmd.add_argument("--slices", type=int, default=12_000_000, help="images in all (default 12000000)")
-            cmd.add_argument("--tasks", type=int, default=256, help="array tasks (default 256)")
-    suite = sub.add_parser("all", help="every suite, one table (bench-suite.md / .json)")
-    suite.add_argument("--out", default="runs/bench", help="work folder")
-    suite.add_argument("--skip", action="append", default=[], help="suite to leave out (repeatable)")
-    suite.add_argument("--scale-slices", type=int, default=1_200_000, help="plan-scale size (default 1200000)")
+            settings.option("--series", key="series", type=int, help="series in the index")
+            settings.option("--slices", key="slices", type=int, help="images in all (~2 GB of work folder per 12M)")
+            settings.option("--tasks", key="tasks", type=int, help="array tasks")
+    every = sub.add_parser("all", help="every suite, one table (bench-suite.md / .json)")
+    settings = Settings(every, "ctssl.bench.settings:SuiteBench", example="skip=[ingest]")
+    settings.option("--out", key="out", help="work folder")
+    settings.option("--skip", key="skip", action="append", help="suite to leave out (repeatable)")
+    settings.option("--scale-slices", key="scale_slices", type=int, help="plan-scale size")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctssl.bench.suite import markdown, run_suite, suite
-    from ctssl.core.logs import setup_logging
+    from pathlib import Path
 
+    from ctssl.bench.suite import markdown, run_suite, suite
+    from ctssl.core.config import save_config
+    from ctssl.core.logs import setup_logging
+    from ctssl.core.options import resolve
+
+    cfg = resolve(args)
     setup_logging("WARNING")
     if args.suite == "all":
-        result = run_suite(args.out, scale_series=max(1, args.scale_slices // 120), scale_slices=args.scale_slices,
-                           skip=tuple(args.skip))
+        save_config(cfg, Path(cfg.out) / "bench-suite-config.yaml")
+        result = run_suite(cfg)
         print(markdown(result))
-        print(f"written: {args.out}/bench-suite.md, {args.out}/bench-suite.json")
+        print(f"written: {cfg.out}/bench-suite.md, {cfg.out}/bench-suite.json")
         return 0
-    options = {"ingest": {"matrix": getattr(args, "matrix", None)},
-               "plan-scale": {k: getattr(args, k, None) for k in ("series", "slices", "tasks")}}.get(args.suite, {})
-    result = suite(args.suite).run(args.out, **options)
-    print(suite(args.suite).format_table(result))
-    print(f"written: {args.out}/{_result_file(args.suite, result)}")
+    module = suite(args.suite)
+    path = module.result_path(cfg)
+    save_config(cfg, path.with_name(f"{path.stem}-config.yaml"))
+    print(module.format_table(module.run(cfg)))
+    print(f"written: {path}")
     return 0
-
-
-def _result_file(name: str, result: dict) -> str:
-    if name == "plan-scale":
-        return f"scale-{result['series']}-{result['slices']}.json"
-    return f"{result['benchmark']}-bench.json"

@@ -2,43 +2,57 @@
 images, or one scanner vs another with FOLDER@manufacturer=X): linear domain classifier accuracy
 and proxy A-distance, MMD^2 (Gaussian kernel, median-heuristic bandwidth), Frechet distance, kNN
 domain purity, the cross-domain probe gap when both carry common labels, and a t-SNE plot
-coloured by domain and label. Results in OUT/gap/<name>.json with the figures beside it.
+coloured by domain and label. Results in OUT/gap/<name>.json with the figures and the resolved settings
+(<name>-config.yaml) beside it.
 
 Example:
   ctssl gap --a runs/demo/shards-ct --b runs/demo/shards-natural --label-b class \\
-      --backbone random:resnet18:3 --backbone runs/demo/simclr-ct/backbone.safetensors --out runs/demo/analysis
+      --backbone random:resnet18:3 --backbone runs/demo/simclr-ct/backbone.safetensors --out runs/demo/analysis \\
+      --set max_samples=400
 """
 
 from __future__ import annotations
 
 import argparse
 
+from ctssl.core.options import Settings
+
+SETTINGS = "ctssl.eval.commands.settings:GapCommand"
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--a", required=True, help="dataset A (spec as ctssl probe; FOLDER@key=value filters)")
-    parser.add_argument("--b", required=True, help="dataset B")
-    parser.add_argument("--backbone", action="append", required=True, help="backbone source (repeatable)")
-    parser.add_argument("--label", default="region", help="label of A (default region)")
-    parser.add_argument("--label-b", default=None, help="label of B (default: as A; natural shards: class)")
-    parser.add_argument("--split", default="test", help="split compared (default test)")
-    parser.add_argument("--max-samples", type=int, default=1000, help="samples per domain (default 1000)")
-    parser.add_argument("--image-size", type=int, default=0,
-                        help="backbone input size (default 0: each backbone at the size it was pretrained at, 224 without one)")
-    parser.add_argument("--k", type=int, default=10, help="neighbours for kNN purity (default 10)")
-    parser.add_argument("--no-plot", dest="embed", action="store_false", help="skip the t-SNE figure")
-    parser.add_argument("--cache", default="", help="feature cache (default OUT/features)")
-    parser.add_argument("--name", default=None, help="name of this comparison (default A_vs_B)")
-    parser.add_argument("--out", required=True, help="output folder (gap/<name>.json)")
+    settings = Settings(parser, SETTINGS, example="max_samples=400")
+    settings.option("--a", key="a", help="dataset A (spec as ctssl probe; FOLDER@key=value filters)")
+    settings.option("--b", key="b", help="dataset B")
+    settings.option("--backbone", key="backbones", action="append", help="backbone source (repeatable)")
+    settings.option("--label", key="label", help="label of A")
+    settings.option("--label-b", key="label_b", help="label of B; none: as A (natural shards: class)")
+    settings.option("--split", key="split", help="split compared")
+    settings.option("--max-samples", key="max_samples", type=int, help="samples per domain")
+    settings.option("--image-size", key="image_size", type=int,
+                    help="backbone input size; 0: each backbone at the size it was pretrained at, 224 without one")
+    settings.option("--k", key="k", type=int, help="neighbours for kNN purity")
+    settings.switch("--no-plot", key="embed", value=False, help="skip the t-SNE figure")
+    settings.option("--cache", key="cache", help="feature cache folder (none: OUT/features)")
+    settings.option("--name", key="name", help="name of this comparison; none: A_vs_B")
+    settings.option("--out", key="out", help="output folder (gap/<name>.json)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctssl.core.logs import setup_logging
-    from ctssl.eval.protocols.gap import GapSettings, run_gap
+    from pathlib import Path
 
+    from ctssl.core.logs import setup_logging
+    from ctssl.core.options import resolve
+    from ctssl.eval.commands.options import require, write_settings
+    from ctssl.eval.protocols.gap import run_gap
+    from ctssl.eval.records.store import pair_name
+
+    cfg = resolve(args)
+    require("gap", cfg, "a", "b", "backbones", "out")
+    name = cfg.name or pair_name(cfg.a, cfg.b)
+    write_settings(cfg, Path(cfg.out) / "gap" / f"{name}-config.yaml")
     setup_logging(args.log_level)
-    settings = GapSettings(label=args.label, label_b=args.label_b or "", split=args.split, max_samples=args.max_samples,
-                           image_size=args.image_size, k=args.k, embed=args.embed)
-    record = run_gap(args.a, args.b, args.backbone, settings, args.out, args.cache, args.name)
+    record = run_gap(cfg.a, cfg.b, cfg.backbones, cfg, cfg.out, cfg.cache, name)
     print(f"{'backbone':<48} {'A-dist':>7} {'MMD2':>8} {'Frechet':>9} {'purity':>7} {'probe gap A->B':>15}")
     for r in record["rows"]:
         transfer = r["probe_transfer"]["a_to_b"]

@@ -5,34 +5,40 @@ The bank is the training split's features (a --fraction of its patients), the qu
 split's; patients never cross splits. Features are cached (OUT/features). One record per
 backbone x fraction x seed x k in OUT/runs/, gathered in OUT/results.jsonl, with accuracy,
 balanced accuracy and macro AUROC and their patient-bootstrap CIs, and paired comparisons of
-each backbone against the first in OUT/comparisons.jsonl.
+each backbone against the first in OUT/comparisons.jsonl; the resolved settings in OUT/knn-config.yaml.
 
 Example:
   ctssl knn --data runs/demo/shards-ct --label region --out runs/demo/eval \\
-      --backbone random:resnet18:3 --backbone runs/demo/simclr-ct/backbone.safetensors
+      --backbone random:resnet18:3 --backbone runs/demo/simclr-ct/backbone.safetensors --set knn.k=[20]
 """
 
 from __future__ import annotations
 
 import argparse
 
+from ctssl.core.options import Settings
 from ctssl.eval.commands.options import add_eval_options
+
+SETTINGS = "ctssl.eval.commands.settings:KNNCommand"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_eval_options(parser)
-    parser.add_argument("--k", type=int, action="append", default=None, help="k (repeatable; default 10 20 100 200)")
-    parser.add_argument("--temperature", type=float, default=0.07, help="vote temperature (default 0.07)")
-    parser.add_argument("--index", default="flat", choices=["flat", "ivf"],
-                        help="FAISS index: flat (exact, default) or ivf (approximate, faster on large banks)")
+    settings = Settings(parser, SETTINGS, example="knn.k=[20]")
+    add_eval_options(settings)
+    settings.option("--cache", key="cache", help="feature cache folder (none: OUT/features)")
+    settings.option("--k", key="knn.k", type=int, action="append", help="k (repeatable)")
+    settings.option("--temperature", key="knn.temperature", type=float, help="vote temperature")
+    settings.option("--index", key="knn.index", choices=["flat", "ivf"],
+                    help="FAISS index: flat (exact) or ivf (approximate, faster on large banks)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
-    from ctssl.eval.commands.options import eval_spec, finish
-    from ctssl.eval.protocols.knn import KNNSettings, run_knn
+    from ctssl.core.options import resolve
+    from ctssl.eval.commands.options import finish, prepare
+    from ctssl.eval.protocols.knn import run_knn
 
+    cfg = resolve(args)
+    prepare("knn", cfg)
     setup_logging(args.log_level)
-    settings = KNNSettings(k=args.k or [10, 20, 100, 200], temperature=args.temperature, index=args.index)
-    records = run_knn(eval_spec(args), settings, args.out, args.cache)
-    return finish(args, records)
+    return finish(cfg, run_knn(cfg, cfg.knn, cfg.out, cfg.cache))

@@ -1,53 +1,77 @@
-"""Options shared by the evaluation commands (probe, knn, finetune): what is evaluated, on what,
-with how many labels and seeds, and where results go."""
+"""What the evaluation commands share: the named options of their common settings (``eval.commands.settings``:
+what is evaluated, on what, with how many labels and seeds, where results go), the check and the resolved config
+written before a command runs, and the console table printed after. Imports nothing heavy: the command line
+builds every command's options at start."""
 
 from __future__ import annotations
 
-import argparse
+import json
+from pathlib import Path
+
+from ctssl.core.config import ConfigError, save_config
+from ctssl.core.options import Settings
 
 
-def add_eval_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", "--shards", dest="data", required=True,
-                        help="dataset: a shard folder, imagefolder:ROOT, a .csv (path,label[,split,patient]) "
-                             "or a MedMNIST .npz")
-    parser.add_argument("--backbone", action="append", required=True,
-                        help="random:NAME:IN_CHANS, imagenet:NAME:FILE, radimagenet:FILE, a backbone.safetensors "
-                             "or a checkpoint .pt (repeatable; the first is the baseline of paired comparisons)")
-    parser.add_argument("--name", action="append", default=None,
-                        help="readable name of each --backbone, in the same order (repeatable; for the report)")
-    parser.add_argument("--label", default="region",
-                        help="label key in the shards (default region); a+b+c for multi-label")
-    parser.add_argument("--fraction", type=float, action="append", default=None,
-                        help="fraction of training patients with labels (repeatable; default 1)")
-    parser.add_argument("--seed", type=int, action="append", default=None, help="seed (repeatable; default 0)")
-    parser.add_argument("--image-size", type=int, default=0,
-                        help="backbone input size (default 0: each backbone at the size it was pretrained at, 224 without one)")
-    parser.add_argument("--grey-window", default="wide",
-                        help="HU window of CT inputs for backbones of grey or natural pictures (ImageNet, "
-                             "RadImageNet, natural-image pretraining), replicated to their channels (default wide)")
-    parser.add_argument("--cache", default="", help="feature cache folder (default OUT/features)")
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs (default 1000)")
-    parser.add_argument("--out", required=True,
-                        help="results folder: runs/ (one record per run), results.jsonl, comparisons.jsonl")
+def add_target_options(settings: Settings) -> None:
+    """What is evaluated and how each backbone sees its images."""
+    settings.option("--data", "--shards", key="data",
+                    help="dataset: a shard folder, imagefolder:ROOT, a .csv (path,label[,split,patient]) or a MedMNIST .npz")
+    settings.option("--backbone", key="backbones", action="append",
+                    help="random:NAME:IN_CHANS, imagenet:NAME:FILE, radimagenet:FILE, a backbone.safetensors or a "
+                         "checkpoint .pt (repeatable; the first is the baseline of paired comparisons)")
+    settings.option("--label", key="label", help="label key in the shards; a+b+c for multi-label")
+    settings.option("--image-size", key="image_size", type=int,
+                    help="backbone input size; 0: each backbone at the size it was pretrained at, 224 without one")
+    settings.option("--grey-window", key="grey_window",
+                    help="HU window of CT inputs for backbones of grey or natural pictures (ImageNet, RadImageNet, "
+                         "natural-image pretraining), replicated to their channels")
+    settings.option("--n-boot", key="n_boot", type=int, help="bootstrap resamples for CIs")
 
 
-def eval_spec(args: argparse.Namespace):
-    from ctssl.eval.protocols.spec import EvalSpec
+def add_eval_options(settings: Settings) -> None:
+    """The options of ``eval.commands.settings.EvalCommand``."""
+    add_target_options(settings)
+    settings.option("--name", key="names", action="append",
+                    help="readable name of each --backbone, in the same order (repeatable; for the report)")
+    settings.option("--fraction", key="fractions", type=float, action="append",
+                    help="fraction of training patients with labels (repeatable)")
+    settings.option("--seed", key="seeds", type=int, action="append", help="seed (repeatable)")
+    settings.option("--out", key="out", help="results folder: runs/ (one record per run), results.jsonl, comparisons.jsonl")
+
+
+def require(command: str, cfg, *keys: str) -> None:
+    """A ConfigError naming every setting of ``keys`` that is empty."""
+    missing = [k for k in keys if not getattr(cfg, k)]
+    if missing:
+        flags = {"data": "--data", "backbones": "--backbone", "backbone": "--backbone", "out": "--out", "a": "--a",
+                 "b": "--b"}
+        raise ConfigError(f"ctssl {command} needs {', '.join(missing)}: pass "
+                          f"{' '.join(flags.get(k, '--' + k) for k in missing)} or set them in --config.")
+
+
+def write_settings(cfg, path: str | Path) -> Path:
+    """The resolved settings, written atomically beside the command's outputs."""
+    return save_config(cfg, path)
+
+
+def prepare(command: str, cfg) -> None:
+    """Check an evaluation command's settings, write them as OUT/<command>-config.yaml and the backbones' names
+    as OUT/names.json, before anything runs."""
+    require(command, cfg, "data", "backbones", "out")
+    if cfg.names and len(cfg.names) != len(cfg.backbones):
+        raise ConfigError(f"{len(cfg.names)} --name for {len(cfg.backbones)} --backbone; give one name per backbone, "
+                          "in order.")
     from ctssl.eval.records.store import save_names
 
-    save_names(args.out, args.backbone, args.name)
-    return EvalSpec(data=args.data, backbones=args.backbone, label=args.label, fractions=args.fraction or [1.0],
-                    seeds=args.seed or [0], image_size=args.image_size, n_boot=args.n_boot,
-                    grey_window=args.grey_window)
+    write_settings(cfg, Path(cfg.out) / f"{command}-config.yaml")
+    save_names(cfg.out, cfg.backbones, cfg.names)
 
 
-def finish(args: argparse.Namespace, records: list[dict]) -> int:
+def finish(cfg, records: list[dict]) -> int:
     """Collate OUT/results.jsonl and comparisons, print the table and the paired comparisons."""
-    import json
-
     from ctssl.eval.records.comparisons import collate
 
-    results, comparisons = collate(args.out, args.n_boot)
+    results, comparisons = collate(cfg.out, cfg.n_boot)
     print(table(records))
     tasks = {r["task"] for r in records}
     for line in comparisons.read_text().splitlines():
@@ -63,9 +87,9 @@ def finish(args: argparse.Namespace, records: list[dict]) -> int:
 
 
 def table(records: list[dict]) -> str:
+    """A console table: one row per run, mean and spread over seeds left to the report."""
     from ctssl.eval.records.comparisons import headline
 
-    """A console table: one row per run, mean and spread over seeds left to the report."""
     rows = [("task", "backbone", "variant", "fraction", "seed", "n_train", "result")]
     for r in records:
         rows.append((r["task"], _short(r["backbone"]), r.get("variant", ""), f"{r['fraction']:g}", str(r["seed"]),

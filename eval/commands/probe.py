@@ -6,48 +6,47 @@ validation) alongside as a cross-check.
 Multi-class labels use class-weighted cross-entropy (``--no-balanced`` for plain); a label
 ``a+b+c`` is a multi-label task (one logistic loss per label, macro AUROC). One record per
 backbone x fraction x seed in OUT/runs/, gathered in OUT/results.jsonl; paired comparisons of
-each backbone against the first in OUT/comparisons.jsonl.
+each backbone against the first in OUT/comparisons.jsonl; the resolved settings in OUT/probe-config.yaml.
 
 Example:
   ctssl probe --data runs/demo/shards-ct --label region --out runs/demo/eval \\
       --backbone random:resnet18:3 --backbone runs/demo/simclr-ct/backbone.safetensors \\
-      --fraction 0.1 --fraction 1 --seed 0 --seed 1 --seed 2
+      --fraction 0.1 --fraction 1 --seed 0 --seed 1 --seed 2 --set probe.epochs=50
 """
 
 from __future__ import annotations
 
 import argparse
 
+from ctssl.core.options import Settings
 from ctssl.eval.commands.options import add_eval_options
+
+SETTINGS = "ctssl.eval.commands.settings:ProbeCommand"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_eval_options(parser)
-    parser.add_argument("--lr", type=float, action="append", default=None,
-                        help="learning rates of the grid (repeatable; default 1e-3 .. 3)")
-    parser.add_argument("--wd", type=float, action="append", default=None,
-                        help="weight decays of the grid (repeatable; default 0 1e-4 1e-3 1e-2)")
-    parser.add_argument("--epochs", type=int, default=100, help="epochs over the training features (default 100)")
-    parser.add_argument("--batch-size", type=int, default=256, help="mini-batch size (default 256)")
-    parser.add_argument("--no-balanced", dest="balanced", action="store_false",
-                        help="plain (not class-weighted) loss")
-    parser.add_argument("--select", default="auto", choices=["auto", "accuracy", "balanced_accuracy", "auroc"],
-                        help="validation metric choosing the grid point (auto: balanced accuracy, AUROC if multi-label)")
-    parser.add_argument("--no-logreg", dest="logreg", action="store_false",
-                        help="skip the scikit-learn LogisticRegression cross-check")
+    settings = Settings(parser, SETTINGS, example="probe.epochs=50")
+    add_eval_options(settings)
+    settings.option("--cache", key="cache", help="feature cache folder (none: OUT/features)")
+    settings.option("--lr", key="probe.lrs", type=float, action="append", help="learning rates of the grid (repeatable)")
+    settings.option("--wd", key="probe.weight_decays", type=float, action="append",
+                    help="weight decays of the grid (repeatable)")
+    settings.option("--epochs", key="probe.epochs", type=int, help="epochs over the training features")
+    settings.option("--batch-size", key="probe.batch_size", type=int, help="mini-batch size")
+    settings.switch("--no-balanced", key="probe.balanced", value=False, help="plain (not class-weighted) loss")
+    settings.option("--select", key="probe.select", choices=["auto", "accuracy", "balanced_accuracy", "auroc"],
+                    help="validation metric choosing the grid point (auto: balanced accuracy, AUROC if binary or "
+                         "multi-label)")
+    settings.switch("--no-logreg", key="logreg", value=False, help="skip the scikit-learn LogisticRegression cross-check")
 
 
 def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
-    from ctssl.eval.commands.options import eval_spec, finish
-    from ctssl.eval.measures.probe import ProbeConfig
+    from ctssl.core.options import resolve
+    from ctssl.eval.commands.options import finish, prepare
     from ctssl.eval.protocols.probe import run_probe
 
+    cfg = resolve(args)
+    prepare("probe", cfg)
     setup_logging(args.log_level)
-    cfg = ProbeConfig(epochs=args.epochs, batch_size=args.batch_size, balanced=args.balanced, select=args.select)
-    if args.lr:
-        cfg.lrs = args.lr
-    if args.wd:
-        cfg.weight_decays = args.wd
-    records = run_probe(eval_spec(args), cfg, args.out, logreg=args.logreg, cache=args.cache)
-    return finish(args, records)
+    return finish(cfg, run_probe(cfg, cfg.probe, cfg.out, logreg=cfg.logreg, cache=cfg.cache))

@@ -1,6 +1,7 @@
 """Layer-wise representation similarity of two backbones on the same images: linear, RBF and
 unbiased CKA, mean CCA, SVCCA and PWCCA between every layer of A (stem, stages) and every layer of
-B, on --samples images of one split; heat maps and JSON.
+B, on --samples images of one split; heat maps and JSON (OUT/similarity/<name>.json), the resolved settings
+beside them (<name>-config.yaml).
 
 Each backbone sees the images prepared its own way (its card's windows and normalisation), as it
 would in use. Comparing one backbone before and after fine-tuning: pass the pretrained source as
@@ -8,44 +9,53 @@ would in use. Comparing one backbone before and after fine-tuning: pass the pret
 
 Example:
   ctssl similarity --data runs/demo/shards-ct --a runs/demo/simclr-ct/backbone.safetensors \\
-      --b runs/demo/simclr-natural/backbone.safetensors --out runs/demo/analysis
+      --b runs/demo/simclr-natural/backbone.safetensors --out runs/demo/analysis --set samples=200
 """
 
 from __future__ import annotations
 
 import argparse
 
+from ctssl.core.options import Settings
+
+SETTINGS = "ctssl.eval.commands.settings:SimilarityCommand"
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="dataset spec (as ctssl probe); images only are used")
-    parser.add_argument("--a", required=True, help="backbone source A")
-    parser.add_argument("--b", required=True, help="backbone source B")
-    parser.add_argument("--split", default="test", help="split whose images are used (default test)")
-    parser.add_argument("--samples", type=int, default=500, help="images (default 500; evenly spaced)")
-    parser.add_argument("--image-size", type=int, default=0,
-                        help="backbone input size (default 0: each backbone at the size it was pretrained at, 224 without one)")
-    parser.add_argument("--spatial", type=int, default=2, help="conv maps pooled to S x S positions (default 2)")
-    parser.add_argument("--max-features", type=int, default=4096, help="features kept per layer (default 4096)")
-    parser.add_argument("--measure", action="append", default=None,
-                        help="measures (repeatable; default all: linear_cka rbf_cka unbiased_cka mean_cca svcca pwcca)")
-    parser.add_argument("--name", default=None, help="name of this comparison (default A_vs_B)")
-    parser.add_argument("--out", required=True, help="folder for similarity/<name>.json and heat maps")
+    settings = Settings(parser, SETTINGS, example="samples=200")
+    settings.option("--data", key="data", help="dataset spec (as ctssl probe); images only are used")
+    settings.option("--a", key="a", help="backbone source A")
+    settings.option("--b", key="b", help="backbone source B")
+    settings.option("--split", key="split", help="split whose images are used")
+    settings.option("--samples", key="samples", type=int, help="images, evenly spaced")
+    settings.option("--image-size", key="image_size", type=int,
+                    help="backbone input size; 0: each backbone at the size it was pretrained at, 224 without one")
+    settings.option("--spatial", key="spatial", type=int, help="conv maps pooled to S x S positions")
+    settings.option("--max-features", key="max_features", type=int, help="features kept per layer")
+    settings.option("--measure", key="measures", action="append", help="measures (repeatable)")
+    settings.option("--name", key="name", help="name of this comparison; none: A_vs_B")
+    settings.option("--out", key="out", help="folder for similarity/<name>.json and heat maps")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ctssl.core.logs import setup_logging
-    from ctssl.eval.protocols.similarity import SimilaritySettings, run_similarity
+    from pathlib import Path
 
+    from ctssl.core.logs import setup_logging
+    from ctssl.core.options import resolve
+    from ctssl.eval.commands.options import require, write_settings
+    from ctssl.eval.protocols.similarity import run_similarity
+    from ctssl.eval.records.store import pair_name
+
+    cfg = resolve(args)
+    require("similarity", cfg, "data", "a", "b", "out")
+    name = cfg.name or pair_name(cfg.a, cfg.b)
+    write_settings(cfg, Path(cfg.out) / "similarity" / f"{name}-config.yaml")
     setup_logging(args.log_level)
-    settings = SimilaritySettings(split=args.split, samples=args.samples, image_size=args.image_size,
-                                  spatial=args.spatial, max_features=args.max_features)
-    if args.measure:
-        settings.measures = args.measure
-    result = run_similarity(args.data, args.a, args.b, settings, args.out, name=args.name)
+    result = run_similarity(cfg.data, cfg.a, cfg.b, cfg, cfg.out, name=name)
     for measure, matrix in result["matrices"].items():
         print(f"{measure} (rows: A layers, columns: B layers)")
         print("          " + " ".join(f"{c:>8}" for c in result["layers_b"]))
-        for name, row in zip(result["layers_a"], matrix):
-            print(f"{name:>9} " + " ".join("     n/a" if v is None else f"{v:8.3f}" for v in row))
+        for layer, row in zip(result["layers_a"], matrix):
+            print(f"{layer:>9} " + " ".join("     n/a" if v is None else f"{v:8.3f}" for v in row))
     print(f"written: {result['json']}")
     return 0

@@ -39,18 +39,22 @@ from __future__ import annotations
 import argparse
 import os
 
+from ctssl.core.options import Settings
+
 PHASES = ("plan", "task", "run", "report")
+SETTINGS = "ctssl.eval.sweep.config:SweepConfig"
 
 
 def _study_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
-    default = argparse.SUPPRESS if suppress else None
-    parser.add_argument("--recipe", default=default, help="a seed study's recipe (eval/recipes/NAME.yaml)")
-    parser.add_argument("--data", default=default, help="dataset spec (sets data)")
-    parser.add_argument("--label", default=default, help="label to predict (sets label)")
-    parser.add_argument("--backbone", action="append", default=default,
-                        help="backbone source (repeatable; sets backbones; the first is the baseline)")
-    parser.add_argument("--name", action="append", default=default, help="readable backbone name (repeatable)")
-    parser.add_argument("--out", default=default, help="output folder (sets out)")
+    settings = Settings(parser, SETTINGS, example="seeds=[0,1]", suppress=suppress)
+    parser.add_argument("--recipe", default=argparse.SUPPRESS if suppress else None,
+                        help="a seed study's recipe (eval/recipes/NAME.yaml), the layer under --config")
+    settings.option("--data", key="data", help="dataset spec")
+    settings.option("--label", key="label", help="label to predict")
+    settings.option("--backbone", key="backbones", action="append",
+                    help="backbone source (repeatable; the first is the baseline)")
+    settings.option("--name", key="names", action="append", help="readable backbone name (repeatable)")
+    settings.option("--out", key="out", help="output folder")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -68,19 +72,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve(args: argparse.Namespace):
-    """The sweep's config from the recipe, --config, --set and the named options."""
+    """The sweep's config: defaults, the recipe, --config, --set and the named options."""
     from ctssl.core.config import ConfigError, recipe_names
+    from ctssl.core.options import named_options
     from ctssl.eval.sweep.config import RECIPES, resolve_sweep_config
     from ctssl.eval.sweep.jobs import validate
 
     recipe = getattr(args, "recipe", None)
+    cfg = resolve_sweep_config(recipe, args.config, args.overrides, named_options(args))
     if not args.config and not recipe:
         raise ConfigError("ctssl sweep needs --recipe NAME or --config sweep.yaml (see ctssl sweep --help); "
                           f"recipes: {recipe_names(RECIPES)}.")
-    options = {"data": getattr(args, "data", None), "label": getattr(args, "label", None),
-               "backbones": getattr(args, "backbone", None), "names": getattr(args, "name", None),
-               "out": getattr(args, "out", None)}
-    cfg = resolve_sweep_config(recipe, args.config, args.overrides, options)
     validate(cfg)
     return cfg
 
