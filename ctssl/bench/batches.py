@@ -7,13 +7,12 @@ pairs and near pairs (at most 2 slices apart) per batch for ctssl 0.1's loader (
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from ctssl.bench.settings import BatchesBench
-from ctssl.core.atomic import atomic_write_text
 
+BENCHMARK = "pretrain-batches"        # its results: OUT/pretrain-batches-bench.json
 
 
 def measure(cfg: BatchesBench) -> dict:
@@ -52,20 +51,6 @@ def measure(cfg: BatchesBench) -> dict:
             "ratios_vs_iid": {name: {"distinct_series": round(r["distinct_series"]["mean"] / expected["distinct_series"], 3),
                                      "same_series_pairs": round(r["same_series_pairs"]["mean"] / expected["same_series_pairs"], 2)}
                               for name, r in rows.items()}}
-
-
-def result_path(cfg: BatchesBench) -> Path:
-    return Path(cfg.out) / "pretrain-batches-bench.json"
-
-
-def run(cfg: BatchesBench) -> dict:
-    """Measure, write OUT/pretrain-batches-bench.json and return the result."""
-    from ctssl.core.machine import machine_info
-
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": "pretrain-batches", "machine": machine_info(), "results": measure(cfg)}
-    atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
-    return result
 
 
 def format_table(result: dict) -> str:

@@ -3,7 +3,6 @@ reads a bank larger than memory), its time and peak memory, projected to 12 mill
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -11,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ctssl.bench.settings import ScaleBench
-from ctssl.core.atomic import atomic_write_text
 
+BENCHMARK = "eval-scale"        # its results: OUT/eval-scale-bench.json
 
 
 class _PeakAnonymous:
@@ -84,22 +83,6 @@ def measure(cfg: ScaleBench) -> dict:
                               "allocated_mb": round(allocated, 1),
                               "note": "exact search streams the bank: allocated memory stays a few chunks; "
                                       "time is linear in rows"}}
-
-
-def result_path(cfg: ScaleBench) -> Path:
-    return Path(cfg.out) / "eval-scale-bench.json"
-
-
-def run(cfg: ScaleBench) -> dict:
-    """Measure, write OUT/eval-scale-bench.json and return the result."""
-    from ctssl.core.machine import machine_info
-
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    result = {"benchmark": "eval-scale", "machine": machine_info(), "results": measure(cfg)}
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
-    return result
 
 
 def format_table(result: dict) -> str:

@@ -9,8 +9,6 @@ Each figure is the median of ``repeats`` timed passes after a warm-up pass.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +17,8 @@ import torch
 from ctssl.bench.corpus import bench_shards
 from ctssl.bench.measure import median_rate
 from ctssl.bench.settings import ExtractBench
-from ctssl.core.atomic import atomic_write_text
 
+BENCHMARK = "eval-extract"        # its results: OUT/eval-extract-bench.json
 
 
 def _extract_previous(model, data, split, spec, out, batch, device) -> None:
@@ -84,22 +82,6 @@ def measure(cfg: ExtractBench) -> dict:
                          "workers_vs_main_process": round(rates[workers] / rates[0], 2),
                          "max_abs_diff_vs_previous": float(np.abs(target - reference).max())})
     return {"rows": rows, "workers": workers, "threads": torch.get_num_threads(), "shards": len(data.units[split])}
-
-
-def result_path(cfg: ExtractBench) -> Path:
-    return Path(cfg.out) / "eval-extract-bench.json"
-
-
-def run(cfg: ExtractBench) -> dict:
-    """Measure, write OUT/eval-extract-bench.json and return the result."""
-    from ctssl.core.machine import machine_info
-
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    result = {"benchmark": "eval-extract", "machine": machine_info(), "results": measure(cfg)}
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
-    return result
 
 
 def format_table(result: dict) -> str:

@@ -10,9 +10,7 @@ Each figure is the median of ``repeats`` timed passes after a warm-up pass.
 
 from __future__ import annotations
 
-import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +18,8 @@ import torch
 
 from ctssl.bench.measure import median_rate
 from ctssl.bench.settings import KNNBench
-from ctssl.core.atomic import atomic_write_text
 
+BENCHMARK = "eval-knn"        # its results: OUT/eval-knn-bench.json
 
 
 def clustered_features(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
@@ -86,22 +84,6 @@ def _ivf_searcher(bank: np.ndarray, query: np.ndarray, k: int, nlist: int = 256,
     index.add(bank)
     index.nprobe = nprobe
     return lambda: index.search(query, k)
-
-
-def result_path(cfg: KNNBench) -> Path:
-    return Path(cfg.out) / "eval-knn-bench.json"
-
-
-def run(cfg: KNNBench) -> dict:
-    """Measure, write OUT/eval-knn-bench.json and return the result."""
-    from ctssl.core.machine import machine_info
-
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    result = {"benchmark": "eval-knn", "machine": machine_info(), "results": measure(cfg)}
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
-    return result
 
 
 def format_table(result: dict) -> str:

@@ -11,7 +11,6 @@ Each timing is the median of ``repeats`` timed passes after a warm-up pass.
 from __future__ import annotations
 
 import io
-import json
 import random
 from pathlib import Path
 
@@ -22,8 +21,8 @@ import torch.nn.functional as F
 from ctssl.bench.corpus import bench_shards
 from ctssl.bench.measure import median_cpu_seconds
 from ctssl.bench.settings import LoaderBench
-from ctssl.core.atomic import atomic_write_text
 
+BENCHMARK = "pretrain-loader"        # its results: OUT/pretrain-loader-bench.json
 
 
 class LegacyCTViews:
@@ -119,20 +118,6 @@ def measure(cfg: LoaderBench) -> dict:
             "worker_vs_legacy": round(ms["legacy"] / ms["worker"], 1),
             "worker_samples_per_s_per_core": round(1000 / ms["worker"], 0),
             "legacy_vs_lightly": round(ms["lightly"] / ms["legacy"], 2)}
-
-
-def result_path(cfg: LoaderBench) -> Path:
-    return Path(cfg.out) / "pretrain-loader-bench.json"
-
-
-def run(cfg: LoaderBench) -> dict:
-    """Measure, write OUT/pretrain-loader-bench.json and return the result."""
-    from ctssl.core.machine import machine_info
-
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": "pretrain-loader", "machine": machine_info(), "results": measure(cfg)}
-    atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
-    return result
 
 
 def format_table(result: dict) -> str:

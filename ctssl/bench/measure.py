@@ -1,9 +1,15 @@
-"""How the suites time things: the median of ``repeats`` timed passes after one warm-up pass."""
+"""How the suites measure: the median of ``repeats`` timed passes after one warm-up pass, and the result file
+every suite writes."""
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
+from typing import Callable
+
+from ctssl.core.atomic import atomic_write_text
 
 
 def median_rate(fn, items: int, repeats: int) -> float:
@@ -26,3 +32,16 @@ def median_cpu_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.process_time() - start)
     return statistics.median(times)
+
+
+def save_result(path: Path, benchmark: str, measure: Callable[[], dict], timed: bool = False) -> dict:
+    """``{"benchmark", "machine", "results"[, "seconds"]}`` of one run of ``measure``, written to ``path`` as JSON."""
+    from ctssl.core.machine import machine_info
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    result = {"benchmark": benchmark, "machine": machine_info(), "results": measure()}
+    if timed:
+        result["seconds"] = round(time.perf_counter() - start, 1)
+    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+    return result

@@ -3,7 +3,6 @@ channels_last when there is one. Each figure is the median of the timed steps af
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -11,8 +10,8 @@ import torch
 
 from ctssl.bench.measure import median_rate
 from ctssl.bench.settings import TrainBench
-from ctssl.core.atomic import atomic_write_text
 
+BENCHMARK = "pretrain-train"        # its results: OUT/pretrain-train-bench.json
 
 
 def measure(cfg: TrainBench) -> dict:
@@ -46,20 +45,6 @@ def measure(cfg: TrainBench) -> dict:
         rows.append({"backbone": "resnet18", "method": "simclr", "image_size": size, "batch": batch,
                      "device": device, "images_per_s": round(rate, 1), "views_per_s": round(2 * rate, 1)})
     return {"rows": rows, "threads": torch.get_num_threads()}
-
-
-def result_path(cfg: TrainBench) -> Path:
-    return Path(cfg.out) / "pretrain-train-bench.json"
-
-
-def run(cfg: TrainBench) -> dict:
-    """Measure, write OUT/pretrain-train-bench.json and return the result."""
-    from ctssl.core.machine import machine_info
-
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": "pretrain-train", "machine": machine_info(), "results": measure(cfg)}
-    atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
-    return result
 
 
 def format_table(result: dict) -> str:

@@ -61,7 +61,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ctssl.bench.suite import markdown, run_suite, suite
+    from ctssl.bench import suite
     from ctssl.core.config import save_config
     from ctssl.core.logs import setup_logging
     from ctssl.core.options import resolve
@@ -70,13 +70,12 @@ def run(args: argparse.Namespace) -> int:
     setup_logging("WARNING")
     if args.suite == "all":
         save_config(cfg, Path(cfg.out) / "bench-suite-config.yaml")
-        result = run_suite(cfg)
-        print(markdown(result))
+        result = suite.run_suite(cfg)
+        print(suite.markdown(result))
         print(f"written: {cfg.out}/bench-suite.md, {cfg.out}/bench-suite.json")
         return 0
-    module = suite(args.suite)
-    path = module.result_path(cfg)
+    path = suite.result_path(args.suite, cfg)
     save_config(cfg, path.with_name(f"{path.stem}-config.yaml"))
-    print(module.format_table(module.run(cfg)))
+    print(suite.suite(args.suite).format_table(suite.run(args.suite, cfg)))
     print(f"written: {path}")
     return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from ctssl.core.options import Settings
-from ctssl.eval.commands.options import add_target_options
+from ctssl.eval.commands.options import add_cache, add_record_options, add_target_options
 
 SETTINGS = "ctssl.eval.commands.settings:ConfoundersCommand"
 
@@ -32,25 +32,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="epochs of the probe or fine-tuning, whichever --mode runs (sets probe.epochs and "
                              "finetune.epochs; defaults: see --set)")
     settings.option("--seed", key="seed", type=int, help="seed")
-    settings.option("--cache", key="cache", help="feature cache folder (none: OUT/features)")
-    settings.option("--name", key="name", help="name of this experiment; none: CONFOUNDER-DATASET")
-    settings.option("--out", key="out", help="output folder (confounders/<name>.json)")
+    add_cache(settings)
+    add_record_options(settings, "confounders", "CONFOUNDER-DATASET")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ctssl.core.logs import setup_logging
     from ctssl.core.options import resolve
-    from ctssl.eval.commands.options import require, write_settings
+    from ctssl.eval.commands.options import prepare_record
     from ctssl.eval.protocols.confounders import confounders_name, run_confounders
 
     if args.epochs is not None:        # one option for the learner --mode picks: both keys, set last
         args.overrides = [*args.overrides, f"probe.epochs={args.epochs}", f"finetune.epochs={args.epochs}"]
     cfg = resolve(args)
-    require("confounders", cfg, "data", "backbones", "out")
-    name = cfg.name or confounders_name(cfg.confounder, cfg.data)
-    write_settings(cfg, Path(cfg.out) / "confounders" / f"{name}-config.yaml")
+    name = prepare_record("confounders", cfg, "confounders", confounders_name(cfg.confounder, cfg.data), "data",
+                          "backbones")
     setup_logging(args.log_level)
     record = run_confounders(cfg, cfg.confounders, cfg.out, cfg.confounder, cfg.seed, cfg.probe, cfg.finetune,
                              cfg.cache, name)

@@ -22,6 +22,7 @@ import argparse
 import os
 
 from ctssl.core.options import Settings
+from ctssl.eval.commands.options import add_cache, add_image_size
 
 SETTINGS = "ctssl.eval.commands.settings:ExtractCommand"
 
@@ -32,10 +33,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.option("--backbone", key="backbone", help="backbone source (as ctssl knn)")
     settings.option("--label", key="label", help="label that selects the samples")
     settings.option("--split", key="splits", action="append", help="split (repeatable; none: every split)")
-    settings.option("--image-size", key="image_size", type=int, help="input size; 0: the backbone's pretraining size")
+    add_image_size(settings)
     settings.option("--grey-window", key="grey_window", help="CT window of grey/natural-picture backbones")
     settings.option("--out", key="out", help="results folder; the cache is OUT/features unless --cache")
-    settings.option("--cache", key="cache", help="feature cache folder (none: OUT/features)")
+    add_cache(settings)
     settings.option("--batch-size", key="batch_size", type=int, help="batch; 0: 8 on CPU, 256 on GPU")
     settings.option("--workers", key="workers", type=int,
                     help="loader workers; none: with a GPU the CPUs less one, <= 8; on CPU none")

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 
-from ctssl.core.options import Settings
-from ctssl.eval.commands.options import add_eval_options
+from ctssl.eval.commands.options import eval_settings
 
 SETTINGS = "ctssl.eval.commands.settings:FinetuneCommand"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    settings = Settings(parser, SETTINGS, example="finetune.patience=3")
-    add_eval_options(settings)
+    settings = eval_settings(parser, SETTINGS, "finetune.patience=3", cache=False)
     settings.option("--epochs", key="finetune.epochs", type=int, help="maximum epochs")
     settings.option("--batch-size", key="finetune.batch_size", type=int, help="batch size")
     settings.option("--lr", key="finetune.lrs", type=float, action="append",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from ctssl.core.options import Settings
+from ctssl.eval.commands.options import add_cache, add_image_size, add_record_options
 
 SETTINGS = "ctssl.eval.commands.settings:GapCommand"
 
@@ -29,28 +30,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.option("--label-b", key="label_b", help="label of B; none: as A (natural shards: class)")
     settings.option("--split", key="split", help="split compared")
     settings.option("--max-samples", key="max_samples", type=int, help="samples per domain")
-    settings.option("--image-size", key="image_size", type=int,
-                    help="backbone input size; 0: each backbone at the size it was pretrained at, 224 without one")
+    add_image_size(settings)
     settings.option("--k", key="k", type=int, help="neighbours for kNN purity")
     settings.switch("--no-plot", key="embed", value=False, help="skip the t-SNE figure")
-    settings.option("--cache", key="cache", help="feature cache folder (none: OUT/features)")
-    settings.option("--name", key="name", help="name of this comparison; none: A_vs_B")
-    settings.option("--out", key="out", help="output folder (gap/<name>.json)")
+    add_cache(settings)
+    add_record_options(settings, "gap", "A_vs_B")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ctssl.core.logs import setup_logging
     from ctssl.core.options import resolve
-    from ctssl.eval.commands.options import require, write_settings
+    from ctssl.eval.commands.options import prepare_record
     from ctssl.eval.protocols.gap import run_gap
     from ctssl.eval.records.store import pair_name
 
     cfg = resolve(args)
-    require("gap", cfg, "a", "b", "backbones", "out")
-    name = cfg.name or pair_name(cfg.a, cfg.b)
-    write_settings(cfg, Path(cfg.out) / "gap" / f"{name}-config.yaml")
+    name = prepare_record("gap", cfg, "gap", pair_name(cfg.a, cfg.b), "a", "b", "backbones")
     setup_logging(args.log_level)
     record = run_gap(cfg.a, cfg.b, cfg.backbones, cfg, cfg.out, cfg.cache, name)
     print(f"{'backbone':<48} {'A-dist':>7} {'MMD2':>8} {'Frechet':>9} {'purity':>7} {'probe gap A->B':>15}")

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 
-from ctssl.core.options import Settings
-from ctssl.eval.commands.options import add_eval_options
+from ctssl.eval.commands.options import eval_settings
 
 SETTINGS = "ctssl.eval.commands.settings:KNNCommand"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    settings = Settings(parser, SETTINGS, example="knn.k=[20]")
-    add_eval_options(settings)
-    settings.option("--cache", key="cache", help="feature cache folder (none: OUT/features)")
+    settings = eval_settings(parser, SETTINGS, "knn.k=[20]", cache=True)
     settings.option("--k", key="knn.k", type=int, action="append", help="k (repeatable)")
     settings.option("--temperature", key="knn.temperature", type=float, help="vote temperature")
     settings.option("--index", key="knn.index", choices=["flat", "ivf"],

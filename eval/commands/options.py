@@ -12,6 +12,15 @@ from ctssl.core.config import ConfigError, save_config
 from ctssl.core.options import Settings
 
 
+def add_image_size(settings: Settings) -> None:
+    settings.option("--image-size", key="image_size", type=int,
+                    help="backbone input size; 0: each backbone at the size it was pretrained at, 224 without one")
+
+
+def add_cache(settings: Settings) -> None:
+    settings.option("--cache", key="cache", help="feature cache folder (none: OUT/features)")
+
+
 def add_target_options(settings: Settings) -> None:
     """What is evaluated and how each backbone sees its images."""
     settings.option("--data", "--shards", key="data",
@@ -20,12 +29,27 @@ def add_target_options(settings: Settings) -> None:
                     help="random:NAME:IN_CHANS, imagenet:NAME:FILE, radimagenet:FILE, a backbone.safetensors or a "
                          "checkpoint .pt (repeatable; the first is the baseline of paired comparisons)")
     settings.option("--label", key="label", help="label key in the shards; a+b+c for multi-label")
-    settings.option("--image-size", key="image_size", type=int,
-                    help="backbone input size; 0: each backbone at the size it was pretrained at, 224 without one")
+    add_image_size(settings)
     settings.option("--grey-window", key="grey_window",
                     help="HU window of CT inputs for backbones of grey or natural pictures (ImageNet, RadImageNet, "
                          "natural-image pretraining), replicated to their channels")
     settings.option("--n-boot", key="n_boot", type=int, help="bootstrap resamples for CIs")
+
+
+def add_record_options(settings: Settings, folder: str, default: str) -> None:
+    """The name and folder of a command that writes one named record (OUT/<folder>/<name>.json)."""
+    settings.option("--name", key="name", help=f"name of the record; none: {default}")
+    settings.option("--out", key="out", help=f"output folder ({folder}/<name>.json, with its figures and settings)")
+
+
+def eval_settings(parser, schema: str, example: str, cache: bool) -> Settings:
+    """The settings of an evaluation command of ``eval.commands.settings.EvalCommand``, its options, and the
+    feature cache's where the command extracts features."""
+    settings = Settings(parser, schema, example)
+    add_eval_options(settings)
+    if cache:
+        add_cache(settings)
+    return settings
 
 
 def add_eval_options(settings: Settings) -> None:
@@ -47,6 +71,15 @@ def require(command: str, cfg, *keys: str) -> None:
                  "b": "--b"}
         raise ConfigError(f"ctssl {command} needs {', '.join(missing)}: pass "
                           f"{' '.join(flags.get(k, '--' + k) for k in missing)} or set them in --config.")
+
+
+def prepare_record(command: str, cfg, folder: str, default_name: str, *required: str) -> str:
+    """Check a command that writes one named record (OUT/<folder>/<name>.json), write its settings beside it
+    (<name>-config.yaml) before anything runs; returns the record's name."""
+    require(command, cfg, *required, "out")
+    name = cfg.name or default_name
+    write_settings(cfg, Path(cfg.out) / folder / f"{name}-config.yaml")
+    return name
 
 
 def write_settings(cfg, path: str | Path) -> Path:

@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 
-from ctssl.core.options import Settings
-from ctssl.eval.commands.options import add_eval_options
+from ctssl.eval.commands.options import eval_settings
 
 SETTINGS = "ctssl.eval.commands.settings:ProbeCommand"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    settings = Settings(parser, SETTINGS, example="probe.epochs=50")
-    add_eval_options(settings)
-    settings.option("--cache", key="cache", help="feature cache folder (none: OUT/features)")
+    settings = eval_settings(parser, SETTINGS, "probe.epochs=50", cache=True)
     settings.option("--lr", key="probe.lrs", type=float, action="append", help="learning rates of the grid (repeatable)")
     settings.option("--wd", key="probe.weight_decays", type=float, action="append",
                     help="weight decays of the grid (repeatable)")

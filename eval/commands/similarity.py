@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 from ctssl.core.options import Settings
+from ctssl.eval.commands.options import add_image_size, add_record_options
 
 SETTINGS = "ctssl.eval.commands.settings:SimilarityCommand"
 
@@ -28,28 +29,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.option("--b", key="b", help="backbone source B")
     settings.option("--split", key="split", help="split whose images are used")
     settings.option("--samples", key="samples", type=int, help="images, evenly spaced")
-    settings.option("--image-size", key="image_size", type=int,
-                    help="backbone input size; 0: each backbone at the size it was pretrained at, 224 without one")
+    add_image_size(settings)
     settings.option("--spatial", key="spatial", type=int, help="conv maps pooled to S x S positions")
     settings.option("--max-features", key="max_features", type=int, help="features kept per layer")
     settings.option("--measure", key="measures", action="append", help="measures (repeatable)")
-    settings.option("--name", key="name", help="name of this comparison; none: A_vs_B")
-    settings.option("--out", key="out", help="folder for similarity/<name>.json and heat maps")
+    add_record_options(settings, "similarity", "A_vs_B")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ctssl.core.logs import setup_logging
     from ctssl.core.options import resolve
-    from ctssl.eval.commands.options import require, write_settings
+    from ctssl.eval.commands.options import prepare_record
     from ctssl.eval.protocols.similarity import run_similarity
     from ctssl.eval.records.store import pair_name
 
     cfg = resolve(args)
-    require("similarity", cfg, "data", "a", "b", "out")
-    name = cfg.name or pair_name(cfg.a, cfg.b)
-    write_settings(cfg, Path(cfg.out) / "similarity" / f"{name}-config.yaml")
+    name = prepare_record("similarity", cfg, "similarity", pair_name(cfg.a, cfg.b), "data", "a", "b")
     setup_logging(args.log_level)
     result = run_similarity(cfg.data, cfg.a, cfg.b, cfg, cfg.out, name=name)
     for measure, matrix in result["matrices"].items():
