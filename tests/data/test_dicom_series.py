@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-from pydicom.pixels import apply_modality_lut
 
 from ctssl.data.ingest import IngestConfig, run_ingest
 from ctssl.shards.reader import iter_samples
 from tests.dicom_factory import SYNTAXES, ct_dataset, enhanced_ct, phantom_stored, save
+from tests.helpers import reference_hu
 
 SALT = "test-salt-0123456789abcdef"
 
@@ -22,15 +22,6 @@ def salt(monkeypatch):
 def ingest(src, out, **changes):
     cfg = IngestConfig(sources=[str(src)], out=str(out), **{"image_size": 0, **changes})
     return run_ingest(cfg), sorted(iter_samples(out), key=lambda s: s["meta"]["z_mm"])
-
-
-def reference_hu(ds) -> np.ndarray:
-    """Independent reference: pydicom's modality LUT, padding and the floor to -1024, clipped."""
-    stored = ds.pixel_array
-    hu = apply_modality_lut(stored, ds).astype(np.float64)
-    if "PixelPaddingValue" in ds:
-        hu[stored == ds.PixelPaddingValue] = -1024
-    return np.clip(np.rint(hu), -1024, 3071)
 
 
 @pytest.mark.parametrize("syntax", sorted(SYNTAXES))

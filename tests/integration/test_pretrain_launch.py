@@ -12,9 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-
-
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 SMALL = ["--batch-size", "4", "--set", "data.image_size=32", "--set", "data.num_workers=1",

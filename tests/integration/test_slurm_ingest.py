@@ -15,7 +15,7 @@ from ctssl.data.ingest import IngestConfig, run_ingest
 from ctssl.shards.reader import iter_samples
 from ctssl.shards.verify import verify_shards
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SALT = "slurm-test-salt-0123456789"
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "slurm" / "pretrain.sbatch"
 SBATCH = ("--nodes=1", "--gpus-per-node=0", "--cpus-per-task=4", "--mem=4G")
 ARGS = ("--batch-size", "4", "--set", "data.image_size=32", "--set", "data.num_workers=1",

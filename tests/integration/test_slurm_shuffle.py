@@ -10,7 +10,7 @@ from pathlib import Path
 from ctssl.pretrain.batch_stats import series_ordered_corpus
 from ctssl.shards.shuffle import ShuffleConfig, run_shuffle
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shuffle_arrays_equal_one_process(slurm, tmp_path):

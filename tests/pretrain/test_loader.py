@@ -9,23 +9,10 @@ import shutil
 import pytest
 import torch
 
-from ctssl.pretrain.batch_stats import (batch_composition, iid_expectation, series_ordered_corpus, simulate_iid,
-                                        summarise)
+from ctssl.pretrain.batch_stats import batch_composition, iid_expectation, simulate_iid, summarise
 from ctssl.pretrain.config import resolve_pretrain_config
 from ctssl.pretrain.loader import make_loader, preflight
 from ctssl.pretrain.views import CTViewMaker, crop_specs
-from ctssl.shards.shuffle import ShuffleConfig, run_shuffle
-
-
-@pytest.fixture(scope="module")
-def corpora(tmp_path_factory):
-    """50 series x 100 slices, 10 series per shard, series in slice order (as ingest writes), and the
-    same after ctssl shards shuffle."""
-    root = tmp_path_factory.mktemp("batches")
-    ordered = series_ordered_corpus(root / "ordered", series=50, slices=100, series_per_shard=10, size=8)
-    shuffled = root / "shuffled"
-    run_shuffle(ordered, shuffled, ShuffleConfig(shard_size_mb=0.5, bucket_mb=2.0), workers=2)
-    return ordered, shuffled
 
 
 def _cfg(shards, *overrides):
@@ -54,46 +41,6 @@ def test_shuffled_shards_give_batches_like_iid_sampling_and_ordered_ones_do_not(
     bad = _compositions(ordered, 128, 12, 2, "data.interleave=1", "data.shuffle_buffer=64")
     assert bad["distinct_series"]["mean"] < 0.5 * iid["distinct_series"]
     assert bad["same_series_pairs"]["mean"] > 3 * iid["same_series_pairs"]
-
-
-def test_shuffle_keeps_every_sample_once_and_reruns_identically(corpora, tmp_path):
-    ordered, shuffled = corpora
-    from ctssl.shards.reader import iter_samples
-    from ctssl.shards.verify import verify_shards
-
-    assert verify_shards(shuffled)[0] == []
-    keys = [s["key"] for s in iter_samples(shuffled)]
-    assert sorted(keys) == sorted(s["key"] for s in iter_samples(ordered)) and len(set(keys)) == len(keys)
-    manifest = json.loads((shuffled / "manifest.json").read_text())
-    assert manifest["order"] == "shuffled" and manifest["kind"] == "ct"
-    again = tmp_path / "again"
-    run_shuffle(ordered, again, ShuffleConfig(shard_size_mb=0.5, bucket_mb=2.0), workers=1)
-    for shard in manifest["shards"]:
-        assert (again / shard["name"]).read_bytes() == (shuffled / shard["name"]).read_bytes()
-
-
-def test_shuffle_phases_in_any_order_resume_and_name_what_is_missing(corpora, tmp_path):
-    from ctssl.shards import shuffle
-
-    ordered, shuffled = corpora
-    out = tmp_path / "phased"
-    cfg = ShuffleConfig(shard_size_mb=0.5, bucket_mb=2.0, scatter_tasks=3)
-    plan = shuffle.plan_shuffle(ordered, out, cfg)
-    assert len(plan["scatter"]) == 3 and len(plan["gather"]) >= 2
-    shuffle.scatter(ordered, out, 2)
-    with pytest.raises(shuffle.IncompleteShuffle, match=r"\[0, 1\]"):
-        shuffle.gather(ordered, out, 0)
-    (out / "shuffle" / "parts" / "train-b00000-t00001.bin").write_bytes(b"half-written")   # a killed task 1
-    shuffle.scatter(ordered, out, 1)
-    shuffle.scatter(ordered, out, 0)
-    assert shuffle.scatter(ordered, out, 0)["task"] == 0                                  # done: a no-op
-    with pytest.raises(shuffle.IncompleteShuffle, match="gather"):
-        shuffle.merge(ordered, out)
-    for g in reversed(range(len(plan["gather"]))):
-        shuffle.gather(ordered, out, g)
-    manifest = shuffle.merge(ordered, out)
-    assert manifest["totals"]["samples"] == 5000
-    assert not (out / "shuffle" / "parts").exists()
 
 
 def test_two_ranks_augment_the_same_sample_differently_and_a_rerun_identically(corpora, tmp_path):

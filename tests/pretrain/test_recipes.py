@@ -16,7 +16,7 @@ import yaml
 from ctssl.core.config import ConfigError, recipe_names
 from ctssl.pretrain.config import RECIPES, resolve_pretrain_config, validate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = ["data.image_size=32", "data.global_batch_size=4", "max_steps=2", "data.num_workers=0",
         "method.dino.output_dim=128", "method.dino.hidden_dim=64", "method.dino.bottleneck_dim=32",
         "method.dino.local_size=16", "method.dino.local_crops=2", "method.simclr.hidden_dim=64",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,14 +11,12 @@ import numpy as np
 import pytest
 
 import ctssl.data.ingest.task as ingest_module
-from ctssl.cli.main import main
 from ctssl.data.ingest import IngestConfig, run_ingest
 from ctssl.data.pseudonym import pseudonym
 from ctssl.data.synth import make_plan
 from ctssl.shards.reader import iter_samples, shard_paths
 from ctssl.shards.verify import verify_shards
-from tests.helpers import read_dicom_folder
-from tests.test_ingest_dicom import reference_hu
+from tests.helpers import read_dicom_folder, reference_hu
 
 SALT = "corpus-test-salt-0123456789"
 
@@ -207,24 +204,6 @@ def test_interrupted_ingest_resumes_to_identical_shards(corpus, native, tmp_path
     assert run_ingest(_config(cfg, out))["summary"] == report["summary"]
 
 
-def test_verify_catches_corruption_and_truncation(native, tmp_path, capsys):
-    reference, _, _ = native
-    assert verify_shards(reference)[0] == []
-    assert main(["shards", "verify", str(reference)]) == 0
-    out = tmp_path / "damaged"
-    shutil.copytree(reference, out)
-    shards = shard_paths(out)
-    blob = bytearray(shards[0].read_bytes())
-    blob[len(blob) // 2] ^= 0xFF
-    shards[0].write_bytes(bytes(blob))
-    shards[1].write_bytes(shards[1].read_bytes()[:5000])
-    problems, _ = verify_shards(out)
-    assert any(shards[0].name in p and "SHA-256" in p for p in problems)
-    assert any(shards[1].name in p and "bytes" in p for p in problems)
-    assert main(["shards", "verify", str(out)]) == 1
-    assert "problem" in capsys.readouterr().err
-
-
 def test_resize_and_thinning(corpus, tmp_path):
     cfg, _ = corpus
     out = _run(cfg, tmp_path / "small", image_size=32, min_slice_spacing=6.0)
@@ -245,17 +224,6 @@ def test_air_filter_drops_exactly_the_mostly_air_slices(corpus, native, tmp_path
     kept = {s["key"] for s in iter_samples(out)}
     expected = {k for k, s in samples.items() if np.mean(s["hu"] < -900) <= 0.75}
     assert kept == expected and len(kept) < len(samples)
-
-
-def test_inspect_writes_summary_and_contact_sheet(native, tmp_path):
-    reference, _, samples = native
-    assert main(["shards", "inspect", str(reference), "--out", str(tmp_path / "i"), "--window", "lung"]) == 0
-    import json
-
-    summary = json.loads((tmp_path / "i" / "summary.json").read_text())
-    assert summary["samples"] == len(samples)
-    assert sum(summary["hu_histogram"]["counts"]) == sum(s["hu"].size for s in samples.values())
-    assert (tmp_path / "i" / "contact_sheet.png").stat().st_size > 1000
 
 
 def test_worker_count_does_not_change_the_shards(corpus, native, tmp_path):

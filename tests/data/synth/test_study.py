@@ -1,4 +1,5 @@
-"""Labels agree with the anatomy drawn, checked on the files as written."""
+"""The synthetic studies (data.synth.study): the catalogue covers every archive quirk; labels agree with the
+anatomy drawn, checked on the files as written."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ import pytest
 
 from ctssl.data.synth import phantom
 from ctssl.data.synth import make_plan
-from ctssl.data.synth.study import render_series
+from ctssl.data.synth.study import CATALOGUE, render_series
 from tests.helpers import read_dicom_folder
+
+
+def _plans(cfg):
+    return [make_plan(cfg, i) for i in range(cfg.patients)]
 
 
 def _rows(path):
@@ -134,3 +139,18 @@ def test_tissue_values_are_ct_like(u, x, y, low, high):
         value = img[np.argmin(abs(ys - 0.58 * bi)), np.argmin(abs(xs - x))]
     assert low <= value <= high
     assert img.min() >= -1000 and img.max() <= 1600
+
+
+def test_catalogue_covers_every_quirk(corpus):
+    cfg, summary = corpus
+    plans = _plans(cfg)
+    quirks = {q for p in plans for q in p.quirks}
+    for name in ("localizer", "shuffled_instances", "two_series", "no_preamble", "duplicate",
+                 "stray_file", "nifti_las_raw", "nifti_pir_auto", "feet_first"):
+        assert name in quirks
+    syntaxes = {s.transfer_syntax for p in plans for s in p.series}
+    assert {"jpeg2000_lossless", "rle_lossless", "deflated_le", "explicit_le"} <= syntaxes
+    assert len({p.scanner_key for p in plans if p.format == "dicom"}) >= 3
+    assert len({s.thickness for p in plans for s in p.series}) >= 2
+    assert len({s.pixel_spacing for p in plans for s in p.series}) >= 4
+    assert summary["studies"] == len(CATALOGUE)

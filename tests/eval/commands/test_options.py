@@ -1,49 +1,12 @@
-"""The evaluation commands (knn, probe, finetune) end to end on real shards: records with
-provenance, paired comparisons, resumable runs."""
+"""The evaluation commands (knn, probe, finetune) end to end on real shards, through their shared options:
+records with provenance, paired comparisons, resumable runs, settings by --set."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
-import torch
-
 from ctssl.cli.main import main
 from ctssl.eval.inputs.sources import load_backbone
-from ctssl.pretrain.backbones import build_backbone
-from ctssl.pretrain.checkpoint import export_backbone
-
-
-class _Holder(torch.nn.Module):
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    @property
-    def export_backbone(self):
-        return self.backbone
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A backbone exported as pretraining exports it (safetensors + card)."""
-    torch.manual_seed(3)
-    backbone, _ = build_backbone("resnet18", 3)
-    card = {"backbone": "resnet18", "in_chans": 3, "method": "simclr",
-            "data": {"kind": "ct", "windows": ["lung", "soft_tissue", "bone"]}}
-    return export_backbone(_Holder(backbone), tmp_path_factory.mktemp("export"), card), backbone
-
-
-def test_exported_backbone_round_trips(exported, tmp_path):
-    path, backbone = exported
-    loaded, loaded_card = load_backbone(str(path))
-    assert loaded_card["method"] == "simclr" and len(loaded_card["weights_sha256"]) == 64
-    for a, b in zip(backbone.state_dict().values(), loaded.state_dict().values()):
-        torch.testing.assert_close(a, b)
-    copy = tmp_path / "copy.safetensors"
-    copy.write_bytes(path.read_bytes())
-    with pytest.raises(FileNotFoundError, match="card"):
-        load_backbone(str(copy))
 
 
 def _records(out):

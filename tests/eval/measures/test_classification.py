@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from ctssl.eval.measures.knn import faiss_knn_predict, knn_predict
 from ctssl.eval.measures.classification import accuracy, balanced_accuracy, bootstrap_ci, macro_auroc, paired_bootstrap
 
 
@@ -63,28 +61,3 @@ def test_paired_bootstrap_detects_a_real_difference_only():
     assert result["delta"] > 0.1 and result["lower"] > 0 and result["p_value"] < 0.01
     same = paired_bootstrap(accuracy, y, good, good.copy(), n=200)
     assert same["delta"] == 0.0 and same["p_value"] == 1.0
-
-
-@pytest.mark.parametrize("k", [1, 10, 20, 100])
-def test_faiss_flat_equals_bruteforce_and_ivf_exhaustive_too(k):
-    rng = np.random.default_rng(k)
-    bank, query = torch.tensor(rng.normal(size=(500, 32))), torch.tensor(rng.normal(size=(60, 32)))
-    labels = torch.tensor(rng.integers(0, 6, 500))
-    brute = knn_predict(query, bank, labels, 6, k)
-    flat = faiss_knn_predict(query, bank, labels, 6, k, index="flat")
-    torch.testing.assert_close(flat.double(), brute.double(), rtol=1e-4, atol=1e-4)
-    ivf = faiss_knn_predict(query, bank, labels, 6, k, index="ivf", nlist=8, nprobe=8)  # all cells
-    assert (ivf.argmax(1) == brute.argmax(1)).all()
-
-
-@pytest.mark.parametrize("k", [1, 20, 100])
-def test_streamed_flat_search_over_a_memory_map_equals_bruteforce(k, tmp_path):
-    """Chunks of 37 rows (the last one, 19 rows, smaller than k), merged top-k: exact."""
-    rng = np.random.default_rng(k)
-    bank, query = rng.normal(size=(500, 32)).astype(np.float32), rng.normal(size=(60, 32)).astype(np.float32)
-    np.save(tmp_path / "bank.npy", bank)
-    mapped = np.load(tmp_path / "bank.npy", mmap_mode="r")
-    labels = torch.tensor(rng.integers(0, 6, 500))
-    brute = knn_predict(torch.tensor(query), torch.tensor(bank), labels, 6, k)
-    streamed = faiss_knn_predict(query, mapped, labels, 6, k, chunk_rows=37)
-    torch.testing.assert_close(streamed.double(), brute.double(), rtol=1e-4, atol=1e-4)

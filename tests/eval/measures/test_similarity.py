@@ -9,8 +9,10 @@ import pytest
 from scipy.linalg import sqrtm
 from scipy.stats import ortho_group
 
-from ctssl.eval.measures.similarity import (cca, linear_cka, mean_cca, minibatch_cka, pwcca, rbf_cka, reduce_activations, svcca,
-                             unbiased_cka, unbiased_hsic)
+from ctssl.eval.features.layers import spatial_activations
+from ctssl.eval.measures.similarity import (cca, linear_cka, mean_cca, minibatch_cka, pwcca, rbf_cka,
+                                            reduce_activations, spatial_cca, svcca, svcca_mean, unbiased_cka,
+                                            unbiased_hsic)
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(120, 20))
@@ -135,3 +137,38 @@ def test_reduce_activations_pools_and_subsamples():
     assert reduce_activations(a, spatial=4, max_features=100).shape == (8, 100)
     np.testing.assert_array_equal(reduce_activations(a, 4, 100), reduce_activations(a, 4, 100))
     assert reduce_activations(rng.normal(size=(8, 5, 32)), 2).shape == (8, 32)
+
+
+def test_svcca_mean_matches_svcca_sum_threshold():
+    """google/svcca cca_core.sum_threshold: the first i whose leading sum reaches the threshold."""
+    def reference(array, threshold=0.98):
+        for i in range(len(array)):
+            if np.sum(array[:i]) / np.sum(array) >= threshold:
+                return float(np.mean(array[:i]))
+        return float(np.mean(array))
+
+    rho = np.array([0.99, 0.9, 0.5, 0.2, 0.01, 0.005])
+    assert svcca_mean(rho) == pytest.approx(reference(rho))
+    assert svcca_mean(rho) > rho.mean()
+
+
+def test_spatial_cca_of_a_network_with_itself_and_with_noise():
+    import torch
+
+    from ctssl.eval.inputs.sources import load_backbone
+
+    model, _ = load_backbone("random:resnet18:3")
+    x = torch.randn(12, 3, 32, 32)
+    a = spatial_activations(model, x, positions=400, seed=1)
+    b = spatial_activations(load_backbone("random:resnet18:3")[0], x, positions=400, seed=1)
+    assert list(a) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
+    for layer in a:       # the same architecture and images: the same positions, the same activations
+        np.testing.assert_array_equal(a[layer], b[layer])
+    same = spatial_cca(a["conv1"], b["conv1"], channels=16, repeats=3)
+    assert same["mean_cca"] > 0.999 and same["positions"] == len(a["conv1"]) >= 400
+    noise = spatial_cca(a["conv1"], np.random.default_rng(0).normal(size=(len(a["conv1"]), 64)), channels=16)
+    assert noise["mean_cca"] < 0.35
+    deep = spatial_cca(a["layer4"], b["layer4"] + 0.0, channels=64)
+    assert deep["channels"][0] <= max(1, len(a["layer4"]) // 10)     # at most one channel per 10 datapoints
+    with pytest.raises(ValueError, match="NaN"):
+        spatial_cca(a["conv1"] * np.nan, b["conv1"])

@@ -11,16 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from ctssl.core.config import recipe_names
 from ctssl.eval.sweep import jobs as sweep
 from ctssl.eval.sweep.config import RECIPES, resolve_sweep_config
-from ctssl.eval.measures.confounders import _auroc_rows, permutation_test
-from ctssl.eval.inputs.folds import fold_indices, patient_folds
-from ctssl.eval.features.layers import spatial_activations
-from ctssl.eval.measures.similarity import spatial_cca, svcca_mean
+from ctssl.eval.measures.confounders import permutation_test
 
 CTSSL = [sys.executable, "-m", "ctssl"]
 BACKBONES = ["--backbone", "random:resnet18:3", "--backbone", "random:resnet18:3:1", "--name", "random A",
@@ -67,76 +63,6 @@ def test_job_lists_and_recipe_in_a_config_file(tmp_path):
     with pytest.raises(ConfigError, match="hidden.folds must be at least 3"):
         sweep.validate(resolve_sweep_config("hidden_representations", overrides=["hidden.folds=2"],
                                                   options={"data": "d", "backbones": ["a"]}))
-
-
-def test_patient_folds_are_grouped_balanced_and_fixed():
-    rng = np.random.default_rng(0)
-    groups = np.repeat([f"p{i}" for i in range(23)], rng.integers(5, 60, 23))
-    folds = patient_folds(groups, 5, seed=3)
-    assert np.array_equal(folds, patient_folds(groups, 5, seed=3))
-    for g in np.unique(groups):                                   # a patient sits in one fold only
-        assert len(np.unique(folds[groups == g])) == 1
-    sizes = np.bincount(folds, minlength=5)
-    assert sizes.min() > 0 and sizes.max() - sizes.min() <= 60   # within one patient of each other
-    for f in range(5):
-        idx = fold_indices(folds, f, 5)
-        assert sorted(np.concatenate(list(idx.values()))) == list(range(len(groups)))
-        assert not set(groups[idx["train"]]) & set(groups[idx["test"]])
-        assert not set(groups[idx["val"]]) & set(groups[idx["test"]])
-    with pytest.raises(ValueError, match="at least 5 patients"):
-        patient_folds(np.array(["a", "b", "c"]), 5)
-
-
-def test_svcca_mean_matches_svcca_sum_threshold():
-    """google/svcca cca_core.sum_threshold: the first i whose leading sum reaches the threshold."""
-    def reference(array, threshold=0.98):
-        for i in range(len(array)):
-            if np.sum(array[:i]) / np.sum(array) >= threshold:
-                return float(np.mean(array[:i]))
-        return float(np.mean(array))
-
-    rho = np.array([0.99, 0.9, 0.5, 0.2, 0.01, 0.005])
-    assert svcca_mean(rho) == pytest.approx(reference(rho))
-    assert svcca_mean(rho) > rho.mean()
-
-
-def test_spatial_cca_of_a_network_with_itself_and_with_noise():
-    import torch
-
-    from ctssl.eval.inputs.sources import load_backbone
-
-    model, _ = load_backbone("random:resnet18:3")
-    x = torch.randn(12, 3, 32, 32)
-    a = spatial_activations(model, x, positions=400, seed=1)
-    b = spatial_activations(load_backbone("random:resnet18:3")[0], x, positions=400, seed=1)
-    assert list(a) == ["conv1", "layer1", "layer2", "layer3", "layer4"]
-    for layer in a:       # the same architecture and images: the same positions, the same activations
-        np.testing.assert_array_equal(a[layer], b[layer])
-    same = spatial_cca(a["conv1"], b["conv1"], channels=16, repeats=3)
-    assert same["mean_cca"] > 0.999 and same["positions"] == len(a["conv1"]) >= 400
-    noise = spatial_cca(a["conv1"], np.random.default_rng(0).normal(size=(len(a["conv1"]), 64)), channels=16)
-    assert noise["mean_cca"] < 0.35
-    deep = spatial_cca(a["layer4"], b["layer4"] + 0.0, channels=64)
-    assert deep["channels"][0] <= max(1, len(a["layer4"]) // 10)     # at most one channel per 10 datapoints
-    with pytest.raises(ValueError, match="NaN"):
-        spatial_cca(a["conv1"] * np.nan, b["conv1"])
-
-
-def test_permutation_test_and_its_auroc():
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(0)
-    positive = rng.random(300) < 0.3
-    clean = np.where(positive, rng.normal(1, 1, 300), rng.normal(0, 1, 300))
-    neg = clean[~positive]
-    assert _auroc_rows(clean[positive], neg[None])[0] == pytest.approx(roc_auc_score(positive, clean))
-    none = permutation_test(positive, clean, clean.copy(), 500)
-    assert none["drop"] == 0 and none["p_value"] == 1.0
-    shifted = np.where(positive, clean, clean + 1.5)              # confounded negatives scored higher
-    effect = permutation_test(positive, clean, shifted, 500)
-    assert effect["drop"] > 0.3 and effect["p_value"] <= 2 / 501
-    with pytest.raises(ValueError, match="positives"):
-        permutation_test(positive, clean, clean + 1.0, 10)
 
 
 def _run(recipe: str, eval_shards, out: Path, *extra: str) -> subprocess.CompletedProcess:
