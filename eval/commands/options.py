@@ -24,7 +24,8 @@ def add_cache(settings: Settings) -> None:
 def add_target_options(settings: Settings) -> None:
     """What is evaluated and how each backbone sees its images."""
     settings.option("--data", "--shards", key="data",
-                    help="dataset: a shard folder, imagefolder:ROOT, a .csv (path,label[,split,patient]) or a MedMNIST .npz")
+                    help="dataset: a shard folder, imagefolder:ROOT, a .csv (path,label[,split,patient]) or a "
+                         "MedMNIST .npz")
     settings.option("--backbone", key="backbones", action="append",
                     help="random:NAME:IN_CHANS, imagenet:NAME:FILE, radimagenet:FILE, a backbone.safetensors or a "
                          "checkpoint .pt (repeatable; the first is the baseline of paired comparisons)")
@@ -60,7 +61,8 @@ def add_eval_options(settings: Settings) -> None:
     settings.option("--fraction", key="fractions", type=float, action="append",
                     help="fraction of training patients with labels (repeatable)")
     settings.option("--seed", key="seeds", type=int, action="append", help="seed (repeatable)")
-    settings.option("--out", key="out", help="results folder: runs/ (one record per run), results.jsonl, comparisons.jsonl")
+    settings.option("--out", key="out",
+                    help="results folder: runs/ (one record per run), results.jsonl, comparisons.jsonl")
 
 
 def require(command: str, cfg, *keys: str) -> None:

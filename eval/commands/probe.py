@@ -25,7 +25,8 @@ SETTINGS = "ctssl.eval.commands.settings:ProbeCommand"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     settings = eval_settings(parser, SETTINGS, "probe.epochs=50", cache=True)
-    settings.option("--lr", key="probe.lrs", type=float, action="append", help="learning rates of the grid (repeatable)")
+    settings.option("--lr", key="probe.lrs", type=float, action="append",
+                    help="learning rates of the grid (repeatable)")
     settings.option("--wd", key="probe.weight_decays", type=float, action="append",
                     help="weight decays of the grid (repeatable)")
     settings.option("--epochs", key="probe.epochs", type=int, help="epochs over the training features")
@@ -34,7 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.option("--select", key="probe.select", choices=["auto", "accuracy", "balanced_accuracy", "auroc"],
                     help="validation metric choosing the grid point (auto: balanced accuracy, AUROC if binary or "
                          "multi-label)")
-    settings.switch("--no-logreg", key="logreg", value=False, help="skip the scikit-learn LogisticRegression cross-check")
+    settings.switch("--no-logreg", key="logreg", value=False,
+                    help="skip the scikit-learn LogisticRegression cross-check")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Layer activations of a backbone: the stem's output and each stage's (ResNet; optionally the first
 convolution's, as the "revisiting hidden representations" study compares at ``conv1``), or the patch
-embedding and evenly spaced blocks (ViT), collected with forward hooks; ``spatial_activations`` samples the same spatial positions of two networks
-of one architecture (the "revisiting hidden representations" study's CCA datapoints)."""
+embedding and evenly spaced blocks (ViT), collected with forward hooks; ``spatial_activations`` samples the
+same spatial positions of two networks of one architecture (that study's CCA datapoints); ``conv_weights``
+the convolution weights, filter by filter."""
 
 from __future__ import annotations
 

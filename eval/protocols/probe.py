@@ -65,9 +65,9 @@ def _probe_run(feats, data, fraction: float, seed: int, settings: ProbeConfig, l
     metrics = metrics_with_ci(te.targets, scores, te.groups, data.multilabel, n_boot, seed)
     extra = {"selection": {"metric": model["select"], "best": model["best"], "grid": model["grid"]}}
     if logreg and not data.multilabel:
+        metric = model["select"] if model["select"] != "auroc" else "accuracy"
         check = logreg_crosscheck(x_train, tr.targets[idx], x_val[val_keep], va.targets[val_keep], x_test, num_classes,
-                                  settings.balanced, metric=model["select"] if model["select"] != "auroc" else "accuracy",
-                                  seed=seed)
+                                  settings.balanced, metric=metric, seed=seed)
         extra["logreg"] = {"C": check["C"], "test": metrics_with_ci(te.targets, check["test_scores"], te.groups, False,
                                                                     n_boot, seed)}
     return len(idx), metrics, extra, scores

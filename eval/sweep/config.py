@@ -58,7 +58,8 @@ def resolve_sweep_config(recipe: str | None = None, config_file: str | None = No
     """Defaults, then the recipe, the user's file, ``--set`` overrides and the named options, in that order."""
     user = load_yaml_layer(config_file) if config_file else None
     recipe = recipe or (str(user.get("recipe") or "") if user is not None else "")
-    layers = ([recipe_path(RECIPES, recipe), {"recipe": recipe}] if recipe else []) + ([user] if user is not None else [])
+    layers = [recipe_path(RECIPES, recipe), {"recipe": recipe}] if recipe else []
+    layers += [user] if user is not None else []
     cfg = resolve_config(SweepConfig, layers, overrides, options)
     if recipe:
         cfg.recipe = recipe

@@ -60,8 +60,8 @@ def _fractions_seeds(cfg: SweepConfig) -> list[dict]:
 def _recorded(variant=None) -> Callable[[SweepConfig, dict, set], bool]:
     """Done when a run record of the job's task, backbone, fraction, seed and ``variant`` exists (``None``: any)."""
     def done(cfg: SweepConfig, job: dict, finished: set) -> bool:
-        key = (job["task"], job["backbone"], job["fraction"], job["seed"], variant(job) if callable(variant) else variant)
-        return key in finished
+        key = (job["task"], job["backbone"], job["fraction"], job["seed"])
+        return (*key, variant(job) if callable(variant) else variant) in finished
     return done
 
 
@@ -80,12 +80,14 @@ TASKS: dict[str, Task] = {
         dims=lambda cfg: [{"cut": c, "fraction": f, "seed": s}
                           for c, f, s in itertools.product(cfg.truncation.cuts, cfg.fractions, cfg.seeds)],
         done=_recorded(lambda job: f"{cut_name(job['cut'])} best_val"),
-        run=lambda cfg, job: run_finetune(job_spec(cfg, job), replace(cfg.finetune, truncate=job["cut"], save_model=False),
-                                          cfg.out, task="truncated", orders=[job["backbone_order"]]),
+        run=lambda cfg, job: run_finetune(job_spec(cfg, job),
+                                          replace(cfg.finetune, truncate=job["cut"], save_model=False), cfg.out,
+                                          task="truncated", orders=[job["backbone_order"]]),
         problems=truncation_problems),
     "hidden": Task(
         dims=lambda cfg: [{"fold": f} for f in range(cfg.hidden.folds)],
-        done=lambda cfg, job, finished: (job["task"], job["backbone"], 1.0, job["fold"], f"fold {job['fold']}") in finished,
+        done=lambda cfg, job, finished: ("hidden", job["backbone"], 1.0, job["fold"],
+                                         f"fold {job['fold']}") in finished,
         run=lambda cfg, job: run_hidden(job_spec(cfg, job), cfg.hidden, cfg.finetune, cfg.out, folds=[job["fold"]],
                                         orders=[job["backbone_order"]]),
         problems=hidden_problems),

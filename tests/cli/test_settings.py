@@ -113,7 +113,8 @@ def test_a_named_option_wins_over_set_which_wins_over_the_file(tmp_path):
     path.write_text("title: from the file\nn_boot: 7\n")
     out = tmp_path / "results"
     out.mkdir()
-    assert main(["report", "--out", str(out), "--config", str(path), "--set", "title=from set", "--title", "named"]) == 0
+    assert main(["report", "--out", str(out), "--config", str(path), "--set", "title=from set",
+                 "--title", "named"]) == 0
     written = yaml.safe_load((out / "report-config.yaml").read_text())
     assert written == {"out": str(out), "title": "named", "n_boot": 7}
     assert "# named" in (out / "report.md").read_text()

@@ -31,7 +31,8 @@ def test_done_follows_the_records_and_files(tmp_path):
     finetune = next(j for j in jobs(cfg) if j["task"] == "finetune")
     hidden = next(j for j in jobs(cfg) if j["task"] == "hidden")
     confounders = next(j for j in jobs(cfg) if j["task"] == "confounders")
-    finished = {("finetune", finetune["backbone"], 1.0, 0, "best_val"), ("hidden", hidden["backbone"], 1.0, 0, "fold 0")}
+    finished = {("finetune", finetune["backbone"], 1.0, 0, "best_val"),
+                ("hidden", hidden["backbone"], 1.0, 0, "fold 0")}
     assert TASKS["finetune"].done(cfg, finetune, finished) and TASKS["hidden"].done(cfg, hidden, finished)
     assert not TASKS["finetune"].done(cfg, finetune, {("finetune", finetune["backbone"], 1.0, 0, "final")})
     assert not TASKS["confounders"].done(cfg, confounders, finished)
