@@ -135,6 +135,10 @@ def test_settings_change_the_results_of_the_cheap_commands(corpus, eval_shards, 
     assert main(["ingest", str(Path(cfg.out) / "dicom" / "case-0000"), "--out", str(ingested),
                  "--set", "image_size=24"]) == 0
     assert json.loads((ingested / "manifest.json").read_text())["config"]["image_size"] == 24
+    planned = tmp_path / "planned"
+    assert main(["ingest-array", "plan", str(Path(cfg.out) / "dicom" / "case-0000"), "--out", str(planned),
+                 "--num-tasks", "1", "--set", "image_size=40"]) == 0
+    assert json.loads((planned / "plan" / "plan.json").read_text())["config"]["image_size"] == 40
     extracted = tmp_path / "extracted"
     assert main(["extract", "--data", str(eval_shards), "--backbone", "random:resnet18:3", "--out", str(extracted),
                  "--image-size", "32", "--set", "splits=[test]"]) == 0
@@ -149,3 +153,10 @@ def test_settings_change_the_results_of_the_cheap_commands(corpus, eval_shards, 
     assert main(["bench", "plan-scale", "--out", str(bench), "--set", "series=10", "--set", "slices=1000",
                  "--set", "tasks=2"]) == 0
     assert json.loads((bench / "scale-10-1000.json").read_text())["tasks"] == 2
+    assert main(["bench", "train", "--out", str(bench), "--set", "sizes=[32]", "--set", "batch=2",
+                 "--set", "steps=1"]) == 0
+    rows = json.loads((bench / "pretrain-train-bench.json").read_text())["results"]["rows"]
+    assert [(r["image_size"], r["batch"]) for r in rows] == [(32, 2)]
+    assert main(["bench", "eval-scale", "--out", str(bench), "--set", "bank_rows=2000", "--set", "dim=16",
+                 "--set", "queries=10"]) == 0
+    assert json.loads((bench / "eval-scale-bench.json").read_text())["results"]["bank_rows"] == 2000
