@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctssl.eval.probe import score, selection_metric
+from ctssl.eval.measures.classification import score, selection_metric
 
 logger = logging.getLogger(__name__)
 

@@ -110,7 +110,7 @@ class KNNMonitor:
         return torch.cat(feats)
 
     def __call__(self, backbone, device, channels_last: bool) -> float:
-        from ctssl.eval.knn import knn_accuracy
+        from ctssl.eval.measures.knn import knn_accuracy
 
         was_training = backbone.training
         backbone.eval()

@@ -22,6 +22,8 @@ import argparse
 import json
 import sys
 
+from ctssl.core.options import Settings
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -37,9 +39,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     inspect.add_argument("--seed", type=int, default=0, help="which random slices (default 0)")
     images = sub.add_parser("from-images", help="an ImageFolder tree to shards")
     images.add_argument("folder", metavar="ROOT", help="ImageFolder root, or a folder of train/val ImageFolders")
-    images.add_argument("--out", required=True, help="output shard folder")
-    images.add_argument("--shard-size-mb", type=float, default=256.0, help="target shard size (default 256)")
-    images.add_argument("--seed", type=int, default=0, help="order of samples in the shards (default 0)")
+    settings = Settings(images, "ctssl.shards.from_images:FromImagesConfig", example="shard_size_mb=64")
+    settings.option("--out", key="out", help="output shard folder")
+    settings.option("--shard-size-mb", key="shard_size_mb", type=float, help="target shard size")
+    settings.option("--seed", key="seed", type=int, help="order of samples in the shards")
     shuffle = sub.add_parser("shuffle", help="shards mixed across series and patients, for pretraining")
     shuffle.add_argument("folder", metavar="DIR", help="source shard folder (from ctssl ingest)")
     shuffle.add_argument("--out", required=True, help="output shard folder (a new one)")
@@ -74,16 +77,7 @@ def run(args: argparse.Namespace) -> int:
               f"{counts['per_split']}, all decoded, sizes and SHA-256 match the manifest")
         return 0
     if args.action == "from-images":
-        from ctssl.shards.from_images import images_to_shards
-
-        try:
-            manifest = images_to_shards(args.folder, args.out, args.shard_size_mb, args.seed)
-        except (FileNotFoundError, ValueError) as err:
-            print(f"ctssl shards from-images: {err}", file=sys.stderr)
-            return 2
-        print(f"{args.out}: {manifest['totals']['samples']} images, {len(manifest['classes'])} classes, "
-              f"{manifest['totals']['shards']} shard(s) {dict((k, v['samples']) for k, v in manifest['splits'].items())}")
-        return 0
+        return _from_images(args)
     if args.action == "shuffle":
         return _shuffle(args)
     from ctssl.shards.inspect import inspect_shards
@@ -93,6 +87,24 @@ def run(args: argparse.Namespace) -> int:
     short = {k: v for k, v in summary.items() if k not in ("hu_histogram",)}
     print(json.dumps(short, indent=1))
     print(f"contact sheet: {out}/contact_sheet.png")
+    return 0
+
+
+def _from_images(args: argparse.Namespace) -> int:
+    from ctssl.core.config import ConfigError
+    from ctssl.core.options import resolve
+    from ctssl.shards.from_images import images_to_shards
+
+    cfg = resolve(args)      # recorded in the manifest, beside the shards
+    if not cfg.out:
+        raise ConfigError("ctssl shards from-images needs an output folder: pass --out or set out in --config.")
+    try:
+        manifest = images_to_shards(args.folder, cfg.out, cfg.shard_size_mb, cfg.seed)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ctssl shards from-images: {err}", file=sys.stderr)
+        return 2
+    print(f"{cfg.out}: {manifest['totals']['samples']} images, {len(manifest['classes'])} classes, "
+          f"{manifest['totals']['shards']} shard(s) {dict((k, v['samples']) for k, v in manifest['splits'].items())}")
     return 0
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ctssl import __version__
@@ -24,6 +24,14 @@ EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}   # ctssl.shards.reader.
 SPLITS = ("train", "val", "test")
 
 
+@dataclass
+class FromImagesConfig:
+    """The settings of ``ctssl shards from-images`` (the manifest records them)."""
+    out: str = ""                  # output shard folder
+    shard_size_mb: float = 256.0   # target shard size
+    seed: int = 0                  # order of the samples in the shards
+
+
 def _image_folder(root: Path) -> list[tuple[Path, str]]:
     items = []
     for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -33,7 +41,8 @@ def _image_folder(root: Path) -> list[tuple[Path, str]]:
     return items
 
 
-def images_to_shards(root: str | Path, out: str | Path, shard_size_mb: float = 256.0, seed: int = 0) -> dict:
+def images_to_shards(root: str | Path, out: str | Path, shard_size_mb: float = FromImagesConfig.shard_size_mb,
+                     seed: int = FromImagesConfig.seed) -> dict:
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder '{root}' does not exist.")

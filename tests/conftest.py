@@ -79,3 +79,32 @@ def eval_shards(corpus, tmp_path_factory):
     run_ingest(IngestConfig(sources=[cfg.out], out=str(out), image_size=32, splits=SplitFractions(0.5, 0.25, 0.25),
                             labels=[str(Path(cfg.out) / "labels" / "slices.csv")]))
     return out
+
+
+@pytest.fixture(scope="session")
+def corpora(tmp_path_factory):
+    """50 series x 100 slices, 10 series per shard, series in slice order (as ingest writes), and the
+    same after ctssl shards shuffle."""
+    from ctssl.pretrain.batch_stats import series_ordered_corpus
+    from ctssl.shards.shuffle import ShuffleConfig, run_shuffle
+
+    root = tmp_path_factory.mktemp("batches")
+    ordered = series_ordered_corpus(root / "ordered", series=50, slices=100, series_per_shard=10, size=8)
+    shuffled = root / "shuffled"
+    run_shuffle(ordered, shuffled, ShuffleConfig(shard_size_mb=0.5, bucket_mb=2.0), workers=2)
+    return ordered, shuffled
+
+
+@pytest.fixture(scope="session")
+def reference(ct_shards, tmp_path_factory):
+    """(dataset, {split: features}) of the CT shards under random:resnet18:3 at 32 px, extracted in this process
+    (what the extraction paths are compared with)."""
+    import numpy as np
+
+    from ctssl.eval.features.cache import cached_features
+    from ctssl.eval.inputs.datasets import open_dataset
+
+    data = open_dataset(str(ct_shards), "region")
+    feats = cached_features("random:resnet18:3", data, ["train", "test"], 32, tmp_path_factory.mktemp("ref"),
+                            workers=0)
+    return data, {s: np.asarray(f.features) for s, f in feats.items()}

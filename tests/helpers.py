@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pydicom
+from pydicom.pixels import apply_modality_lut
 
 
 def read_dicom_folder(folder: Path):
@@ -25,3 +27,12 @@ def read_dicom_folder(folder: Path):
             ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
         out.append((path, ds))
     return out
+
+
+def reference_hu(ds) -> np.ndarray:
+    """Independent reference: pydicom's modality LUT, padding and the floor to -1024, clipped."""
+    stored = ds.pixel_array
+    hu = apply_modality_lut(stored, ds).astype(np.float64)
+    if "PixelPaddingValue" in ds:
+        hu[stored == ds.PixelPaddingValue] = -1024
+    return np.clip(np.rint(hu), -1024, 3071)

@@ -270,10 +270,10 @@ def compile_suite(size: GPUBenchSize) -> dict:
 
 # ---------------------------------------------------------------------------------------------- extraction
 def extract_suite(shards: str, size: GPUBenchSize) -> dict:
-    from ctssl.eval.datasets import open_dataset
-    from ctssl.eval.features import extract_units
-    from ctssl.eval.inputs import input_spec, prepare
-    from ctssl.eval.sources import load_backbone
+    from ctssl.eval.inputs.datasets import open_dataset
+    from ctssl.eval.features.extract import extract_units
+    from ctssl.eval.inputs.spec import input_spec, prepare
+    from ctssl.eval.inputs.sources import load_backbone
 
     data = open_dataset(shards, "region")
     split = "train"
@@ -336,7 +336,7 @@ def _recall(found: np.ndarray, exact: np.ndarray) -> float:
 def knn_suite(size: GPUBenchSize) -> dict:
     import faiss
 
-    from ctssl.eval.bench import clustered_features
+    from ctssl.bench.knn import clustered_features
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bank_np = clustered_features(size.bank, size.dim, 1000, 0)

@@ -29,81 +29,72 @@ run, prints a table and writes JSON.
   ctssl bench all [--out DIR] [--skip SUITE]
       every suite above (plan-scale at 1.2M slices), one table: OUT/bench-suite.md and .json
       (the table docs/benchmarks.md reproduces)
+
+Each suite's settings (ctssl.bench.settings) take --config and --set, e.g. a quick kNN run:
+  ctssl bench knn --set bank=20000 --set queries=200
+and are written beside its results (OUT/<results>-config.yaml).
 """
 
 from __future__ import annotations
 
 import argparse
 
+from ctssl.core.options import Settings
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from ctssl.bench.suite import SUITES
+
     sub = parser.add_subparsers(dest="suite", metavar="SUITE", required=True)
-    ingest = sub.add_parser("ingest", help="ingest, shard decode and encoding benchmark")
-    ingest.add_argument("--out", default="runs/bench", help="work folder; the corpus is cached here")
-    ingest.add_argument("--matrix", type=int, default=512, help="input slice matrix (default 512)")
-    scale = sub.add_parser("plan-scale", help="plan and merge time and memory at archive scale")
-    scale.add_argument("--out", default="runs/bench", help="work folder (needs ~ 2 GB per 12M slices)")
-    scale.add_argument("--series", type=int, default=100_000, help="series in the index (default 100000)")
-    scale.add_argument("--slices", type=int, default=12_000_000, help="images in all (default 12000000)")
-    scale.add_argument("--tasks", type=int, default=256, help="array tasks (default 256)")
-    suite = sub.add_parser("all", help="every suite, one table (bench-suite.md / .json)")
-    suite.add_argument("--out", default="runs/bench", help="work folder")
-    suite.add_argument("--skip", action="append", default=[], help="suite to leave out (repeatable)")
-    suite.add_argument("--scale-slices", type=int, default=1_200_000, help="plan-scale size (default 1200000)")
-    gpu = sub.add_parser("gpu", help="every GPU figure in one call (see above)")
-    gpu.add_argument("--out", default="runs/bench-gpu", help="work folder (shards are built here)")
-    gpu.add_argument("--tiny", action="store_true", help="tiny sizes (CPU, test suite) instead of the GPU sizes")
-    gpu.add_argument("--only", action="append", default=None,
-                     choices=["simclr", "compile", "dino", "extract", "knn"], help="run only this suite (repeatable)")
-    for name, text in (("loader", "loader CPU time per sample vs ctssl 0.1's views and lightly's"),
-                       ("batches", "what training batches are made of, vs i.i.d. sampling"),
-                       ("train", "training step images/s"), ("knn", "kNN search queries/s vs scikit-learn"),
-                       ("extract", "feature extraction images/s, batched and loader workers vs one image at a time"),
-                       ("eval-scale", "12M-slice kNN time and memory, measured and projected")):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--out", default="runs/bench", help="work folder")
+    for name, suite in SUITES.items():
+        cmd = sub.add_parser(name, help=suite.help)
+        settings = Settings(cmd, f"ctssl.bench.settings:{suite.settings}", example=suite.example)
+        settings.option("--out", key="out", help="work folder; corpora are cached here")
+        if name == "ingest":
+            settings.option("--matrix", key="matrix", type=int, help="input slice matrix")
+        if name == "plan-scale":
+            settings.option("--series", key="series", type=int, help="series in the index")
+            settings.option("--slices", key="slices", type=int, help="images in all (~2 GB of work folder per 12M)")
+            settings.option("--tasks", key="tasks", type=int, help="array tasks")
+    every = sub.add_parser("all", help="every suite, one table (bench-suite.md / .json)")
+    settings = Settings(every, "ctssl.bench.settings:SuiteBench", example="skip=[ingest]")
+    settings.option("--out", key="out", help="work folder")
+    settings.option("--skip", key="skip", action="append", help="suite to leave out (repeatable)")
+    settings.option("--scale-slices", key="scale_slices", type=int, help="plan-scale size")
+    gpu = sub.add_parser("gpu", help="every GPU figure in one call on a lent H100/H200 (--tiny: on a CPU)")
+    settings = Settings(gpu, "ctssl.bench.settings:GPUBench", example="tiny=true")
+    settings.option("--out", key="out", help="work folder; the benchmark's shards are built here")
+    settings.option("--tiny", key="tiny", action="store_true", help="tiny sizes, for a CPU (the test suite runs it)")
+    settings.option("--only", key="only", action="append", help="run only this suite (repeatable): simclr, compile, "
+                    "dino, extract, knn")
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ctssl.bench import suite
+    from ctssl.core.config import save_config
     from ctssl.core.logs import setup_logging
+    from ctssl.core.options import resolve
 
+    cfg = resolve(args)
     setup_logging("WARNING")
-    if args.suite == "ingest":
-        from ctssl.data.ingest.bench import format_table, run_ingest_bench
-
-        result = run_ingest_bench(args.out, args.matrix)
-        print(format_table(result))
-        print(f"written: {args.out}/ingest-bench.json")
-    elif args.suite == "plan-scale":
-        from ctssl.data.ingest.scale_bench import format_table, run_scale_bench
-
-        result = run_scale_bench(args.out, args.series, args.slices, args.tasks)
-        print(format_table(result))
-        print(f"written: {args.out}/scale-{args.series}-{args.slices}.json")
-    elif args.suite in ("loader", "batches", "train"):
-        from ctssl.pretrain.bench import format_table, run_pretrain_bench
-
-        result = run_pretrain_bench(args.out, args.suite)
-        print(format_table(result))
-        print(f"written: {args.out}/pretrain-{args.suite}-bench.json")
-    elif args.suite == "all":
-        from ctssl.cli.bench_suite import markdown, run_suite
-
-        result = run_suite(args.out, scale_series=max(1, args.scale_slices // 120), scale_slices=args.scale_slices,
-                           skip=tuple(args.skip))
-        print(markdown(result))
-        print(f"written: {args.out}/bench-suite.md, {args.out}/bench-suite.json")
-    elif args.suite == "gpu":
+    if args.suite == "gpu":
         from ctssl.bench.gpu import GPUBenchSize, markdown, run_gpu_bench
 
-        result = run_gpu_bench(args.out, GPUBenchSize.tiny() if args.tiny else None, args.only)
+        save_config(cfg, Path(cfg.out) / "gpu-bench-config.yaml")
+        result = run_gpu_bench(cfg.out, GPUBenchSize.tiny() if cfg.tiny else None, cfg.only or None)
         print(markdown(result))
-        print(f"written: {args.out}/gpu-bench.md, {args.out}/gpu-bench.json")
+        print(f"written: {cfg.out}/gpu-bench.md, {cfg.out}/gpu-bench.json")
         return 1 if result["errors"] else 0
-    elif args.suite in ("knn", "extract", "eval-scale"):
-        from ctssl.eval.bench import format_table, run_eval_bench
-
-        result = run_eval_bench(args.out, args.suite)
-        print(format_table(result))
-        print(f"written: {args.out}/{result['benchmark']}-bench.json")
+    if args.suite == "all":
+        save_config(cfg, Path(cfg.out) / "bench-suite-config.yaml")
+        result = suite.run_suite(cfg)
+        print(suite.markdown(result))
+        print(f"written: {cfg.out}/bench-suite.md, {cfg.out}/bench-suite.json")
+        return 0
+    path = suite.result_path(args.suite, cfg)
+    save_config(cfg, path.with_name(f"{path.stem}-config.yaml"))
+    print(suite.suite(args.suite).format_table(suite.run(args.suite, cfg)))
+    print(f"written: {path}")
     return 0

@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ctssl.core.atomic import atomic_write_text
@@ -86,15 +86,18 @@ def _pretrain(shards: Path, out: Path, size: DemoSize, method: str, epochs: int,
 def run_demo(out: str | Path, quick: bool = False) -> dict:
     from ctssl.data.ingest import IngestConfig, SplitFractions, run_ingest
     from ctssl.data.synth import NaturalConfig, SynthConfig, run_synth
-    from ctssl.eval.confounders import ConfounderConfig, run_confounders
-    from ctssl.eval.gap_run import run_gap
-    from ctssl.eval.probe import ProbeConfig
-    from ctssl.eval.protocols import EvalSpec, knn_runs, probe_runs
-    from ctssl.eval.report import write_report
-    from ctssl.eval.runs import collate, save_names
-    from ctssl.eval.similarity_run import run_similarity
+    from ctssl.eval.measures.probe import ProbeConfig
+    from ctssl.eval.protocols.confounders import ConfounderSettings, run_confounders
+    from ctssl.eval.protocols.finetune import run_finetune
+    from ctssl.eval.protocols.gap import GapSettings, run_gap
+    from ctssl.eval.protocols.knn import KNNSettings, run_knn
+    from ctssl.eval.protocols.probe import run_probe
+    from ctssl.eval.protocols.similarity import SimilaritySettings, run_similarity
+    from ctssl.eval.protocols.spec import EvalSpec
+    from ctssl.eval.records.comparisons import collate
+    from ctssl.eval.records.store import save_names
+    from ctssl.eval.report.build import write_report
     from ctssl.finetune.finetune import FinetuneConfig
-    from ctssl.finetune.protocol import finetune_runs
     from ctssl.shards.from_images import images_to_shards
     from ctssl.shards.shuffle import ShuffleConfig, run_shuffle
 
@@ -131,19 +134,18 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
                  **{name: str(spec[1] / "backbone.safetensors") for name, spec in runs.items()}}
     names = {source: name for name, source in backbones.items()}
     save_names(evaluation, list(names), list(names.values()))
-    lesion = EvalSpec(dataset=str(ct), backbones=list(backbones.values()), label="lesion", fractions=[0.1, 1.0],
+    lesion = EvalSpec(data=str(ct), backbones=list(backbones.values()), label="lesion", fractions=[0.1, 1.0],
                       seeds=[0], image_size=size.view_size, n_boot=500)
-    region = EvalSpec(**{**lesion.__dict__, "label": "region"})
+    region = replace(lesion, label="region")
 
     def downstream():
         probe = ProbeConfig(epochs=100 if not quick else 30)
         for spec in (lesion, region):
-            knn_runs(spec, evaluation, ks=[20])
-            probe_runs(spec, probe, evaluation)
+            run_knn(spec, KNNSettings(k=[20]), evaluation)
+            run_probe(spec, probe, evaluation)
         # Every backbone: the same epochs and lr grid, its own lr chosen on validation patients.
-        tuned = EvalSpec(**{**lesion.__dict__, "fractions": [size.finetune_fraction]})
-        finetune_runs(tuned, FinetuneConfig(epochs=size.finetune_epochs, patience=3, lrs=[3e-4, 1e-3, 3e-3]),
-                      evaluation)
+        run_finetune(replace(lesion, fractions=[size.finetune_fraction]),
+                     FinetuneConfig(epochs=size.finetune_epochs, patience=3, lrs=[3e-4, 1e-3, 3e-3]), evaluation)
         collate(evaluation, 500)
 
     # Protocol runs skip what is done; the stage is complete when every run record exists.
@@ -152,17 +154,19 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     ct_simclr, natural_simclr = backbones["SimCLR on CT"], backbones["SimCLR on natural images"]
     _stage(9, "representation similarity: CT- vs natural-pretrained", (evaluation / "similarity" /
            "ct_vs_natural.json").exists(),
-           lambda: run_similarity(str(ct), ct_simclr, natural_simclr, evaluation, samples=size.samples,
-                                  image_size=size.view_size, name="ct_vs_natural"))
+           lambda: run_similarity(str(ct), ct_simclr, natural_simclr,
+                                  SimilaritySettings(samples=size.samples, image_size=size.view_size), evaluation,
+                                  name="ct_vs_natural"))
     _stage(10, "domain gap: CT slices vs natural images", (evaluation / "gap" / "ct_vs_natural.json").exists(),
-           lambda: run_gap(str(ct), str(natural), list(backbones.values()), evaluation, label="region",
-                           label_b="class", max_samples=size.samples, image_size=size.view_size, name="ct_vs_natural"))
+           lambda: run_gap(str(ct), str(natural), list(backbones.values()),
+                           GapSettings(label="region", label_b="class", max_samples=size.samples,
+                                       image_size=size.view_size), evaluation, name="ct_vs_natural"))
     _stage(11, "confounder experiment: an 'R' tag on thorax slices", (evaluation / "confounders" /
            "tag-thorax.json").exists(),
-           lambda: run_confounders(str(ct), [backbones["random init"], natural_simclr, ct_simclr], "region",
-                                   ConfounderConfig(confounder="tag", positive="thorax", fractions=[0.0, 0.5, 1.0],
-                                                    image_size=size.view_size, n_boot=300), evaluation,
-                                   name="tag-thorax", probe_cfg=ProbeConfig(epochs=50 if not quick else 20)))
+           lambda: run_confounders(replace(region, backbones=[backbones["random init"], natural_simclr, ct_simclr],
+                                           n_boot=300),
+                                   ConfounderSettings(positive="thorax", fractions=[0.0, 0.5, 1.0]), evaluation,
+                                   kind="tag", probe=ProbeConfig(epochs=50 if not quick else 20), name="tag-thorax"))
     html, _ = write_report(evaluation, "ctssl demo: CT vs natural-image pretraining on the synthetic corpus")
     summary = _write_summary(out, evaluation, names, time.perf_counter() - start, quick, html)
     return {"out": str(out), "summary": str(summary), "report": str(html)}
@@ -171,7 +175,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
 def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, quick: bool, html: Path) -> Path:
     """OUT/summary.md: the headline tables (lesion presence, then body region) with readable backbone names,
     each backbone's chosen fine-tuning lr, and where the report is."""
-    from ctssl.eval.report import headline, load_jsonl
+    from ctssl.eval.report.sections import headline, load_jsonl
 
     records = load_jsonl(evaluation / "results.jsonl")
     lines = ["# ctssl demo" + (" (--quick)" if quick else ""), "",
@@ -188,7 +192,7 @@ def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, qui
         lines.append("")
         probes = sorted({r["fraction"] for r in records if r["task"] == "probe" and r["dataset"]["label"] == table["label"]})
         if len(probes) > 1:
-            from ctssl.eval.runs import main_metric
+            from ctssl.eval.records.comparisons import main_metric
 
             rows = []
             for backbone in dict.fromkeys(r["backbone"] for r in sorted(records, key=lambda r: r["backbone_order"])):

@@ -14,26 +14,35 @@ and OUT/summary.md.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+
+from ctssl.core.options import Settings
+
+
+@dataclass
+class DemoConfig:
+    out: str = "runs/demo"         # output folder
+    quick: bool = False            # a smaller, faster run (what the tests run)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--quick", action="store_true", help="a smaller, faster run (tests use it)")
+    settings = Settings(parser, DemoConfig, example="quick=true")
+    settings.option("--out", key="out", help="output folder")
+    settings.switch("--quick", key="quick", value=True, help="a smaller, faster run (tests use it)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ctssl.core.config import ConfigError
     from ctssl.cli.demo import run_demo
+    from ctssl.core.config import save_config
     from ctssl.core.logs import setup_logging
+    from ctssl.core.options import resolve
 
-    if args.config or args.overrides:
-        raise ConfigError("ctssl demo has fixed settings (--quick or not); to change them, run the "
-                          "stages one by one as the README shows.")
-
-    setup_logging(args.log_level, Path(args.out) / "demo.log")
-    result = run_demo(args.out, args.quick)
+    cfg = resolve(args)
+    save_config(cfg, Path(cfg.out) / "demo-config.yaml")
+    setup_logging(args.log_level, Path(cfg.out) / "demo.log")
+    result = run_demo(cfg.out, cfg.quick)
     print()
     print(Path(result["summary"]).read_text())
     print(f"summary: {result['summary']}\nreport: {result['report']}")

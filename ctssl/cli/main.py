@@ -1,7 +1,10 @@
 """The ``ctssl`` command line: one subcommand per pipeline stage.
 
 Each subcommand lives in its stage's package as a module with ``configure(parser)`` (declares the
-options, imports nothing heavy) and ``run(args) -> int``. This file only routes.
+options, imports nothing heavy) and ``run(args) -> int``. A command (or phase) with settings declares them
+with ``ctssl.core.options.Settings``: ``--config FILE`` and ``--set KEY=VALUE`` over a settings dataclass,
+named options bound to its keys; one without settings takes neither. This file only routes, and answers a
+bad command line with one line.
 """
 
 from __future__ import annotations
@@ -21,36 +24,44 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("ctssl.data.ingest.command", "DICOM/NIfTI CT volumes to WebDataset shards of HU slices"),
     "ingest-array": ("ctssl.data.ingest.array_command", "ingest as plan / task / merge phases, for SLURM arrays"),
     "shards": ("ctssl.shards.command", "verify or inspect a shard folder"),
-    "probe": ("ctssl.eval.probe_command", "linear probe of frozen backbones (learning-rate grid chosen on validation)"),
-    "knn": ("ctssl.eval.knn_command", "weighted kNN evaluation of frozen backbones (FAISS)"),
-    "extract": ("ctssl.eval.extract_command", "extract and cache frozen features (workers, GPU, SLURM array tasks)"),
-    "finetune": ("ctssl.finetune.command", "fine-tune full or truncated backbones (early stopping, LLRD)"),
-    "similarity": ("ctssl.eval.similarity_command", "layer-wise CKA / CCA similarity of two backbones"),
-    "gap": ("ctssl.eval.gap_command", "domain gap between two datasets in a backbone's feature space"),
-    "confounders": ("ctssl.eval.confounders_command", "shortcut experiment: confounder in positives, anti-correlated test"),
-    "report": ("ctssl.eval.report_command", "one self-contained HTML report and a Markdown summary of all results"),
-    "sweep": ("ctssl.eval.sweep_command", "evaluation sweeps (tasks x backbones x fractions x seeds) as array jobs"),
+    "probe": ("ctssl.eval.commands.probe", "linear probe of frozen backbones (learning-rate grid chosen on validation)"),
+    "knn": ("ctssl.eval.commands.knn", "weighted kNN evaluation of frozen backbones (FAISS)"),
+    "extract": ("ctssl.eval.commands.extract", "extract and cache frozen features (workers, GPU, SLURM array tasks)"),
+    "finetune": ("ctssl.eval.commands.finetune", "fine-tune full or truncated backbones (early stopping, LLRD)"),
+    "similarity": ("ctssl.eval.commands.similarity", "layer-wise CKA / CCA similarity of two backbones"),
+    "gap": ("ctssl.eval.commands.gap", "domain gap between two datasets in a backbone's feature space"),
+    "confounders": ("ctssl.eval.commands.confounders", "shortcut experiment: confounder in positives, anti-correlated test"),
+    "report": ("ctssl.eval.commands.report", "one self-contained HTML report and a Markdown summary of all results"),
+    "sweep": ("ctssl.eval.commands.sweep", "evaluation sweeps (tasks x backbones x fractions x seeds) as array jobs"),
     "bench": ("ctssl.cli.bench_command", "rerunnable benchmarks, each against a baseline measured in the same run"),
+}
+
+# The settings of stage commands that resolve them themselves (ctssl.core.config.resolve_config on
+# args.config and args.overrides): (command, phase) -> (settings dataclass, a --set example that works there).
+STAGE_SETTINGS: dict[tuple[str, str | None], tuple[str, str]] = {
+    ("synth", None): ("ctssl.data.synth.corpus:SynthConfig", "noise_scale=0.5"),
+    ("ingest", None): ("ctssl.data.ingest.config:IngestConfig", "image_size=128"),
+    ("ingest-array", "plan"): ("ctssl.data.ingest.config:IngestConfig", "image_size=128"),
+    ("shards", "shuffle"): ("ctssl.shards.shuffle:ShuffleConfig", "seed=1"),
 }
 
 logger = logging.getLogger("ctssl")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad command line answered in one line (what is wrong, where the help is) and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def add_common_options(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
-    """Options every stage shares: the configuration layers and logging. ``suppress``: no defaults (a phase's
-    parser under a command that also takes them before the phase, so the phase does not reset them)."""
+    """Options every command and phase shares: logging. ``suppress``: no defaults (a phase's parser under a
+    command that also takes them before the phase, so the phase does not reset them)."""
     def default(value):
         return argparse.SUPPRESS if suppress else value
 
-    group = parser.add_argument_group("configuration and logging")
-    group.add_argument(
-        "--config", metavar="FILE", default=default(None),
-        help="experiment YAML file holding only the settings that differ from the defaults",
-    )
-    group.add_argument(
-        "--set", metavar="KEY=VALUE", action="append", default=default([]), dest="overrides",
-        help="override one setting (repeatable), e.g. --set noise.scale=0.5; applied after --config",
-    )
+    group = parser.add_argument_group("logging")
     group.add_argument(
         "--log-level", default=default("INFO"), choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="console and log-file verbosity (default: INFO)",
@@ -59,7 +70,9 @@ def add_common_options(parser: argparse.ArgumentParser, suppress: bool = False) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from ctssl.core.options import Settings
+
+    parser = Parser(
         prog="ctssl",
         description="Self-supervised pretraining and evaluation for CT corpora. "
         "Run `ctssl COMMAND --help` for the options of each command.",
@@ -76,10 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
         # Commands with phases (e.g. `ctssl shards verify`) take the options after the phase; where the phase
         # is optional (`ctssl sweep --recipe ...` runs), also before it.
         phases = [a for a in cmd._actions if isinstance(a, argparse._SubParsersAction)]
-        if not phases or not phases[0].required:
-            add_common_options(cmd)
-        for target in (list(phases[0].choices.values()) if phases else []):
-            add_common_options(target, suppress=not phases[0].required)
+        targets = [(None, cmd)] if not phases or not phases[0].required else []
+        targets += list(phases[0].choices.items()) if phases else []
+        for phase, target in targets:
+            add_common_options(target, suppress=phase is not None and not phases[0].required)
+            if (name, phase) in STAGE_SETTINGS:
+                Settings(target, *STAGE_SETTINGS[(name, phase)])
         cmd.set_defaults(_module=module)
     return parser
 

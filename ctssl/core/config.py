@@ -64,28 +64,60 @@ def resolve_config(
     """
     layers = [] if config_file is None else (
         list(config_file) if isinstance(config_file, (list, tuple)) else [config_file])
-    try:
-        cfg = OmegaConf.structured(schema)
-        for layer in layers:
-            cfg = OmegaConf.merge(cfg, layer if isinstance(layer, Mapping) else load_yaml_layer(layer))
-        overrides = list(overrides)
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(
-                    f"Override '{item}' is not of the form key=value (e.g. --set seed=3)."
-                )
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-        for key, value in (options or {}).items():
-            if value is not None:
+    cfg = OmegaConf.structured(schema)
+    for layer in layers:
+        where = "a recipe's settings" if isinstance(layer, Mapping) else f"config file '{layer}'"
+        cfg = _merged(cfg, layer if isinstance(layer, Mapping) else load_yaml_layer(layer), where)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override '{item}' is not of the form key=value (e.g. --set seed=3).")
+        cfg = _merged(cfg, OmegaConf.from_dotlist([item]), f"--set {item}")
+    for key, value in (options or {}).items():
+        if value is not None:
+            try:
                 OmegaConf.update(cfg, key, value, merge=False)
+            except OmegaConfBaseException as err:
+                raise ConfigError(_message(cfg, err, f"option for '{key}'")) from None
+    try:
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
-        # OmegaConf's messages name the key and the expected type; keep them, drop the noise.
-        first_line = str(err).splitlines()[0]
-        key = getattr(err, "full_key", None)
-        where = f" (key '{key}')" if key else ""
-        raise ConfigError(f"Invalid configuration{where}: {first_line}") from None
+        raise ConfigError(_message(cfg, err, "the settings")) from None
+
+
+def _merged(cfg: DictConfig, layer, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, layer)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_message(cfg, err, where)) from None
+
+
+def _message(cfg: DictConfig, err: OmegaConfBaseException, where: str) -> str:
+    """One line naming the key, what is wrong and, for an unknown key, the valid keys beside it."""
+    key = getattr(err, "full_key", None) or ""
+    first_line = str(err).splitlines()[0]
+    if "not in" in first_line or "Missing key" in first_line:
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        valid = sorted(f"{k}.*" if isinstance(node[k], DictConfig) else k for k in node) \
+            if isinstance(node, DictConfig) else []
+        nested = [k for k in _keys(cfg) if k.endswith("." + name)]
+        return (f"Invalid configuration in {where}: unknown key '{key}'"
+                + (f" (did you mean {' or '.join(repr(k) for k in nested)}?)" if nested else "")
+                + (f"; valid keys{' in ' + repr(parent) if parent else ''}: {', '.join(valid)}" if valid else "") + ".")
+    if "ListConfig" in first_line:
+        return f"Invalid configuration in {where}: key '{key}' takes a list, e.g. {key}=[a,b]."
+    # OmegaConf's messages name the expected type; keep them, drop the noise.
+    return f"Invalid configuration in {where} (key '{key}'): {first_line}"
+
+
+def _keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of a config, nested sections included."""
+    out = []
+    for k in node:
+        out.append(prefix + str(k))
+        if isinstance(node[k], DictConfig):
+            out += _keys(node[k], f"{prefix}{k}.")
+    return out
 
 
 def load_yaml_layer(path: str | Path) -> DictConfig:

@@ -13,7 +13,7 @@ The modules read one way, each using only those before it:
 - ``merge``: one manifest and one report over all tasks;
 - ``run``: all three on one node (``run_ingest``).
 
-``command`` and ``array_command`` are the command lines; ``bench`` and ``scale_bench`` the benchmarks.
+``command`` and ``array_command`` are the command lines; the benchmarks live in ``ctssl.bench``.
 docs/ingest.md states the rules and the guarantees; docs/segmentation.md the masks.
 """
 

@@ -63,7 +63,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from ctssl.eval.metrics import bootstrap_ci
+from ctssl.eval.measures.classification import bootstrap_ci
 
 HD_PERCENTILE = 95.0
 

@@ -17,7 +17,7 @@ from ctssl.eval.measures.segmentation import (boundary, bootstrap_mean_ci, case_
                                               hausdorff_distance, normalised_surface_dice, pooled_dice,
                                               slice_counts, slice_pooled_dice, slice_pooled_dice_ci,
                                               summarise_table, surface_distances, worst_distance)
-from ctssl.eval.metrics import bootstrap_ci
+from ctssl.eval.measures.classification import bootstrap_ci
 
 SPACING = (2.5, 0.7, 0.9)   # anisotropic (z, y, x) mm: slice spacing, row and column pixel spacing
 

@@ -1,0 +1,1 @@
+"""The evaluation commands: parse, resolve the configuration, call a protocol, print."""

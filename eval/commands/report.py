@@ -1,0 +1,44 @@
+"""Gather every result in an output folder (probe, kNN, fine-tuning, similarity, gap, confounders)
+into OUT/report.html (self-contained: figures embedded, opens offline) and OUT/report.md; the resolved settings
+in OUT/report-config.yaml.
+
+Example:
+  ctssl report --out runs/demo/eval --set n_boot=500
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ctssl.core.options import Settings
+
+SETTINGS = "ctssl.eval.commands.settings:ReportCommand"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    settings = Settings(parser, SETTINGS, example="n_boot=500")
+    settings.option("--out", key="out", help="the results folder (results.jsonl, similarity/, gap/, ...)")
+    settings.option("--title", key="title", help="report title")
+    settings.option("--n-boot", key="n_boot", type=int, help="bootstrap resamples of paired comparisons")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ctssl.core.logs import setup_logging
+    from ctssl.core.options import resolve
+    from ctssl.eval.commands.options import require, write_settings
+    from ctssl.eval.records.comparisons import collate
+    from ctssl.eval.report.build import write_report
+
+    cfg = resolve(args)
+    require("report", cfg, "out")
+    if not Path(cfg.out).is_dir():
+        raise FileNotFoundError(f"Results folder '{cfg.out}' does not exist.")
+    write_settings(cfg, Path(cfg.out) / "report-config.yaml")
+    setup_logging(args.log_level)
+    if (Path(cfg.out) / "runs").exists():
+        collate(cfg.out, cfg.n_boot)
+    html, markdown = write_report(cfg.out, cfg.title)
+    print(f"report: {html}\nsummary: {markdown}")
+    return 0

@@ -1,0 +1,1 @@
+"""Features: frozen-backbone features extracted once and cached; layer activations."""

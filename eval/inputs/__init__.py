@@ -1,0 +1,1 @@
+"""Inputs: downstream datasets, backbone sources, how each backbone sees an image, patient-grouped folds."""

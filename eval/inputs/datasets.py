@@ -1,0 +1,316 @@
+"""Downstream datasets: labelled images with their split and their patient (group).
+
+One spec string names a dataset; ``open_dataset(spec, label)`` reads it into a ``Dataset`` whose
+``split(name)`` lists ``Sample(image, target, group, key)``:
+
+=====================================  ===========================================================
+a ctssl shard folder (``manifest.json``)  CT (``.hu``) or natural-image shards; ``label`` is a key of
+                                       the samples' labels (``ctssl ingest --labels``), or
+                                       ``a+b+c`` for a multi-label task of 0/1 columns; splits and
+                                       patients come from ingest (patient-level already);
+                                       ``FOLDER@key=value`` keeps the samples whose metadata has
+                                       that value (e.g. ``@manufacturer=SIEMENS``, ``@source=nifti``:
+                                       one scanner or one source format as a domain)
+``imagefolder:ROOT``                   ``ROOT/{train,val,test}/CLASS/*.png|jpg``
+``FILE.csv``                           columns ``path,label`` and optionally ``split`` and
+                                       ``patient``; paths relative to the CSV; without ``split``
+                                       the split is a hash of the patient's pseudonym (70/15/15),
+                                       so a patient's images never cross splits
+``FILE.npz``                           MedMNIST (``{train,val,test}_images``/``_labels``); labels
+                                       (N, 1) are classes, (N, C > 1) multi-label (ChestMNIST)
+=====================================  ===========================================================
+
+Privacy: file names and patient IDs of ImageFolder and CSV datasets may carry identifiers, so
+sample keys and patients are keyed pseudonyms (``data.pseudonym``, HMAC-SHA256) under a key
+derived from the dataset's own content (its listing or CSV bytes): stable for that dataset,
+irreversible without it; nothing outside the dataset ever holds a raw path or ID.
+
+Images are kept as they are stored: int16 HU arrays for CT shards, PIL images or uint8 arrays
+otherwise (``eval.inputs`` prepares them for a backbone). Shard datasets are opened from the
+samples' JSON metadata alone; ``iter_images`` streams a split's images for feature extraction and
+``split`` loads them into memory only where a command needs them all (fine-tuning, similarity,
+confounders). ``Dataset.fingerprint`` identifies the
+content (manifest or file hash) for caches and provenance.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+SPLITS = ("train", "val", "test")
+DEFAULT_LABEL = "region"     # the label evaluated unless one is named (body region of ctssl's CT shards)
+UNIT_ROWS = 512          # samples per unit of work for in-memory datasets (shard datasets: one shard)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass
+class Sample:
+    image: object                  # np.ndarray (int16 HU or uint8) or PIL.Image; None until loaded (shards)
+    target: object                 # class name (str) or tuple of 0/1 (multi-label)
+    group: str                     # patient pseudonym (or the sample's own key)
+    key: str
+
+
+@dataclass
+class Dataset:
+    spec: str
+    label: str
+    kind: str                      # "ct" (HU arrays) or "image" (8-bit pictures)
+    fingerprint: str
+    samples: dict[str, list[Sample]]
+    classes: list[str] = field(default_factory=list)   # class names, or label columns if multi-label
+    multilabel: bool = False
+    # Shard datasets are opened from the samples' metadata only; their images are streamed, unit by unit
+    # (a unit is a shard), so feature extraction never holds a whole corpus in memory and its workers and
+    # array tasks can divide the units. In-memory datasets have units of UNIT_ROWS samples.
+    units: dict[str, list[int]] = field(default_factory=dict)        # split -> samples per unit, in order
+    unit_stream: Callable[[str, int], Iterator[tuple[str, object]]] | None = None   # (key, image) of one unit
+
+    def __post_init__(self):
+        if self.unit_stream is None:           # in memory: blocks of rows
+            self.units = {s: [min(UNIT_ROWS, len(v) - i) for i in range(0, len(v), UNIT_ROWS)]
+                          for s, v in self.samples.items()}
+            self.unit_stream = self._memory_unit
+
+    def _memory_unit(self, split: str, unit: int) -> Iterator[tuple[str, object]]:
+        for s in self.samples[split][unit * UNIT_ROWS:(unit + 1) * UNIT_ROWS]:
+            yield s.key, s.image
+
+    def stream(self, split: str) -> Iterator[object]:
+        """The split's images in sample order."""
+        for unit in range(len(self.units.get(split, []))):
+            for _key, image in self.unit_stream(split, unit):
+                yield image
+
+    def unit_offsets(self, split: str) -> list[int]:
+        """The row of each unit's first sample."""
+        return [int(v) for v in np.concatenate([[0], np.cumsum(self.units[split])])[:-1]]
+
+    def entries(self, name: str) -> list[Sample]:
+        """The split's samples (targets, patients, keys); images may not be loaded."""
+        if name not in self.samples or not self.samples[name]:
+            raise ValueError(f"Dataset '{self.spec}' has no samples with label '{self.label}' in split "
+                             f"'{name}' (splits with samples: {[s for s in self.samples if self.samples[s]]}).")
+        return self.samples[name]
+
+    def split(self, name: str) -> list[Sample]:
+        """The split's samples with their images loaded (kept in memory from then on)."""
+        samples = self.entries(name)
+        if samples[0].image is None:
+            for sample, image in zip(samples, self.stream(name), strict=True):
+                sample.image = image
+        return samples
+
+    def iter_images(self, name: str) -> Iterator[object]:
+        """The split's images in sample order, streamed when not loaded."""
+        samples = self.entries(name)
+        if samples[0].image is None:
+            return self.stream(name)
+        return (s.image for s in samples)
+
+    def has(self, split: str) -> bool:
+        return bool(self.samples.get(split))
+
+    def targets(self, split: str) -> np.ndarray:
+        """(N,) class indices or (N, C) 0/1 for multi-label."""
+        samples = self.entries(split)
+        if self.multilabel:
+            return np.asarray([s.target for s in samples], dtype=np.int64)
+        index = {c: i for i, c in enumerate(self.classes)}
+        return np.asarray([index.get(s.target, -1) for s in samples], dtype=np.int64)
+
+    def groups(self, split: str) -> np.ndarray:
+        return np.asarray([s.group for s in self.entries(split)])
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "label": self.label, "kind": self.kind, "fingerprint": self.fingerprint,
+                "classes": self.classes, "multilabel": self.multilabel,
+                "counts": {s: len(v) for s, v in self.samples.items()}}
+
+
+def open_dataset(spec: str, label: str = DEFAULT_LABEL) -> Dataset:
+    """Read the dataset named by ``spec`` (module docstring)."""
+    if spec.startswith("imagefolder:"):
+        data = _imagefolder(spec, Path(spec.split(":", 1)[1]))
+    elif spec.endswith(".csv"):
+        data = _csv(spec, Path(spec))
+    elif spec.endswith(".npz"):
+        data = _medmnist(spec, Path(spec), label)
+    else:
+        path, _, where = spec.partition("@")
+        if where and "=" not in where:
+            raise ValueError(f"Filter '@{where}' in '{spec}' must be @key=value.")
+        data = _shards(spec, Path(path), label, tuple(where.split("=", 1)) if where else None)
+    if not data.multilabel:
+        # Classes are those of the training split; others are counted as unseen where used.
+        data.classes = sorted({s.target for s in data.samples.get("train", [])} or
+                              {s.target for v in data.samples.values() for s in v})
+    return data
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = None) -> Dataset:
+    import json
+
+    from ctssl.shards.reader import decode_image
+    from ctssl.shards.manifest import MANIFEST_NAME
+    from ctssl.shards.reader import iter_shard, shard_paths
+
+    manifest = path / MANIFEST_NAME if path.is_dir() else path
+    if not manifest.is_file():
+        raise FileNotFoundError(f"'{spec}' is not a shard folder (no {MANIFEST_NAME}), imagefolder:ROOT, "
+                                ".csv or .npz dataset.")
+    columns = label.split("+") if "+" in label else None
+
+    def target_of(meta: dict):
+        """The sample's target, or None when it is filtered out or lacks the label."""
+        if where and str(meta.get(where[0], (meta.get("labels") or {}).get(where[0]))) != where[1]:
+            return None
+        labels = {**(meta.get("labels") or {}), **({"class": meta["class"]} if "class" in meta else {})}
+        if columns:
+            return None if any(c not in labels for c in columns) else tuple(int(float(labels[c]) > 0) for c in columns)
+        value = labels.get(label)
+        return None if value in (None, "") else str(value)
+
+    def skip(key, reason):   # a damaged sample: counted by the reader, left out of both passes alike
+        logger.warning("%s: sample %s skipped: %s", spec, key or "(rest of a shard)", reason)
+
+    # Metadata only (the JSON member); images are decoded when streamed, one shard (unit) at a time.
+    samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    shards = {s: shard_paths(manifest, s) for s in SPLITS}
+    units: dict[str, list[int]] = {s: [] for s in SPLITS}
+    kind = None
+    for split in SPLITS:
+        for shard in shards[split]:
+            count = 0
+            for raw in iter_shard(shard, decode=False, on_error=skip):
+                kind = kind or ("ct" if "hu" in raw else "image")
+                meta = json.loads(raw["json"])
+                target = target_of(meta)
+                if target is not None:
+                    samples[split].append(Sample(None, target, str(meta.get("patient") or raw["key"]), raw["key"]))
+                    count += 1
+            units[split].append(count)
+
+    def unit_stream(split: str, unit: int) -> Iterator[tuple[str, object]]:
+        for raw in iter_shard(shards[split][unit], decode=False, on_error=skip):
+            if target_of(json.loads(raw["json"])) is not None:
+                yield raw["key"], decode_image(raw)[0]
+
+    fingerprint = _hash_file(manifest) + (f"@{where[0]}={where[1]}" if where else "")
+    return Dataset(spec, label, kind or "ct", fingerprint, samples, classes=columns or [], multilabel=bool(columns),
+                   units=units, unit_stream=unit_stream)
+
+
+def _load_image(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image.copy()
+
+
+def _imagefolder(spec: str, root: Path) -> Dataset:
+    from ctssl.data.pseudonym import pseudonym
+
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageFolder root '{root}' does not exist.")
+    files = {split: [(class_dir.name, file) for class_dir in sorted(p for p in (root / split).glob("*") if p.is_dir())
+                     for file in sorted(class_dir.iterdir()) if file.suffix.lower() in IMAGE_SUFFIXES]
+             for split in SPLITS}
+    digest = hashlib.sha256()
+    for split, entries in files.items():
+        for name, file in entries:
+            digest.update(f"{split}/{name}/{file.name}:{file.stat().st_size}".encode())
+    if not any(files.values()):
+        raise ValueError(f"No images under '{root}/{{train,val,test}}/CLASS/'.")
+    key = digest.digest()
+    samples = {split: [] for split in SPLITS}
+    for split, entries in files.items():
+        for name, file in entries:
+            k = pseudonym(key, "image", f"{split}/{name}/{file.name}")
+            samples[split].append(Sample(_load_image(file), name, k, k))   # each image its own group
+    return Dataset(spec, "class", "image", digest.hexdigest(), samples)
+
+
+def split_of(group: str, fractions=(0.7, 0.15, 0.15)) -> str:
+    """A stable split for a patient without one: a hash of its ID into [0, 1)."""
+    u = int(hashlib.sha256(group.encode()).hexdigest()[:12], 16) / 16 ** 12
+    if u < fractions[0]:
+        return "train"
+    return "val" if u < fractions[0] + fractions[1] else "test"
+
+
+def _csv(spec: str, path: Path) -> Dataset:
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV dataset '{path}' does not exist.")
+    from ctssl.data.pseudonym import pseudonym
+
+    key = bytes.fromhex(_hash_file(path))
+    samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"CSV dataset '{path}' lacks column(s) {sorted(missing)}; it needs path,label "
+                             "and optionally split,patient.")
+        for row in reader:
+            file = (path.parent / row["path"]).resolve()
+            if not file.is_file():
+                raise FileNotFoundError(f"'{file}' listed in '{path}' does not exist.")
+            group = pseudonym(key, "patient", row.get("patient") or row["path"])
+            split = row.get("split") or split_of(group)
+            if split not in samples:
+                raise ValueError(f"Unknown split '{split}' in '{path}' (valid: {list(SPLITS)}).")
+            samples[split].append(Sample(_load_image(file), row["label"], group, pseudonym(key, "image", row["path"])))
+    return Dataset(spec, "label", "image", _hash_file(path), samples)
+
+
+def _medmnist(spec: str, path: Path, label: str) -> Dataset:
+    if not path.is_file():
+        raise FileNotFoundError(f"MedMNIST file '{path}' does not exist (nothing is downloaded).")
+    data = np.load(path)
+    needed = [f"{s}_{p}" for s in SPLITS for p in ("images", "labels")]
+    missing = [k for k in needed if k not in data.files]
+    if missing:
+        raise ValueError(f"'{path}' is not a MedMNIST file: missing arrays {missing}.")
+    multilabel = data["train_labels"].ndim == 2 and data["train_labels"].shape[1] > 1
+    samples: dict[str, list[Sample]] = {}
+    for split in SPLITS:
+        images, labels = data[f"{split}_images"], data[f"{split}_labels"]
+        samples[split] = [
+            Sample(images[i], tuple(int(v) for v in labels[i]) if multilabel else str(int(labels[i].reshape(-1)[0])),
+                   f"{split}-{i}", f"{split}-{i}")
+            for i in range(len(images))]
+    classes = [str(c) for c in range(data["train_labels"].shape[1])] if multilabel else []
+    return Dataset(spec, label if label != DEFAULT_LABEL else "label", "image", _hash_file(path), samples,
+                   classes=classes, multilabel=multilabel)
+
+
+def image_to_array(image) -> np.ndarray:
+    """A PIL image or uint8 array as float32 (C, H, W) in [0, 1]."""
+    if hasattr(image, "mode"):
+        image = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim == 3:
+        arr = arr.transpose(2, 0, 1)
+    scale = 255.0 if arr.dtype == np.uint8 else (65535.0 if arr.dtype == np.uint16 else 1.0)
+    return arr.astype(np.float32) / scale
+

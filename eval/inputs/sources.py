@@ -1,0 +1,130 @@
+"""Backbone sources for evaluation: one string names where a frozen or fine-tuned backbone comes from.
+
+============================================  =================================================
+``random:NAME:IN_CHANS[:SEED]``               random initialisation (the baseline to beat), seed 0
+                                              unless given, so it is the same network every time
+``imagenet:NAME:FILE``                        torchvision's / timm's ImageNet weights, local file
+``radimagenet:FILE``                          a RadImageNet ResNet-50 PyTorch checkpoint (below)
+``FILE.safetensors``                          ctssl's export (``backbone.json`` card beside it)
+``FILE.pt``                                   a ctssl pretraining checkpoint (``last.pt``); its
+                                              ``config.yaml`` beside it says the architecture
+============================================  =================================================
+
+Every source resolves to ``(module, card)``. The card says the architecture, the input channels,
+how inputs are prepared (CT windows; normalisation ``mean``/``std`` per channel) and where the
+weights came from, with the SHA-256 of the weights file (the provenance evaluation records carry).
+
+RadImageNet key mapping. The RadImageNet PyTorch ResNet-50 (converted from the Keras release) is a
+``torchvision.models.resnet50`` with its children up to ``layer4`` wrapped in ``nn.Sequential``, saved
+as a state dict whose keys are ``backbone.<i>.<rest>`` (sometimes under ``module.`` or
+``state_dict``). Children ``i`` map to torchvision names: 0 ``conv1``, 1 ``bn1``, 4 ``layer1``,
+5 ``layer2``, 6 ``layer3``, 7 ``layer4`` (2 and 3 are ReLU and max-pool, weightless); any head
+(``fc.``, ``classifier.``) is dropped. Keys already in torchvision form load unchanged. Inputs:
+grey CT replicated to 3 channels and ImageNet normalisation, as RadImageNet was trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ctssl.eval.inputs.spec import IMAGENET_MEAN, IMAGENET_STD
+from ctssl.pretrain.backbones import _load_strict, build_backbone
+
+RADIMAGENET_CHILDREN = {0: "conv1", 1: "bn1", 4: "layer1", 5: "layer2", 6: "layer3", 7: "layer4"}
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def radimagenet_state_dict(state: dict) -> dict:
+    """RadImageNet ResNet-50 keys -> torchvision ``resnet50`` keys (module docstring)."""
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith(("fc.", "classifier.", "head.")):
+            continue
+        match = re.match(r"(?:backbone\.)?(\d+)\.(.*)", key)
+        if match:
+            child = int(match.group(1))
+            if child not in RADIMAGENET_CHILDREN:
+                raise ValueError(f"Unexpected RadImageNet key '{key}': child {child} has no weights "
+                                 f"in a ResNet-50 (children with weights: {sorted(RADIMAGENET_CHILDREN)}).")
+            key = f"{RADIMAGENET_CHILDREN[child]}.{match.group(2)}"
+        else:
+            key = key.removeprefix("backbone.")
+        out[key] = value
+    return out
+
+
+def _card(backbone: str, in_chans: int, method: str, data: dict | None = None, **extra) -> dict:
+    return {"backbone": backbone, "in_chans": in_chans, "method": method, "data": data or {}, **extra}
+
+
+def load_backbone(source: str):
+    """(module, card) for a backbone source string (module docstring)."""
+    if source.startswith("random:"):
+        parts = source.split(":")
+        if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts[2:]):
+            raise ValueError(f"Backbone source '{source}' must be random:NAME:IN_CHANS[:SEED], e.g. random:resnet18:3.")
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(parts[3]) if len(parts) == 4 else 0)
+            model, _ = build_backbone(parts[1], int(parts[2]))
+        return model, _card(parts[1], int(parts[2]), "random init", source=source)
+    if source.startswith("imagenet:"):
+        parts = source.split(":", 2)
+        if len(parts) != 3:
+            raise ValueError(f"Backbone source '{source}' must be imagenet:NAME:FILE.")
+        _, name, path = parts
+        model, _ = build_backbone(name, 3, init="imagenet", weights=path)
+        return model, _card(name, 3, "supervised ImageNet", source=source, weights_sha256=file_sha256(path),
+                            mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    if source.startswith("radimagenet:"):
+        path = source.split(":", 1)[1]
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"RadImageNet checkpoint '{path}' does not exist.")
+        model, _ = build_backbone("resnet50", 3)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        _load_strict(model, radimagenet_state_dict(state), path)
+        return model, _card("resnet50", 3, "supervised RadImageNet", source=source,
+                            weights_sha256=file_sha256(path), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"Backbone '{source}' is neither an existing file nor random:/imagenet:/"
+                                "radimagenet: source.")
+    if path.suffix == ".safetensors":
+        card_path = path.with_suffix(".json")
+        if not card_path.exists():
+            raise FileNotFoundError(f"No card '{card_path}' beside '{path}' (written by pretraining's export).")
+        card = json.loads(card_path.read_text())
+    elif path.suffix == ".pt":
+        # OUT/checkpoints/last.pt: the run's resolved OUT/config.yaml says the architecture.
+        config = next((c for c in (path.parent / "config.yaml", path.parent.parent / "config.yaml") if c.exists()),
+                      None)
+        if config is None:
+            raise FileNotFoundError(f"No config.yaml beside or above checkpoint '{path}' (written by pretraining).")
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(config)
+        kind = cfg.resolved.data_kind
+        card = _card(cfg.model.backbone, int(cfg.resolved.in_chans), cfg.method.name,
+                     {"shards": cfg.data.shards, "kind": kind,
+                      "windows": list(cfg.data.windows) if kind == "ct" else None})
+    else:
+        raise ValueError(f"Backbone file '{path}' must be .safetensors (ctssl export) or .pt (ctssl checkpoint); "
+                         "use radimagenet:FILE or imagenet:NAME:FILE for supervised weights.")
+    model, _ = build_backbone(card["backbone"], card["in_chans"], init="checkpoint", weights=str(path))
+    return model, {**card, "source": source, "weights_sha256": file_sha256(path)}

@@ -1,0 +1,137 @@
+"""How a downstream image becomes a backbone's input: one ``InputSpec`` per (backbone, data kind), taken
+from the backbone's card (what it was pretrained with) unless the user sets it.
+
+- size: the user's ``--image-size``, else the view size the backbone was pretrained at (the card's
+  ``data.image_size``), else 224 (ImageNet and RadImageNet weights, random initialisation);
+- CT (HU arrays), by what the backbone saw in pretraining:
+  - ctssl CT backbones: the windows of their card (e.g. lung, soft tissue, bone), one per channel, or the
+    per-slice min-max of the RadNet-12M recipe (``intensity: minmax``), normalised as in pretraining;
+  - backbones of grey or natural pictures (ImageNet and RadImageNet weights, ctssl backbones pretrained
+    on natural images): one grey window (``grey_window``, default ``wide``: -1000..1000 HU) replicated to
+    the channels (RadImageNet was trained on grey images replicated to 3 channels), with ImageNet
+    normalisation;
+  - random initialisation: the default CT windows (lung, soft tissue, bone) with the CT normalisation,
+    the same input as the CT backbones it is the baseline of;
+  the whole slice is resized and windowed exactly as pretraining's views are (pretrain.views.whole_slices);
+- 8-bit images (ImageFolder, CSV, MedMNIST, natural shards): scaled to [0, 1]; grey images are
+  repeated to the backbone's channels, RGB images become grey (ITU-R 601 luma) for 1-channel
+  backbones; normalised with the card's values, ImageNet's for natural and random backbones.
+
+``InputSpec.rule`` says in words which of these applied; the spec is part of the feature cache key and of
+every run record, and the report shows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ctssl.data.windowing import get_window
+from ctssl.eval.inputs.datasets import image_to_array
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+DEFAULT_WINDOWS = ["lung", "soft_tissue", "bone"]
+DEFAULT_SIZE = 224
+GREY_WINDOW = "wide"
+
+
+@dataclass
+class InputSpec:
+    data_kind: str            # "ct" or "image"
+    in_chans: int
+    size: int
+    windows: list[str]        # CT with intensity "windows": one per channel
+    mean: list[float]
+    std: list[float]
+    intensity: str = "windows"    # CT: "windows" or "minmax" (per-slice min-max, replicated)
+    rule: str = ""                # which rule chose this (for the record and the report)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _grey_source(card: dict) -> bool:
+    """A backbone pretrained on grey or natural pictures (not on ctssl's CT views)."""
+    method = str(card.get("method", ""))
+    return method.startswith(("supervised ImageNet", "supervised RadImageNet")) or \
+        (card.get("data") or {}).get("kind") == "natural"
+
+
+def input_spec(card: dict, data_kind: str, size: int = 0, grey_window: str = GREY_WINDOW) -> InputSpec:
+    """The input of ``card``'s backbone for data of ``data_kind`` (module docstring); ``size`` 0: the card's."""
+    in_chans = int(card["in_chans"])
+    data = card.get("data") or {}
+    pretrained_size = data.get("image_size")
+    size_rule = "as set" if size else "the pretraining view size" if pretrained_size else \
+        f"{DEFAULT_SIZE}: no pretraining size on the card"
+    size = int(size or pretrained_size or DEFAULT_SIZE)
+    intensity, windows = "windows", []
+    if card.get("mean"):
+        mean, std = list(card["mean"]), list(card["std"])
+    elif data.get("kind") == "natural" or (data_kind == "image" and card.get("method") == "random init"):
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        cfg = (card.get("config") or {}).get("data") or {}
+        mean, std = [cfg.get("normalize_mean", 0.5)], [cfg.get("normalize_std", 0.5)]
+    if data_kind == "ct":
+        if _grey_source(card):
+            get_window(grey_window)   # an unknown name is an error here, not later
+            windows = [grey_window] * in_chans
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+            rule = f"grey window '{grey_window}' replicated to {in_chans} channel(s), ImageNet normalisation"
+        elif data.get("intensity") == "minmax":
+            intensity = "minmax"
+            rule = "per-slice min-max replicated (the backbone's pretraining)"
+        else:
+            windows = list(data.get("windows") or DEFAULT_WINDOWS)
+            rule = (f"windows {windows} (the backbone's pretraining)" if data.get("windows") else
+                    f"default CT windows {windows}")
+            if len(windows) != in_chans:
+                windows = (windows * in_chans)[:in_chans]
+    else:
+        rule = "8-bit image, channels matched to the backbone"
+    if len(mean) != in_chans:
+        mean = [float(np.mean(mean))] * in_chans
+        std = [float(np.mean(std))] * in_chans
+    return InputSpec(data_kind, in_chans, size, windows, mean, std, intensity, f"{rule}; {size} px ({size_rule})")
+
+
+def prepare(image, spec: InputSpec) -> torch.Tensor:
+    """One stored image -> (in_chans, size, size) float tensor."""
+    if spec.data_kind == "ct":   # the training views' resize and windowing (pretrain.views.whole_slices)
+        from ctssl.pretrain.views import whole_slices
+
+        hu = np.asarray(image, dtype=np.int16)
+        if spec.intensity == "minmax":
+            lo, hi = float(hu.min()), float(hu.max())
+            x = whole_slices([hu], spec.size, [((lo + hi) / 2, max(hi - lo, 1.0))], 0.0, 1.0)[0]
+            x = x.expand(spec.in_chans, -1, -1)
+        else:
+            return whole_slices([hu], spec.size, [get_window(n) for n in spec.windows], spec.mean, spec.std)[0]
+    else:
+        x = torch.from_numpy(image_to_array(image))
+        if x.shape[0] == 1 and spec.in_chans > 1:
+            x = x.expand(spec.in_chans, -1, -1)
+        elif x.shape[0] >= 3 and spec.in_chans == 1:
+            x = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+        elif x.shape[0] != spec.in_chans:
+            x = x[:1].expand(spec.in_chans, -1, -1)
+        x = F.interpolate(x[None], size=(spec.size, spec.size), mode="bilinear", align_corners=False,
+                          antialias=x.shape[-1] > spec.size)[0]
+    mean = torch.tensor(spec.mean).view(-1, 1, 1)
+    std = torch.tensor(spec.std).view(-1, 1, 1)
+    return (x - mean) / std
+
+
+def prepare_batch(images: list, spec: InputSpec) -> torch.Tensor:
+    """Several stored images -> (B, in_chans, size, size); CT slices windowed together in one batched call."""
+    if spec.data_kind == "ct" and spec.intensity == "windows":
+        from ctssl.pretrain.views import whole_slices
+
+        return whole_slices([np.asarray(im, dtype=np.int16) for im in images], spec.size,
+                            [get_window(n) for n in spec.windows], spec.mean, spec.std)
+    return torch.stack([prepare(im, spec) for im in images])

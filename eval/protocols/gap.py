@@ -1,0 +1,132 @@
+"""The domain gap between two datasets in each backbone's feature space.
+
+For every backbone: features of both datasets (cached, ``eval.features.cache``), L2-normalised (feature scales
+differ between backbones by orders of magnitude; on the unit sphere MMD and Frechet values compare across
+backbones); on equal-size samples of one split (default test, at most ``max_samples`` each): the domain
+classifier and proxy A-distance, MMD^2 (Gaussian kernel, median-heuristic bandwidth), Frechet distance, kNN
+domain purity (``eval.measures.gap``); the cross-domain probe gap when both datasets carry labels of common
+classes (logistic regression trained on one domain's training split, tested on both domains' test splits, both
+directions); a t-SNE of the pooled sample coloured by domain and by label. ``run_gap`` writes
+``OUT/gap/<name>.json`` with the figures beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ctssl.core.atomic import atomic_write_text
+from ctssl.eval.features.cache import cached_features
+from ctssl.eval.inputs.datasets import DEFAULT_LABEL, Dataset, open_dataset
+from ctssl.eval.measures.gap import balanced, domain_classifier, frechet_distance, knn_purity, mmd2, probe_gap
+from ctssl.eval.records.plots import embedding
+from ctssl.eval.records.provenance import provenance
+from ctssl.eval.records.store import pair_name, slug
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GapSettings:
+    label: str = DEFAULT_LABEL      # label of A
+    label_b: str = ""               # label of B; "" = as A (natural-image shards: class)
+    split: str = "test"             # split compared (a dataset without it: val, then train)
+    max_samples: int = 1000         # samples per domain
+    image_size: int = 0             # 0: each backbone at its pretraining size
+    k: int = 10                     # neighbours for the kNN domain purity
+    embed: bool = True              # the t-SNE figure
+    seed: int = 0                   # the samples drawn, the classifier's folds, the t-SNE
+
+
+def run_gap(a: str, b: str, backbones: list[str], settings: GapSettings, out: str | Path, cache: str = "",
+            name: str | None = None) -> dict:
+    """The gap between datasets ``a`` and ``b`` under each backbone (module docstring); the record, with its
+    JSON path. Features are cached in ``cache`` (default OUT/features)."""
+    s = settings
+    data_a, data_b = open_dataset(a, s.label), open_dataset(b, s.label_b or s.label)
+    # A dataset without the split (an ImageFolder with train and val only) uses val, then train.
+    use = {id(d): next(x for x in (s.split, "val", "train") if d.has(x)) for d in (data_a, data_b)}
+    held_out = {id(d): next((x for x in ("test", "val") if d.has(x)), None) for d in (data_a, data_b)}
+    cache = cache or str(Path(out) / "features")
+    folder = Path(out) / "gap"
+    name = name or pair_name(a, b)
+    rows = []
+    for source in backbones:
+        fa, fb = (cached_features(source, d, sorted({"train", use[id(d)]} | ({held_out[id(d)]} - {None})),
+                                  s.image_size, cache) for d in (data_a, data_b))
+        sa, sb = use[id(data_a)], use[id(data_b)]
+        row = _row(source, fa[sa].features, fb[sb].features, s)
+        row["probe_transfer"] = {
+            "a_to_b": _probe_transfer(fa, fb, held_out[id(data_a)], held_out[id(data_b)], data_a, data_b),
+            "b_to_a": _probe_transfer(fb, fa, held_out[id(data_b)], held_out[id(data_a)], data_b, data_a)}
+        if s.embed:
+            row["figure"] = str(_embedding(fa[sa], fb[sb], data_a, data_b, source, s.seed,
+                                           folder / f"{name}-{slug(source)}.png", min(s.max_samples, 400)))
+        logger.info("gap %s: proxy A-distance %.3f, MMD2 %.4f, Frechet %.2f, kNN purity %.3f", source,
+                    row["domain_classifier"]["proxy_a_distance"], row["mmd2"]["value"], row["frechet_distance"],
+                    row["knn_purity"]["purity"])
+        rows.append(row)
+    record = {"name": name, "a": data_a.describe(), "b": data_b.describe(), "split": {"a": use[id(data_a)],
+              "b": use[id(data_b)]}, "image_size": s.image_size,
+              "rows": rows, "provenance": provenance()}
+    path = folder / f"{name}.json"
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    record["json"] = str(path)
+    return record
+
+
+def _row(source: str, features_a, features_b, s: GapSettings) -> dict:
+    """The gap measures on equal-size, L2-normalised samples of the two domains."""
+    x, y = balanced(features_a, features_b, s.max_samples, s.seed)
+    # L2-normalised, so that distances compare across backbones whose feature scales differ.
+    x, y = (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for v in (x, y))
+    value, sigma = mmd2(x, y)
+    return {"backbone": source, "n_per_domain": len(x), "feature_dim": int(x.shape[1]),
+            "domain_classifier": domain_classifier(x, y, seed=s.seed),
+            "mmd2": {"value": round(value, 6), "kernel": "gaussian", "sigma": round(sigma, 5),
+                     "bandwidth_rule": "median pairwise distance of the pooled sample"},
+            "frechet_distance": round(frechet_distance(x, y), 5), "knn_purity": knn_purity(x, y, s.k),
+            "frechet_note": (f"{len(x)} samples per domain < {x.shape[1]} dimensions: rank-deficient covariances, "
+                             "biased estimate; compare only at equal sample sizes") if len(x) <= x.shape[1] else ""}
+
+
+def _probe_transfer(src, dst, src_test, dst_test, data_src: Dataset, data_dst: Dataset) -> dict | None:
+    """The probe gap (``eval.measures.gap.probe_gap``) from src's train split to src's and dst's held-out splits
+    (test, else val), over the classes both share; None when fewer than 2 are shared."""
+    if data_src.multilabel or data_dst.multilabel or src_test is None or dst_test is None:
+        return None
+    shared = sorted(set(data_src.classes) & set(data_dst.classes))
+    if len(shared) < 2:
+        return None
+
+    def subset(feats, classes):
+        names = np.array([classes[t] if t >= 0 else "" for t in feats.targets])
+        keep = np.isin(names, shared)
+        return np.asarray(feats.features)[keep], names[keep]
+
+    return {"classes": shared, **probe_gap(*subset(src["train"], data_src.classes),
+                                           *subset(src[src_test], data_src.classes),
+                                           *subset(dst[dst_test], data_dst.classes))}
+
+
+def _embedding(fa, fb, data_a, data_b, source, seed, path, per_domain):
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(seed)
+    ia = np.sort(rng.choice(len(fa.targets), min(per_domain, len(fa.targets)), replace=False))
+    ib = np.sort(rng.choice(len(fb.targets), min(per_domain, len(fb.targets)), replace=False))
+    x = np.concatenate([np.asarray(fa.features)[ia], np.asarray(fb.features)[ib]])
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    points = TSNE(n_components=2, perplexity=min(30, max(5, len(x) // 4)), init="pca",
+                  random_state=seed).fit_transform(x)
+
+    def names(feats, data, idx):
+        return [data.classes[t] if not data.multilabel and t >= 0 else "?" for t in feats.targets[idx]]
+
+    domains = ["A"] * len(ia) + ["B"] * len(ib)
+    return embedding(points, domains, names(fa, data_a, ia) + names(fb, data_b, ib), path,
+                     f"t-SNE of {source} features\nA = {data_a.spec}\nB = {data_b.spec}")

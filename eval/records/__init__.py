@@ -1,0 +1,1 @@
+"""Records: the run store, provenance and the comparisons between backbones."""

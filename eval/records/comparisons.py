@@ -1,0 +1,114 @@
+"""Comparisons between backbones, gathered from the run store.
+
+``collate(OUT)`` gathers every record of ``OUT/runs/`` into ``OUT/results.jsonl`` (sorted, rewritten
+atomically) and adds ``OUT/comparisons.jsonl``: paired bootstraps of each backbone against the first one on the
+same test samples (``eval.measures.classification.paired_bootstrap``, patients resampled; the difference also
+relative to the baseline's value, the RadNet-12M study's "relative delta") and their prediction similarity
+(``eval.measures.agreement``: who got which sample right, error consistency, Cohen's kappa); with two or more
+seeds per backbone, also Welch's t-test of the per-seed metrics (``seed: "all"``, with both means and the
+relative delta of the means). ``main_metric`` says which metric a record is compared and reported by.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ctssl.core.atomic import atomic_open
+from ctssl.eval.measures.agreement import prediction_similarity
+from ctssl.eval.measures.classification import BOOTSTRAP_RESAMPLES, accuracy, finite, macro_auroc, paired_bootstrap
+from ctssl.eval.records.store import RunStore
+
+
+def main_metric(record: dict) -> str:
+    """The metric a record is compared and reported by: AUROC for binary and multi-label tasks (accuracy of
+    a rare positive class rewards predicting "negative"), accuracy for multi-class tasks."""
+    dataset = record.get("dataset") or {}
+    if "accuracy" not in record["test"] or len(dataset.get("classes") or []) == 2:
+        return "auroc"
+    return "accuracy"
+
+
+def headline(record: dict) -> str:
+    """One line: the main test metric with its CI."""
+    test = record["test"]
+    name = main_metric(record)
+    m = {k: ("n/a" if v is None else f"{v:.3f}") for k, v in test[name].items()}
+    return f"test {name} {m['value']} [{m['lower']}, {m['upper']}] (n={test['n']})"
+
+
+def _comparison_key(r: dict) -> tuple:
+    return (r["task"], r["dataset"]["fingerprint"], r["dataset"]["label"], r["fraction"], r["seed"],
+            r.get("variant", ""))
+
+
+def collate(out: str | Path, n_boot: int = BOOTSTRAP_RESAMPLES) -> tuple[Path, Path]:
+    """Write OUT/results.jsonl and OUT/comparisons.jsonl from OUT/runs/ (module docstring)."""
+    store = RunStore(out)
+    records = sorted(store.records(), key=lambda r: (_comparison_key(r), r["backbone_order"], r["backbone"]))
+    results = store.out / "results.jsonl"
+    with atomic_open(results, "w") as f:
+        for r in records:
+            f.write(json.dumps(r, sort_keys=True, default=str) + "\n")
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(_comparison_key(r), []).append(r)
+    comparisons = store.out / "comparisons.jsonl"
+    with atomic_open(comparisons, "w") as f:
+        for key, runs in groups.items():
+            base = runs[0]
+            a = store.predictions(base["run_id"])
+            for other in runs[1:]:
+                b = store.predictions(other["run_id"])
+                if list(a["keys"]) != list(b["keys"]):
+                    continue      # not the same test samples: no paired comparison
+                multilabel = a["targets"].ndim == 2
+                metric = main_metric(base)
+                fn = macro_auroc if metric == "auroc" else (lambda t, s: accuracy(t, s.argmax(1)))
+                keep = np.ones(len(a["targets"]), bool) if multilabel else a["targets"] >= 0
+                result = paired_bootstrap(fn, a["targets"][keep], a["scores"][keep], b["scores"][keep], n=n_boot,
+                                          groups=a["groups"][keep])
+                base_value = float(fn(a["targets"][keep], a["scores"][keep]))
+                result["relative_delta"] = result["delta"] / base_value if base_value else float("nan")
+                agreement = None if multilabel else prediction_similarity(
+                    a["targets"][keep], a["scores"][keep].argmax(1), b["scores"][keep].argmax(1))
+                f.write(json.dumps({"task": key[0], "dataset": base["dataset"]["spec"], "label": key[2],
+                                    "fraction": key[3], "seed": key[4], "variant": key[5], "metric": metric,
+                                    "baseline": base["backbone"], "backbone": other["backbone"],
+                                    "agreement": agreement, **{k: finite(v) for k, v in result.items()}},
+                                   sort_keys=True) + "\n")
+        for test in seed_tests(records):
+            f.write(json.dumps(test, sort_keys=True) + "\n")
+    return results, comparisons
+
+
+def seed_tests(records: list[dict]) -> list[dict]:
+    """Across seeds: for each backbone against the first, on the same task, data, fraction and
+    variant, Welch's t-test of the per-seed test metric (needs 2+ seeds on each side)."""
+    from scipy.stats import ttest_ind
+
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in records:
+        key = (r["task"], r["dataset"]["fingerprint"], r["dataset"]["label"], r["fraction"], r.get("variant", ""))
+        groups.setdefault(key, {}).setdefault(r["backbone"], []).append(r)
+    out = []
+    for key, by_backbone in groups.items():
+        ordered = sorted(by_backbone.items(), key=lambda item: item[1][0]["backbone_order"])
+        base_name, base = ordered[0]
+        metric = main_metric(base[0])
+        a = [r["test"][metric]["value"] for r in base if r["test"][metric]["value"] is not None]
+        for name, runs in ordered[1:]:
+            b = [r["test"][metric]["value"] for r in runs if r["test"][metric]["value"] is not None]
+            if len(a) < 2 or len(b) < 2:
+                continue
+            t, p = ttest_ind(b, a, equal_var=False)
+            out.append({"task": key[0], "dataset": base[0]["dataset"]["spec"], "label": key[2], "fraction": key[3],
+                        "variant": key[4], "seed": "all", "test": "welch_t", "metric": metric,
+                        "baseline": base_name, "backbone": name, "n_seeds": [len(a), len(b)],
+                        "delta": finite(float(np.mean(b) - np.mean(a))),
+                        "relative_delta": finite(float((np.mean(b) - np.mean(a)) / np.mean(a))) if np.mean(a) else None,
+                        "means": [finite(float(np.mean(a))), finite(float(np.mean(b)))], "lower": None, "upper": None,
+                        "t": finite(float(t)), "p_value": finite(float(p)), "agreement": None})
+    return out

@@ -1,0 +1,1 @@
+"""The report: every result of an output folder, in HTML and Markdown."""
