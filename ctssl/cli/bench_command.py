@@ -64,7 +64,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     gpu = sub.add_parser("gpu", help="every GPU figure in one call on a lent H100/H200 (--tiny: on a CPU)")
     settings = Settings(gpu, "ctssl.bench.settings:GPUBench", example="tiny=true")
     settings.option("--out", key="out", help="work folder; the benchmark's shards are built here")
-    settings.option("--tiny", key="tiny", action="store_true", help="tiny sizes, for a CPU (the test suite runs it)")
+    settings.switch("--tiny", key="tiny", value=True, help="tiny sizes, for a CPU (the test suite runs it)")
     settings.option("--only", key="only", action="append", help="run only this suite (repeatable): simclr, compile, "
                     "dino, extract, knn")
 
