@@ -18,6 +18,8 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 SALT_ENV = "CTSSL_SALT"
@@ -25,6 +27,22 @@ SALT_ENV = "CTSSL_SALT"
 
 class SaltError(ValueError):
     pass
+
+
+@contextmanager
+def fixed_salt(value: str) -> Iterator[None]:
+    """``$CTSSL_SALT`` set to ``value`` inside the block and restored after it: for synthetic data (the demo,
+    benchmarks, tests), whose pseudonyms protect no one and whose splits must not depend on a salt the user
+    or an earlier caller happened to set."""
+    before = os.environ.get(SALT_ENV)
+    os.environ[SALT_ENV] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(SALT_ENV, None)
+        else:
+            os.environ[SALT_ENV] = before
 
 
 def load_salt(salt_file: str | None, create: bool = False) -> bytes:

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 
 from ctssl.data.ingest import IngestConfig, run_ingest
+from ctssl.data.pseudonym import fixed_salt
 from ctssl.shards.from_images import images_to_shards
 
 from ctssl.data.synth import NaturalConfig, SynthConfig, run_synth
+
+TEST_SALT = "pretrain-test-salt-0123456789"   # the session's shards, whatever an earlier test set
 
 # Eight studies cover the whole fixed catalogue of quirks (data.synth_study.CATALOGUE).
 SMALL = dict(patients=8, seed=7, matrix=96, thickness_mm=[3.0, 5.0],
@@ -33,7 +36,6 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
     """A real single-node SLURM cluster (see tests/slurm_cluster.py), started once."""
-    import os
 
     from tests.slurm_cluster import SlurmCluster, missing_binaries
 
@@ -52,10 +54,10 @@ def slurm(tmp_path_factory):
 def ct_shards(corpus, tmp_path_factory):
     cfg, _ = corpus
     out = tmp_path_factory.mktemp("pretrain") / "ct"
-    os.environ.setdefault("CTSSL_SALT", "pretrain-test-salt-0123456789")
     # Small shards of very different sizes: ranks and workers see uneven shard sets.
-    run_ingest(IngestConfig(sources=[cfg.out], out=str(out), image_size=48, shard_size_mb=0.1,
-                            labels=[str(Path(cfg.out) / "labels" / "slices.csv")]))
+    with fixed_salt(TEST_SALT):
+        run_ingest(IngestConfig(sources=[cfg.out], out=str(out), image_size=48, shard_size_mb=0.1,
+                                labels=[str(Path(cfg.out) / "labels" / "slices.csv")]))
     return out
 
 
@@ -75,9 +77,9 @@ def eval_shards(corpus, tmp_path_factory):
 
     cfg, _ = corpus
     out = tmp_path_factory.mktemp("eval") / "ct"
-    os.environ.setdefault("CTSSL_SALT", "pretrain-test-salt-0123456789")
-    run_ingest(IngestConfig(sources=[cfg.out], out=str(out), image_size=32, splits=SplitFractions(0.5, 0.25, 0.25),
-                            labels=[str(Path(cfg.out) / "labels" / "slices.csv")]))
+    with fixed_salt(TEST_SALT):    # the salt decides which patients land in val and test
+        run_ingest(IngestConfig(sources=[cfg.out], out=str(out), image_size=32, splits=SplitFractions(0.5, 0.25, 0.25),
+                                labels=[str(Path(cfg.out) / "labels" / "slices.csv")]))
     return out
 
 

@@ -3,8 +3,11 @@ loader workers have shards to share), generated once and cached in the work fold
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from ctssl.data.pseudonym import fixed_salt
+
+BENCH_SALT = "benchmark-salt-not-secret-0123"   # synthetic patients only
 
 
 def bench_shards(out: Path) -> Path:
@@ -18,7 +21,7 @@ def bench_shards(out: Path) -> Path:
     corpus = Path(out) / "bench-corpus-8"
     run_synth(SynthConfig(out=str(corpus), patients=8, seed=1, natural=NaturalConfig(enabled=False),
                           contact_sheet=False))
-    os.environ.setdefault("CTSSL_SALT", "benchmark-salt-not-secret-0123")
-    run_ingest(IngestConfig(sources=[str(corpus)], out=str(shards), image_size=256, shard_size_mb=1.0,
-                            labels=[str(corpus / "labels" / "slices.csv")], splits=SplitFractions(1.0, 0.0, 0.0)))
+    with fixed_salt(BENCH_SALT):
+        run_ingest(IngestConfig(sources=[str(corpus)], out=str(shards), image_size=256, shard_size_mb=1.0,
+                                labels=[str(corpus / "labels" / "slices.csv")], splits=SplitFractions(1.0, 0.0, 0.0)))
     return shards

@@ -113,6 +113,7 @@ def _sync() -> None:
 def build_shards(out: Path, size: GPUBenchSize) -> dict:
     """CT shards for the benchmark with ctssl's own commands (cached in ``out``)."""
     from ctssl.data.ingest import IngestConfig, run_ingest
+    from ctssl.data.pseudonym import fixed_salt
     from ctssl.data.synth import NaturalConfig, SynthConfig, run_synth
     from ctssl.shards.shuffle import ShuffleConfig, run_shuffle
 
@@ -120,11 +121,11 @@ def build_shards(out: Path, size: GPUBenchSize) -> dict:
     start = time.perf_counter()
     if not (shuffled / "manifest.json").exists():
         corpus, ordered = out / "corpus", out / "shards"
-        os.environ.setdefault("CTSSL_SALT", "gpu-benchmark-salt-not-secret")
         run_synth(SynthConfig(out=str(corpus), patients=size.patients, seed=3, matrix=size.matrix,
                               natural=NaturalConfig(enabled=False), contact_sheet=False))
-        run_ingest(IngestConfig(sources=[str(corpus)], out=str(ordered), image_size=min(256, size.matrix),
-                                workers=os.cpu_count() or 1, labels=[str(corpus / "labels" / "slices.csv")]))
+        with fixed_salt("gpu-benchmark-salt-not-secret"):     # synthetic patients only
+            run_ingest(IngestConfig(sources=[str(corpus)], out=str(ordered), image_size=min(256, size.matrix),
+                                    workers=os.cpu_count() or 1, labels=[str(corpus / "labels" / "slices.csv")]))
         run_shuffle(ordered, shuffled, ShuffleConfig(shard_size_mb=64.0), workers=min(8, os.cpu_count() or 1))
     manifest = json.loads((shuffled / "manifest.json").read_text())
     return {"path": str(shuffled), "ordered": str(out / "shards"), "samples": manifest["totals"]["samples"], "shards": manifest["totals"]["shards"],

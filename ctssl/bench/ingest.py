@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -27,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ctssl.bench.corpus import BENCH_SALT
 from ctssl.bench.settings import IngestBench
 from ctssl.core.atomic import atomic_write_text
 from ctssl.core.machine import machine_info
+from ctssl.data.pseudonym import fixed_salt
 
 # Catalogue studies of data.synth_study: 0, 4, 5 are written uncompressed, 1 as JPEG 2000.
 UNCOMPRESSED = (0, 4, 5)
@@ -154,9 +155,8 @@ def run(cfg: IngestBench) -> dict:
     out, matrix = Path(cfg.out), cfg.matrix
     corpus = _corpus(out / "corpus", matrix)
     plain, j2k = _files(corpus, UNCOMPRESSED), _files(corpus, JPEG2000)
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
+    with tempfile.TemporaryDirectory(dir=out) as tmp, fixed_salt(BENCH_SALT):
         tmp = Path(tmp)
-        os.environ.setdefault("CTSSL_SALT", "benchmark-salt-not-secret-0123")
         base_n, base_s = naive_baseline(plain, tmp / "naive")
         read_n, read_s = naive_baseline(plain, None)
         plain_src = [corpus / "dicom" / f"case-{i:04d}" for i in UNCOMPRESSED]

@@ -18,7 +18,6 @@ is kept as the second task).
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from ctssl.core.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 STAGES = 11
+DEMO_SALT = "ctssl-demo-salt-not-secret-0001"   # synthetic patients only (see _with_demo_salt)
 
 
 @dataclass
@@ -65,6 +65,15 @@ def _stage(number: int, name: str, done: bool, fn) -> None:
     logger.info("[%s] ...", label)
     fn()
     logger.info("[%s] done in %.1f s", label, time.perf_counter() - start)
+
+
+def _with_demo_salt(fn, *args):
+    """``fn(*args)`` under the demo's own salt: synthetic patients need no secret, and the demo's splits (which
+    patient is in val and test) must not change with a ``$CTSSL_SALT`` the user set for their own data."""
+    from ctssl.data.pseudonym import fixed_salt
+
+    with fixed_salt(DEMO_SALT):
+        return fn(*args)
 
 
 def _pretrain(shards: Path, out: Path, size: DemoSize, method: str, epochs: int, label: str) -> None:
@@ -105,7 +114,6 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     out = Path(out)
     corpus, ct, natural, evaluation = out / "synth", out / "shards-ct", out / "shards-natural", out / "eval"
     ct_train = out / "shards-ct-shuffled"   # what pretraining reads: slices mixed across series and patients
-    os.environ.setdefault("CTSSL_SALT", "ctssl-demo-salt-not-secret-0001")  # demo data only
     start = time.perf_counter()
     _stage(1, "synthetic CT corpus and natural-image stand-in", (corpus / "synth-summary.json").exists(),
            lambda: run_synth(SynthConfig(out=str(corpus), patients=size.patients, matrix=size.matrix, workers=2,
@@ -114,11 +122,11 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
                                                                val_per_class=size.natural_per_class[1],
                                                                size=size.natural_size))))
     _stage(2, "ingest CT to shards", (ct / "manifest.json").exists(),
-           lambda: run_ingest(IngestConfig(sources=[str(corpus)], out=str(ct), image_size=size.image_size,
-                                           labels=[str(corpus / "labels" / "slices.csv")],
-                                           # quick: 4 / 2 / 2 patients, so the test split has two
-                                           splits=SplitFractions(0.5, 0.25, 0.25) if quick else
-                                           SplitFractions(0.6, 0.2, 0.2), workers=2)))
+           lambda: _with_demo_salt(run_ingest, IngestConfig(
+               sources=[str(corpus)], out=str(ct), image_size=size.image_size,
+               labels=[str(corpus / "labels" / "slices.csv")],
+               # quick: 4 / 2 / 2 patients, so the test split has two
+               splits=SplitFractions(0.5, 0.25, 0.25) if quick else SplitFractions(0.6, 0.2, 0.2), workers=2)))
     _stage(3, "shuffle the CT shards for pretraining (ctssl shards shuffle)", (ct_train / "manifest.json").exists(),
            lambda: run_shuffle(ct, ct_train, ShuffleConfig(shard_size_mb=16), workers=2))
     _stage(4, "natural images to shards", (natural / "manifest.json").exists(),

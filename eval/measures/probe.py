@@ -137,6 +137,10 @@ def train_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val
     with torch.no_grad():
         val_logits = heads.logits(torch.from_numpy(np.ascontiguousarray(val_x, dtype=np.float32)))
     val_scores = [score(metric, val_y, _probabilities(v, multilabel), multilabel) for v in val_logits]
+    if np.all(np.isnan(val_scores)):
+        raise ValueError(f"The validation {metric} is undefined for every head of the grid (the validation split "
+                         f"holds {len(np.unique(val_y, axis=0))} distinct target(s) in {len(val_y)} samples): "
+                         f"the probe cannot choose its learning rate.")
     best = int(np.nanargmax(val_scores))
     return {"grid": [{"lr": lr, "weight_decay": wd, f"val_{metric}": round(float(s), 5)}
                      for (lr, wd), s in zip(grid, val_scores)],

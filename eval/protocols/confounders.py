@@ -65,9 +65,14 @@ def run_confounders(target: EvalTarget, settings: ConfounderSettings, out: str |
         raise ValueError("The confounder experiment needs a single label with a positive value (--positive).")
     split = {s: dataset.split(s) for s in ("train", "val", "test")}
     positive = {s: np.array([x.target == settings.positive for x in split[s]]) for s in split}
-    if not positive["train"].any() or positive["train"].all():
-        raise ValueError(f"Label '{target.label}' = '{settings.positive}' must mark some but not all training samples "
-                         f"(values: {dataset.classes}).")
+    for s in split:     # AUROC (selection on val, measure on test) needs both classes in every split
+        if not positive[s].any() or positive[s].all():
+            patients = len({x.group for x in split[s]})
+            raise ValueError(
+                f"Label '{target.label}' = '{settings.positive}' marks {int(positive[s].sum())} of {len(split[s])} "
+                f"{s} samples ({patients} patient(s)): the experiment needs positives and negatives in train, val "
+                f"and test (values: {dataset.classes}). Ingest with other --splits fractions, or choose another "
+                f"--positive.")
     experiment = _Experiment(dataset, split, positive, kind, seed)
     rows = []
     for order, source in backbone_orders(target, orders):

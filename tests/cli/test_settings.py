@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import re
 from pathlib import Path
 
@@ -120,7 +119,7 @@ def test_a_named_option_wins_over_set_which_wins_over_the_file(tmp_path):
     assert "# named" in (out / "report.md").read_text()
 
 
-def test_settings_change_the_results_of_the_cheap_commands(corpus, eval_shards, tmp_path):
+def test_settings_change_the_results_of_the_cheap_commands(corpus, eval_shards, tmp_path, monkeypatch):
     """The commands whose runs are cheap; the others are run with --set in their own end-to-end tests."""
     cfg, _ = corpus
     natural = tmp_path / "natural"
@@ -130,7 +129,7 @@ def test_settings_change_the_results_of_the_cheap_commands(corpus, eval_shards, 
     shuffled = tmp_path / "shuffled"
     assert main(["shards", "shuffle", str(eval_shards), "--out", str(shuffled), "--set", "seed=5"]) == 0
     assert json.loads((shuffled / "manifest.json").read_text())["config"]["shuffle"]["seed"] == 5
-    os.environ.setdefault("CTSSL_SALT", "pretrain-test-salt-0123456789")
+    monkeypatch.setenv("CTSSL_SALT", "pretrain-test-salt-0123456789")
     ingested = tmp_path / "ingested"
     assert main(["ingest", str(Path(cfg.out) / "dicom" / "case-0000"), "--out", str(ingested),
                  "--set", "image_size=24"]) == 0

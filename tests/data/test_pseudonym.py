@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from ctssl.data.pseudonym import SaltError, assign_splits, load_salt, pseudonym
+from ctssl.data.pseudonym import SaltError, assign_splits, fixed_salt, load_salt, pseudonym
 
 
 def test_pseudonyms_are_keyed_and_stable():
@@ -42,3 +44,15 @@ def test_salt_sources(tmp_path, monkeypatch):
     monkeypatch.setenv("CTSSL_SALT", "short")
     with pytest.raises(SaltError, match="at least 16"):
         load_salt(None)
+
+
+@pytest.mark.parametrize("before", [None, "the-users-own-salt-0123"])
+def test_fixed_salt_holds_inside_the_block_and_restores_what_was_there(monkeypatch, before):
+    if before is None:
+        monkeypatch.delenv("CTSSL_SALT", raising=False)
+    else:
+        monkeypatch.setenv("CTSSL_SALT", before)
+    with pytest.raises(RuntimeError), fixed_salt("synthetic-data-salt-0123"):
+        assert load_salt(None) == b"synthetic-data-salt-0123"
+        raise RuntimeError("the block fails: the salt is restored all the same")
+    assert os.environ.get("CTSSL_SALT") == before

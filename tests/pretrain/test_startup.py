@@ -16,11 +16,12 @@ from ctssl.pretrain.train import train
 @pytest.fixture(scope="module")
 def unlabelled(corpus, tmp_path_factory):
     from ctssl.data.ingest import IngestConfig, run_ingest
+    from ctssl.data.pseudonym import fixed_salt
 
     cfg, _ = corpus
     out = tmp_path_factory.mktemp("startup") / "small"
-    os.environ.setdefault("CTSSL_SALT", "pretrain-test-salt-0123456789")
-    run_ingest(IngestConfig(sources=[cfg.out], out=str(out), image_size=32, shard_size_mb=0.05))
+    with fixed_salt("pretrain-test-salt-0123456789"):
+        run_ingest(IngestConfig(sources=[cfg.out], out=str(out), image_size=32, shard_size_mb=0.05))
     return out
 
 

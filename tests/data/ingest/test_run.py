@@ -35,12 +35,12 @@ def _config(corpus_cfg, out, **changes) -> IngestConfig:
 @pytest.fixture(scope="module")
 def native(corpus, tmp_path_factory):
     """The corpus ingested at native size: (config, report, samples by key)."""
-    import os
+    from ctssl.data.pseudonym import fixed_salt
 
-    os.environ["CTSSL_SALT"] = SALT
     cfg, _ = corpus
     out = tmp_path_factory.mktemp("ingest") / "native"
-    report = run_ingest(_config(cfg, out))
+    with fixed_salt(SALT):     # module-scoped: the autouse fixture's monkeypatch is not there yet
+        report = run_ingest(_config(cfg, out))
     return out, report, {s["key"]: s for s in iter_samples(out)}
 
 

@@ -63,6 +63,12 @@ def test_best_head_is_chosen_on_validation():
     assert len(model["grid"]) == len(ProbeConfig().lrs) * len(ProbeConfig().weight_decays)
 
 
+def test_a_validation_split_of_one_class_is_a_clear_error_not_a_nan_argmax():
+    (xtr, xva, _), (ytr, _, _) = _blobs(1.5, classes=2)
+    with pytest.raises(ValueError, match="validation auroc is undefined for every head.*1 distinct target"):
+        train_probe(xtr, ytr, xva, np.ones(len(xva), dtype=np.int64), ProbeConfig(epochs=2), 2)
+
+
 def test_multilabel_probe_learns_each_label():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(900, 16)).astype(np.float32)
