@@ -49,7 +49,7 @@ from ctssl.core.spill import PickleAppender, read_batches
 from ctssl.data.dicom_seg import SegRecord
 from ctssl.data.dicom_series import DicomSeries, is_problem
 from ctssl.data.guard import DataError
-from ctssl.data.ingest.config import IngestConfig, config_dict, validate
+from ctssl.data.ingest.config import IngestConfig, config_dict, settings_changes, validate
 from ctssl.data.ingest.discover import Sources, discover, read_header
 from ctssl.data.ingest.pairs import ClassTable, MaskRef, check_names, pair_masks
 from ctssl.data.labels import LabelTable, SeriesLabels
@@ -299,8 +299,10 @@ def build_plan(cfg: IngestConfig, num_tasks: int) -> dict:
     if (final / PLAN_NAME).exists():
         plan = json.loads((final / PLAN_NAME).read_text())
         if plan["config"] != config or plan["num_tasks"] != num_tasks:
-            raise ConfigError(f"{final} holds a plan with other settings (or task count); "
-                              "use a new --out folder.")
+            changes = settings_changes({**plan["config"], "num_tasks": plan["num_tasks"]},
+                                       {**config, "num_tasks": num_tasks})
+            raise ConfigError(f"{final} holds a plan with other settings: {changes}. Rerun with its settings, "
+                              "or use a new --out folder.")
         logger.info("plan exists with the same settings: reusing it")
         return plan
     work = out / WORK_DIR

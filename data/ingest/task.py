@@ -38,7 +38,7 @@ from ctssl.core.pool import fork_pool
 from ctssl.data.dicom_seg import load_seg_frames
 from ctssl.data.dicom_series import FrameLoader, is_problem
 from ctssl.data.guard import BudgetExceeded, DataError, LibraryMessages, describe, is_data_failure, time_budget
-from ctssl.data.ingest.config import IngestConfig, processing_config
+from ctssl.data.ingest.config import IngestConfig, processing_config, settings_changes
 from ctssl.data.ingest.pairs import MaskRef
 from ctssl.data.ingest.plan import Item, load_plan, task_items
 from ctssl.data.label_volume import load_label_volume
@@ -267,8 +267,9 @@ class Journal:
         if path.exists():
             data = json.loads(path.read_text())
             if data.get("config") != config:
-                raise ConfigError(f"{path} belongs to an ingest with other settings; "
-                                  "rerun with the same arguments or use a new --out folder.")
+                raise ConfigError(f"{path} belongs to an ingest with other settings: "
+                                  f"{settings_changes(data.get('config'), config)}; rerun with the same arguments "
+                                  "or use a new --out folder.")
             self.shards, self.reports = data["shards"], data["reports"]
 
     def done_series(self) -> set[str]:

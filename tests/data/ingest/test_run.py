@@ -275,3 +275,27 @@ def test_masks_are_the_phantoms_labels_on_every_slice(corpus, native):
             np.testing.assert_array_equal(sample["mask"], truth[sample["meta"]["source_slice_index"]])
     unmasked = [s for s in samples.values() if s["mask"] is None]
     assert unmasked and all("mask" not in s["meta"] for s in unmasked)
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_them(corpus, native, tmp_path, monkeypatch):
+    """A complete folder and a plan alike: the refusal names each differing key, never a path or the salt."""
+    from ctssl.core.config import ConfigError
+    from ctssl.data.ingest.plan import build_plan
+
+    cfg, _ = corpus
+    out, _, _ = native
+    with pytest.raises(ConfigError) as err:
+        run_ingest(_config(cfg, out, image_size=128, max_air_fraction=0.9))
+    message = str(err.value)
+    assert "with other settings: image_size 0 -> 128, max_air_fraction 1.0 -> 0.9." in message
+    monkeypatch.setenv("CTSSL_SALT", "another-salt-0123456789")
+    with pytest.raises(ConfigError, match="other settings: salt: another salt[.]") as err:
+        run_ingest(_config(cfg, out))
+    assert "another-salt" not in str(err.value) and SALT not in str(err.value)
+    monkeypatch.setenv("CTSSL_SALT", SALT)
+    planned = tmp_path / "planned"
+    build_plan(_config(cfg, planned), num_tasks=2)
+    with pytest.raises(ConfigError, match="holds a plan with other settings: min_slices 1 -> 2, num_tasks 2 -> 3[.]") as err:
+        build_plan(_config(cfg, planned, min_slices=2), num_tasks=3)
+    assert str(cfg.out) not in str(err.value)
+
