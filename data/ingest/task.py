@@ -143,6 +143,7 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
 
     masks, mask_entry = _load_mask(item.mask, grid, cfg)
     samples = []
+    label_rows_used: set = set()       # the per-slice label rows a written slice took
     tolerance = 0.25 * (extra.get("slice_spacing_mm") or 1.0)
     for source_index, z, hu, spacing in slices:
         if cfg.max_air_fraction < 1 and air_fraction(hu) > cfg.max_air_fraction:
@@ -157,7 +158,7 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
                 "source_pixel_spacing_mm": [round(v, 5) for v in spacing],
                 "source_shape": list(hu.shape), "shape": list(out.shape), **extra}
         if item.labels:
-            meta["labels"] = item.labels.for_slice(source_index, z, tolerance)
+            meta["labels"] = item.labels.for_slice(source_index, z, tolerance, label_rows_used)
         members = {"hu": encode_hu(out)}
         if masks is not None:
             mask = resize_mask(masks[source_index], spacing, cfg.image_size)
@@ -168,6 +169,10 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
         members["json"] = json.dumps(meta, sort_keys=True).encode()
         samples.append((key, _ordered(members)))
     report = _report(item, len(samples), n_source, skipped, None)
+    if item.labels and item.labels.slice_rows() > len(label_rows_used):
+        # Per-slice label rows of this series that no written slice took (no slice at that z or index, or the
+        # slice was not written): counted, as docs/ingest.md says.
+        report["label_slice_rows_unmatched"] = item.labels.slice_rows() - len(label_rows_used)
     if mask_entry is not None:
         if "pixels" in mask_entry:
             mask_entry["pixels"] = {str(c): n for c, n in sorted(mask_entry["pixels"].items())}
