@@ -47,6 +47,8 @@ class IngestConfig:
     mask_labels: dict[int, str] = field(default_factory=dict)  # class id -> name of the --masks CSVs' label values
     mask_tolerance: float = 0.1       # voxel: how far a mask voxel may lie off its image pixel (data.mask_placement)
     max_frames: int = 4096            # a DICOM file claiming more frames is refused (a corrupt header)
+    allow_non_hu: bool = False        # ingest volumes whose values do not look like HU (data.hounsfield.not_hounsfield)
+                                      # instead of skipping them
     file_seconds: float = 120.0       # time budget to read one file's header or one slice's pixels
     salt_file: str | None = None      # else $CTSSL_SALT
     create_salt: bool = False
