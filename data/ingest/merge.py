@@ -144,6 +144,7 @@ def _report(plan_report: dict, series: list[dict]) -> dict:
         },
         "series": series,
         "skipped_files": files,
+        "ignored_files": plan_report.get("ignored", []),
         **({"masks": plan_report.get("masks", [])} if plan_report["found"].get("mask_files") else {}),
     }
 

@@ -394,6 +394,8 @@ def _build(cfg: IngestConfig, num_tasks: int, salt: bytes, config: dict, work: P
         {"found": {"dicom_files": len(found.dicom), "nifti_files": len(pairing.images) + len(pairing.skipped_images),
                    "mask_files": mask_files, "ignored_files": found.ignored, "unreadable_paths": len(found.skipped)},
          "skipped_files": files, "masks": masks, "library_messages": dict(sorted(messages.items())),
+         "ignored": [{"source": name(folder), "kind": "folder", "files": n,
+                      "reason": "neither DICOM nor NIfTI (ignored)"} for folder, n in sorted(found.ignored_in.items())],
          **({"labels": labels.join_report()} if labels else {})}) + "\n")
     plan = {"ctssl_version": __version__, "num_tasks": num_tasks, "partitions": partitions,
             "series": len(summaries), "frames": sum(loads),
