@@ -74,6 +74,8 @@ class FrameRecord:
     rescale_invalid: bool = False     # slope or intercept present but not finite, or slope 0
     file_size: int = 0
     alternates: list[tuple[str, int | None]] = field(default_factory=list)  # other copies of this SOP instance
+    patient_id_folded: str = ""       # the Patient ID case-folded, keyed: only to say when a label row's ID
+                                      # differs from it in case alone (data.labels)
 
 
 def _num(value, cast=float):
@@ -204,6 +206,7 @@ def read_records(path: Path, keyer: Keyer = lambda kind, value: value, max_frame
         series_uid=keyer("series-uid", _str(ds, "SeriesInstanceUID")),
         study_uid=keyer("study-uid", _str(ds, "StudyInstanceUID")),
         patient_key=patient_key,
+        patient_id_folded=keyer("patient-id-folded", _str(ds, "PatientID").casefold()) if _str(ds, "PatientID") else "",
         modality=_str(ds, "Modality").upper(), rows=rows, cols=cols,
         pixel_representation=_num(ds.get("PixelRepresentation", 0) or 0, int) or 0,
         padding_value=_num(ds.get("PixelPaddingValue"), int),

@@ -76,7 +76,7 @@ def _rounded_geometry(iop, rows, cols, spacing):
 
 # Skips that are the rules working (the image is not an axial CT slice, or is one twice); every other skip
 # reason means a damaged or absurd input, which --strict stops at.
-BY_DESIGN = ("not CT", "secondary capture", "colour image", "localizer", "derived secondary", "not Hounsfield",
+BY_DESIGN = ("not CT", "not a CT volume", "secondary capture", "colour image", "localizer", "derived secondary", "not Hounsfield",
              "geometry differs", "duplicate", "non-axial", "repeated acquisitions", "series of fewer",
              "thinned", "mostly air", "link to a folder", "rescale tags missing")
 
@@ -257,6 +257,7 @@ class FrameLoader:
         self._cache: np.ndarray | None = None
         self.fallback_used = 0
         self.duplicates_used = 0
+        self.value_range = (np.inf, -np.inf)   # lowest and highest HU before clipping, padding aside (loaded frames)
 
     def _decode(self, path: str, frame: int | None, rec: FrameRecord) -> np.ndarray:
         if frame is not None and self._cache_key == (path,):
@@ -307,6 +308,11 @@ class FrameLoader:
         rescale = self.rescale(rec)
         self.fallback_used += rescale.fallback
         pad = padding_mask(stored, rec.padding_value, rec.padding_limit)
+        values = stored if pad is None else stored[~pad]
+        if values.size:
+            ends = sorted((float(values.min()) * rescale.slope + rescale.intercept,
+                           float(values.max()) * rescale.slope + rescale.intercept))
+            self.value_range = (min(self.value_range[0], ends[0]), max(self.value_range[1], ends[1]))
         hu = to_hu(stored, rescale, pad, self.hu_min, self.hu_max)
         if series.transpose:
             hu = hu.T

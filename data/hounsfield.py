@@ -9,6 +9,13 @@ Missing rescale tags in a CT image (documented rule, see docs/ingest.md): slope 
 -1024 when Pixel Representation is unsigned (unsigned storage cannot hold air at -1000 HU, so
 unsigned CT data is offset, as the usual 1 / -1024 convention has it), 0 when signed (the values
 already are HU). Every use of the rule is counted in the ingest report.
+
+Values that do not look like HU (``not_hounsfield``): a CT volume holds air (about -1000 HU) or at least fat
+(-100..-50) around or inside the body. A volume whose lowest value is above ``NOT_HU_LOWEST`` (-100) while its
+highest reaches ``NOT_HU_HIGHEST`` (1000) holds neither air nor fat yet values in the thousands: MR, PET or a CT
+stored without its rescale (stored = HU + 1024). Ingest skips it with that reason unless told otherwise
+(``allow_non_hu``), since clipping it to the HU range would write wrong numbers that look like CT. A tight
+crop of soft tissue and bone (no fat at all) is the rare CT that fails the rule.
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ import numpy as np
 
 HU_FLOOR = -1024.0   # air and everything outside the reconstruction
 HU_CEILING = 3071.0  # top of the 12-bit CT range; metal above it is clipped
+NOT_HU_LOWEST = -100.0    # no value below this (no air, lung or fat) ...
+NOT_HU_HIGHEST = 1000.0   # ... and a maximum above this: not HU (module docstring)
+NOT_HU_REASON = ("not Hounsfield units (nothing below -100 yet values above 1000: no air or fat; MR, PET, or CT "
+                 "stored without its rescale?)")
 
 
 @dataclass(frozen=True)
@@ -60,3 +71,9 @@ def to_hu(stored: np.ndarray, rescale: Rescale, padding: np.ndarray | None = Non
         hu[padding] = hu_min
     np.clip(hu, hu_min, hu_max, out=hu)
     return hu
+
+
+def not_hounsfield(lowest: float, highest: float) -> str | None:
+    """The skip reason when a volume's value range (before clipping, padding aside) does not look like HU, else
+    None (module docstring)."""
+    return NOT_HU_REASON if lowest > NOT_HU_LOWEST and highest > NOT_HU_HIGHEST else None

@@ -6,7 +6,9 @@ the voxel axes are permuted and flipped to L-P-S (NIfTI's world is RAS, DICOM's 
 the same number in both) and returned as [slice (inferior first), row (posterior), column
 (patient left)], the same display convention as the DICOM path, so the same anatomy gives the
 same slices whatever the file's affine. Only 3-D volumes are accepted (a trailing axis of length
-1 is dropped); 4-D and non-finite data are reported, not guessed at.
+1 is dropped); 4-D data (a time series or several channels: not a CT volume) and non-finite data are
+reported, not guessed at. The value range before clipping is kept (``value_range``), so the caller can
+tell data that is not in HU (data.hounsfield.not_hounsfield).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class CanonicalVolume:
     slice_spacing: float
     oblique_deg: float        # angle between the voxel axes and the nearest world axes
     affine: np.ndarray | None = None   # (4, 4) LPS world of voxel (c, r, k) of ``hu[k, r, c]`` (data.mask_placement)
+    value_range: tuple[float, float] = (HU_FLOOR, HU_CEILING)   # lowest and highest value before clipping
 
 
 def load_nifti(path, hu_min: float = HU_FLOOR, hu_max: float = HU_CEILING) -> CanonicalVolume:
@@ -44,8 +47,11 @@ def load_nifti(path, hu_min: float = HU_FLOOR, hu_max: float = HU_CEILING) -> Ca
         raise NiftiError(f"more than {MAX_VOXELS:,} voxels (a corrupt header?)")
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]
+    if len(shape) > 3:
+        raise NiftiError(f"not a CT volume: {len(shape)}-D image (a time series or several channels per voxel); "
+                         "only 3-D volumes are ingested")
     if len(shape) != 3:
-        raise NiftiError(f"{len(img.shape)}-D image (shape {tuple(img.shape)}); only 3-D volumes are ingested")
+        raise NiftiError(f"{len(shape)}-D image (a single slice or less); only 3-D volumes are ingested")
     # The array proxy applies scl_slope / scl_inter on read.
     data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
     if not np.all(np.isfinite(data)):
@@ -63,6 +69,8 @@ def load_nifti(path, hu_min: float = HU_FLOOR, hu_max: float = HU_CEILING) -> Ca
     cosines = np.abs(np.diag(axes)) / sizes
     oblique = float(np.degrees(np.arccos(np.clip(cosines.min(), -1, 1))))
     volume = np.ascontiguousarray(data.transpose(2, 1, 0))   # [z, y, x]
+    value_range = (float(volume.min()), float(volume.max())) if volume.size else (hu_min, hu_max)
     np.clip(volume, hu_min, hu_max, out=volume)
     z = lps_affine[2, 3] + lps_affine[2, 2] * np.arange(volume.shape[0])
-    return CanonicalVolume(volume, z, (float(sizes[1]), float(sizes[0])), float(sizes[2]), oblique, lps_affine)
+    return CanonicalVolume(volume, z, (float(sizes[1]), float(sizes[0])), float(sizes[2]), oblique, lps_affine,
+                           value_range)

@@ -1,6 +1,6 @@
-"""Pretraining entry point: ``accelerate launch pretrain/main.py [options]`` from the repository root,
-``accelerate launch -m ctssl.pretrain.main [options]`` from anywhere once ctssl is installed, or
-plain ``python`` for one process.
+"""Pretraining entry point: ``accelerate launch /path/to/repo/pretrain/main.py [options]`` from any folder
+(run as a file, it imports the ctssl of the checkout it belongs to), ``accelerate launch -m
+ctssl.pretrain.main [options]`` once ctssl is installed, or plain ``python`` for one process.
 
   accelerate launch --multi_gpu --num_processes 8 pretrain/main.py --recipe simclr_rn50_ct \\
       --shards /scratch/ct-shuffled --out runs/simclr-ct
@@ -14,10 +14,34 @@ when it holds a checkpoint.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
 import sys
+
+
+def _import_from_checkout() -> None:
+    """Run as a file (``accelerate launch /path/to/repo/pretrain/main.py``, from any folder): make ``ctssl`` the
+    package of the checkout this file is in, its stage folders (``data/``, ``shards/``, ``pretrain/``, ...)
+    importing as ``ctssl.data``, ``ctssl.shards``, ... as pyproject.toml's package-dir maps them, whatever the
+    current folder and whichever ctssl the Python has installed. A copy of this file inside an installed ctssl
+    (no checkout around it) uses that installation."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    # Python put this folder first on sys.path, where config.py, train.py, ... would shadow top-level modules.
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    root = os.path.dirname(here)
+    init = os.path.join(root, "ctssl", "__init__.py")
+    if "ctssl" in sys.modules or not (os.path.isfile(init) and os.path.isfile(os.path.join(root, "pyproject.toml"))):
+        return
+    spec = importlib.util.spec_from_file_location("ctssl", init, submodule_search_locations=[os.path.dirname(init), root])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["ctssl"] = package
+    spec.loader.exec_module(package)
+
+
+if not __package__:     # run as a file, not imported as ctssl.pretrain.main
+    _import_from_checkout()
 
 
 def _recipes_epilog() -> str:
@@ -96,16 +120,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    if not __package__:
-        # Run as a file (``accelerate launch pretrain/main.py``): Python put this folder first on
-        # sys.path, where config.py, train.py, ... would shadow top-level modules of those names.
-        # ctssl itself is imported as installed (``pip install -e .``).
-        here = os.path.dirname(os.path.abspath(__file__))
-        sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
-        try:
-            import ctssl  # noqa: F401
-        except ImportError:
-            print("pretrain/main.py: ctssl is not installed in this Python; from the repository root run "
-                  "`pip install -e .` (README, command (a)).", file=sys.stderr)
-            sys.exit(2)
     sys.exit(main())

@@ -56,6 +56,7 @@ def build_manifest(shards: list[dict], config: dict, version: str, extra: dict |
         "format_version": FORMAT_VERSION,
         "ctssl_version": version,
         "encoding": encoding,
+        "sample_checksums": True,     # every sample carries KEY.crc (shards/FORMAT.md); readers require it
         "shards": shards,
         "splits": dict(sorted(splits.items())),
         "totals": {"shards": len(shards), "samples": sum(s["samples"] for s in shards),

@@ -5,8 +5,9 @@ one written as JPEG 2000 lossless), cached in ``OUT/corpus``.
 
 Measured, each on one core (one process):
 
-- baseline: for every uncompressed slice, ``pydicom.dcmread`` + ``apply_modality_lut`` + write a
-  16-bit PNG with Pillow (what a straightforward script does; no resizing, no grouping);
+- baseline: for every uncompressed slice, ``pydicom.dcmread`` + ``apply_modality_lut`` + Pillow's bilinear
+  resize to the same 256x256 output as ingest + a 16-bit PNG written into a tar (what a straightforward
+  script does for the same output; no grouping, no checks, no metadata);
 - ``ctssl ingest`` end to end (discovery, header scan, grouping, HU, resize to 256, encode,
   shards, manifest) on the same files, ``--workers 1``;
 - ``ctssl ingest`` on the JPEG 2000 series;
@@ -16,6 +17,7 @@ Measured, each on one core (one process):
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
@@ -31,6 +33,8 @@ from ctssl.bench.settings import IngestBench
 from ctssl.core.atomic import atomic_write_text
 from ctssl.core.machine import machine_info
 from ctssl.data.pseudonym import fixed_salt
+
+OUTPUT_SIZE = 256       # ingest's image_size here, and the baseline's output
 
 # Catalogue studies of data.synth_study: 0, 4, 5 are written uncompressed, 1 as JPEG 2000.
 UNCOMPRESSED = (0, 4, 5)
@@ -49,37 +53,58 @@ def _corpus(root: Path, matrix: int) -> Path:
 
 
 def _files(root: Path, indices) -> list[Path]:
+    """The CT image files of the studies (not their DICOM SEG masks: the baseline makes images only)."""
+    import pydicom
+
     from ctssl.data.ingest.discover import looks_like_dicom
 
     files = []
     for index in indices:
         folder = root / "dicom" / f"case-{index:04d}"
-        files += [p for p in sorted(folder.rglob("*")) if p.is_file() and looks_like_dicom(p)]
+        files += [p for p in sorted(folder.rglob("*")) if p.is_file() and looks_like_dicom(p)
+                  and pydicom.dcmread(p, force=True, stop_before_pixels=True).get("Modality") == "CT"]
     return files
 
 
-def naive_baseline(files: list[Path], out: Path | None) -> tuple[int, float]:
-    """dcmread + modality LUT + 16-bit PNG per slice; returns (slices, seconds).
+def naive_baseline(files: list[Path], out: Path | None, size: int = OUTPUT_SIZE) -> tuple[int, float]:
+    """The same output as ingest, done plainly: per slice dcmread + modality LUT + bilinear resize to
+    ``size`` x ``size`` (Pillow, float32, as ingest resizes) + a 16-bit PNG (HU + 32768) added to one tar at
+    ``out``; returns (slices, seconds).
 
-    With ``out=None`` nothing is written: the read-only floor of any pydicom-based pipeline.
+    With ``out=None`` nothing is resized or written: the read-only floor of any pydicom-based pipeline.
     """
+    import tarfile
+
     import pydicom
     from PIL import Image
     from pydicom.pixels import apply_modality_lut
 
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     n, start = 0, time.perf_counter()
-    for i, path in enumerate(files):
-        ds = pydicom.dcmread(path, force=True)
-        if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
-            ds.file_meta = pydicom.dataset.FileMetaDataset()
-            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
-        hu = apply_modality_lut(ds.pixel_array, ds)
+    with contextlib.ExitStack() as stack:
+        tar = None
         if out is not None:
-            png = np.clip(hu + 32768, 0, 65535).astype(np.uint16)
-            Image.fromarray(png).save(out / f"{i:06d}.png")
-        n += 1
+            out.mkdir(parents=True, exist_ok=True)
+            tar = stack.enter_context(tarfile.open(out / "naive-00000.tar", "w"))
+        for path in files:
+            ds = pydicom.dcmread(path, force=True)
+            if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+                ds.file_meta = pydicom.dataset.FileMetaDataset()
+                ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+            hu = apply_modality_lut(ds.pixel_array, ds)
+            frames = hu.reshape(-1, *hu.shape[-2:])         # a multi-frame file: one slice per frame
+            for frame in frames if tar is not None else ():
+                image = Image.fromarray(np.ascontiguousarray(frame, dtype=np.float32), mode="F")
+                image = image.resize((size, size), Image.BILINEAR)
+                png = np.clip(np.rint(np.asarray(image)) + 32768, 0, 65535).astype(np.uint16)
+                buf = io.BytesIO()
+                Image.fromarray(png).save(buf, format="PNG")
+                info = tarfile.TarInfo(f"{n:06d}.png")
+                info.size = buf.tell()
+                buf.seek(0)
+                tar.addfile(info, buf)
+                n += 1
+            if tar is None:
+                n += len(frames)
     return n, time.perf_counter() - start
 
 
@@ -87,7 +112,7 @@ def _ingest(sources: list[Path], out: Path) -> tuple[int, float]:
     from ctssl.data.ingest import IngestConfig, SplitFractions, run_ingest
 
     start = time.perf_counter()
-    report = run_ingest(IngestConfig(sources=[str(s) for s in sources], out=str(out), image_size=256,
+    report = run_ingest(IngestConfig(sources=[str(s) for s in sources], out=str(out), image_size=OUTPUT_SIZE,
                                      workers=1, splits=SplitFractions(1.0, 0.0, 0.0)))
     return report["summary"]["slices_written"], time.perf_counter() - start
 
@@ -176,7 +201,7 @@ def run(cfg: IngestBench) -> dict:
         "shard_decode_slices_per_s_per_core": round(dec_n / dec_s, 1),
         "shard_bytes_per_slice": round(shard_bytes / ing_n),
     }
-    result = {"benchmark": "ingest", "input_matrix": matrix, "output_size": 256,
+    result = {"benchmark": "ingest", "input_matrix": matrix, "output_size": OUTPUT_SIZE,
               "slices": {"uncompressed": len(plain), "jpeg2000": len(j2k)}, "results": rows,
               "encodings": encodings, "machine": machine_info()}
     atomic_write_text(result_path(cfg), json.dumps(result, indent=1) + "\n")
@@ -187,7 +212,7 @@ def format_table(result: dict) -> str:
     r = result["results"]
     lines = [f"ingest benchmark ({result['slices']['uncompressed']} uncompressed + "
              f"{result['slices']['jpeg2000']} JPEG 2000 slices, {result['input_matrix']}^2 -> 256^2, one core)",
-             f"  naive baseline (dcmread + modality LUT + PNG16)  {r['naive_baseline_slices_per_s_per_core']:>9.1f} slices/s",
+             f"  naive baseline (dcmread + LUT + resize + PNG16)   {r['naive_baseline_slices_per_s_per_core']:>9.1f} slices/s",
              f"  read only (dcmread + modality LUT, no output)    {r['read_only_slices_per_s_per_core']:>9.1f} slices/s",
              f"  ctssl ingest, uncompressed                        {r['ingest_slices_per_s_per_core']:>9.1f} slices/s"
              f"  ({r['ingest_vs_baseline']:.2f}x baseline, {r['ingest_vs_read_only']:.2f}x read only)",
@@ -204,7 +229,7 @@ def format_table(result: dict) -> str:
 def summary_rows(r: dict) -> list[list[str]]:
     """The suite's lines in ``ctssl bench all``'s table: what, figure, baseline (same run), ratio."""
     return [["ingest 512→256, one core", f"{r['ingest_slices_per_s_per_core']:,.0f} slices/s",
-             f"naive pydicom + PNG16 {r['naive_baseline_slices_per_s_per_core']:,.1f}/s",
+             f"naive pydicom + resize + PNG16 {r['naive_baseline_slices_per_s_per_core']:,.1f}/s",
              f"{r['ingest_vs_baseline']:.1f}x"],
             ["ingest, JPEG 2000 input, one core", f"{r['ingest_jpeg2000_slices_per_s_per_core']:,.0f} slices/s", "", ""],
             ["shard decode, one core", f"{r['shard_decode_slices_per_s_per_core']:,.0f} slices/s",

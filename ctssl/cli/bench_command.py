@@ -2,7 +2,7 @@
 run, prints a table and writes JSON.
 
   ctssl bench ingest [--out DIR] [--matrix 512]
-      ingest slices/s per core vs a naive pydicom + PNG16 baseline; JPEG 2000 input; shard
+      ingest slices/s per core vs a naive pydicom + resize + PNG16 baseline doing the same work; JPEG 2000 input; shard
       decode slices/s; bytes per slice; candidate sample encodings
   ctssl bench plan-scale [--series 100000] [--slices 12000000] [--tasks 256]
       time and peak memory of the SLURM ingest's plan and merge phases on a synthetic header

@@ -86,12 +86,33 @@ def log_report(report: dict, out: str) -> None:
                  summary["mask_files"], summary["masks_placed"], summary["masks_skipped"])
         for reason, count in summary["mask_skip_reasons"].items():
             log.info("  mask skipped: %-55s %d", reason, count)
+    if "labels" in summary:
+        log_label_join(summary["labels"], log)
     run_info = report.get("this_run", {})
     if run_info.get("slices_written"):
         log.info("%d slices in %.1f s with %d worker(s): %.1f slices/s", run_info["slices_written"],
                  run_info["seconds"], run_info["workers"], run_info["slices_per_second"])
     log.info("manifest: %s/manifest.json  report: %s/ingest-report.json", out, out)
     print(json.dumps(summary, indent=1))
+
+
+def log_label_join(join: dict, log: logging.Logger) -> None:
+    """The label join on the console: rows matched, and every group of rows that matched nothing (by label
+    file pseudonym, key column and line numbers; never a value)."""
+    log.info("labels: %d row(s), %d matched a series, %d matched nothing; matching is %s", join["rows"],
+             join["rows_matched"], join["rows_unmatched"], join["matching"])
+    level = logging.WARNING if join["rows_unmatched"] else logging.INFO
+    for group in join["unmatched"]:
+        lines = ",".join(map(str, group["lines"])) + ("..." if group["rows"] > len(group["lines"]) else "")
+        hint = (f"; {group['match_if_case_ignored']} of them match a source only when case is ignored (fix the "
+                "case in the label file)" if group["match_if_case_ignored"] else "")
+        log.log(level, "  %s: %d row(s) whose %s matched no series (lines %s)%s", group["file"], group["rows"],
+                group["key"], lines, hint)
+    if join.get("rows_without_key"):
+        log.warning("  %d label row(s) have no value in any key column", join["rows_without_key"])
+    if join.get("slice_rows_without_a_written_slice"):
+        log.warning("  %d per-slice label row(s) matched a series but no written slice (z_mm or slice_index "
+                    "off, or the slice was skipped)", join["slice_rows_without_a_written_slice"])
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -47,6 +47,8 @@ class IngestConfig:
     mask_labels: dict[int, str] = field(default_factory=dict)  # class id -> name of the --masks CSVs' label values
     mask_tolerance: float = 0.1       # voxel: how far a mask voxel may lie off its image pixel (data.mask_placement)
     max_frames: int = 4096            # a DICOM file claiming more frames is refused (a corrupt header)
+    allow_non_hu: bool = False        # ingest volumes whose values do not look like HU (data.hounsfield.not_hounsfield)
+                                      # instead of skipping them
     file_seconds: float = 120.0       # time budget to read one file's header or one slice's pixels
     salt_file: str | None = None      # else $CTSSL_SALT
     create_salt: bool = False
@@ -120,6 +122,40 @@ def config_dict(cfg: IngestConfig, salt: bytes) -> dict:
     out["mask_labels"] = {str(k): str(v) for k, v in sorted(cfg.mask_labels.items())}   # as JSON holds them
     out["salt_check"] = pseudonym(salt, "salt-check", "ctssl")
     return out
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict) and tree:
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def settings_changes(saved: dict, current: dict, limit: int = 8) -> str:
+    """The settings (dotted keys) that differ between what an output records (``config_dict``) and this run, as
+    ``image_size 256 -> 128, splits.train 0.8 -> 0.7``: sources by their pseudonyms, label and mask files by
+    their content (never a path), the salt as "another salt" (its check value is not shown; under another
+    salt every pseudonym differs, so sources are then not compared)."""
+    saved, current = dict(saved or {}), dict(current or {})
+    parts = []
+    if saved.get("salt_check") != current.get("salt_check"):
+        parts.append("salt: another salt")
+        saved.pop("sources", None), current.pop("sources", None)
+    for key in ("labels", "masks"):      # files by content, not by their paths' pseudonyms
+        files_a, files_b = saved.pop(key, None) or [], current.pop(key, None) or []
+        a, b = [f.get("sha256") for f in files_a], [f.get("sha256") for f in files_b]
+        if a != b:
+            parts.append(f"{key}: {len(a)} file(s) -> {len(b)} file(s), other content" if sorted(a) != sorted(b)
+                         else f"{key}: the same files in another order")
+        elif files_a != files_b and "salt: another salt" not in parts:
+            parts.append(f"{key}: the same content from another path")
+    a, b = _flatten(saved), _flatten(current)
+    parts += [f"{key} {a.get(key)!r} -> {b.get(key)!r}" for key in sorted(set(a) | set(b))
+              if key != "salt_check" and a.get(key) != b.get(key)]
+    more = f" and {len(parts) - limit} more" if len(parts) > limit else ""
+    return ", ".join(parts[:limit]) + more
 
 
 def processing_config(settings: dict) -> IngestConfig:

@@ -1,11 +1,14 @@
 """Find CT sources (second module of the ingest: uses only ``config``).
 
 Discovery recognises DICOM by content, with or without the 128-byte preamble and file meta, whatever
-the file name; NIfTI by its ``.nii`` / ``.nii.gz`` name. Everything else is counted as ignored. What
-cannot be walked or opened is a counted skip with its reason, never a crash: a folder without read
-permission, a symbolic link that loops or points nowhere, a FIFO or device, a name that is not UTF-8
-(read, and hashed byte for byte: data.pseudonym). Folders are walked in sorted order, without
-following links to folders (no cycles), so every run sees the same list.
+the file name; NIfTI by its ``.nii`` / ``.nii.gz`` name. Everything else is counted as ignored, per folder.
+Every entry of every folder the walk can list is accounted for: what cannot be walked or opened is a
+counted skip with its reason, never a crash and never silence: a folder that cannot be listed (no
+permission; its files cannot be named, so the folder is), a folder whose listing fails part-way (the
+entries listed before the failure are still processed), an entry that cannot be examined, a symbolic link
+that loops or points nowhere, a link to a folder (not followed), a FIFO or device, a name that is not UTF-8
+(read, and hashed byte for byte: data.pseudonym). Folders are walked in sorted order, without following
+links to folders (no cycles), so every run sees the same list.
 
 ``read_header`` reads one file's header records in isolation: library messages counted, not shown
 (data.guard), a time budget, and any failure returned as a reason instead of raised.
@@ -33,6 +36,7 @@ class Sources:
     nifti: list[tuple[Path, Path]]             # (file, the SRC root it was found under)
     ignored: int = 0                           # files that are neither DICOM nor NIfTI
     skipped: list[tuple[Path, str]] = field(default_factory=list)   # (path, reason): could not be read
+    ignored_in: dict[Path, int] = field(default_factory=dict)       # folder -> its ignored files
 
 
 def looks_like_dicom(path: Path) -> bool:
@@ -61,7 +65,8 @@ def _unreadable(err: OSError) -> str:
         return "broken symbolic link"
     if err.errno in (errno.EACCES, errno.EPERM):
         return "no permission to read"
-    return f"unreadable ({type(err).__name__})"
+    code = errno.errorcode.get(err.errno or 0)
+    return f"unreadable ({type(err).__name__}{' ' + code if code else ''})"
 
 
 def discover(sources: list[str | Path]) -> Sources:
@@ -71,43 +76,68 @@ def discover(sources: list[str | Path]) -> Sources:
         root = Path(src)
         if not os.path.lexists(root):
             raise FileNotFoundError(f"Source '{root}' does not exist.")
-        if not root.is_dir():
-            files, base = [root], root.parent
+        if root.is_dir():
+            for path in _walk(root, found):
+                _classify(path, root, found)
         else:
-            files, base = [], root
-
-            def walk_error(err: OSError) -> None:
-                found.skipped.append((Path(err.filename or root), f"folder {_unreadable(err)}"))
-
-            for dirpath, dirnames, filenames in os.walk(root, onerror=walk_error):
-                dirnames.sort()
-                files.extend(Path(dirpath) / name for name in sorted(filenames))
-                # Links to folders are not followed (os.walk's default); say so rather than skip silently.
-                for name in dirnames:
-                    if os.path.islink(os.path.join(dirpath, name)):
-                        found.skipped.append((Path(dirpath) / name, "link to a folder (not followed)"))
-        for path in files:
-            try:
-                info = os.stat(path)                    # follows file links; loops and dangling links fail
-            except OSError as err:
-                found.skipped.append((path, _unreadable(err)))
-                continue
-            if not stat.S_ISREG(info.st_mode):
-                found.skipped.append((path, "not a regular file"))
-                continue
-            if path.name.endswith(NIFTI_SUFFIXES):
-                found.nifti.append((path, base))
-                continue
-            try:
-                dicom = looks_like_dicom(path)
-            except OSError as err:
-                found.skipped.append((path, _unreadable(err)))
-                continue
-            if dicom:
-                found.dicom.append(path)
-            else:
-                found.ignored += 1
+            _classify(root, root.parent, found)
     return found
+
+
+def _walk(folder: Path, found: Sources):
+    """The files under ``folder`` in sorted order (links to files included); folders and links that cannot be
+    walked go to ``found.skipped`` with their reason."""
+    entries = []
+    try:
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                entries.append(entry)
+    except OSError as err:
+        reason = _unreadable(err)
+        found.skipped.append((folder, f"folder {reason}: its files cannot be listed" if not entries else
+                                      f"folder listing failed part-way ({reason}): the {len(entries)} entries "
+                                      "listed before are processed"))
+    folders = []
+    for entry in sorted(entries, key=lambda e: e.name):      # a folder's files first, then its folders
+        path = folder / entry.name
+        try:
+            link, is_dir = entry.is_symlink(), entry.is_dir(follow_symlinks=False)
+        except OSError as err:
+            found.skipped.append((path, _unreadable(err)))
+            continue
+        if is_dir:
+            folders.append(path)
+        elif link and os.path.isdir(path):
+            found.skipped.append((path, "link to a folder (not followed)"))
+        else:
+            yield path          # files and links to files; broken and looping links are named by _classify
+    for path in folders:
+        yield from _walk(path, found)
+
+
+def _classify(path: Path, base: Path, found: Sources) -> None:
+    """Sort one file: DICOM, NIfTI (with the SRC root it was found under), ignored, or a skip with its reason."""
+    try:
+        info = os.stat(path)                    # follows file links; loops and dangling links fail
+    except OSError as err:
+        found.skipped.append((path, _unreadable(err)))
+        return
+    if not stat.S_ISREG(info.st_mode):
+        found.skipped.append((path, "not a regular file"))
+        return
+    if path.name.endswith(NIFTI_SUFFIXES):
+        found.nifti.append((path, base))
+        return
+    try:
+        dicom = looks_like_dicom(path)
+    except OSError as err:
+        found.skipped.append((path, _unreadable(err)))
+        return
+    if dicom:
+        found.dicom.append(path)
+    else:
+        found.ignored += 1
+        found.ignored_in[path.parent] = found.ignored_in.get(path.parent, 0) + 1
 
 
 def read_header(path: str, keyer, max_frames: int, seconds: float, strict: bool = False):

@@ -101,6 +101,16 @@ def _mask_summary(plan_report: dict, series: list[dict]) -> dict:
             "mask_skip_reasons": dict(sorted(reasons.items()))}
 
 
+def _label_summary(join: dict, series: list[dict]) -> dict:
+    """The report's label join: the plan's row accounting (data.labels.LabelTable.join_report) and the per-slice rows
+    that matched a series but no written slice of it (summed over series; a row keyed by patient or study is
+    offered to each of its series and counted in each one that has no slice for it)."""
+    summary = {k: v for k, v in join.items() if k != "unmatched"}
+    summary["slice_rows_without_a_written_slice"] = sum(r.get("label_slice_rows_unmatched", 0) for r in series)
+    summary["unmatched"] = join["unmatched"]
+    return summary
+
+
 def _report(plan_report: dict, series: list[dict]) -> dict:
     files = plan_report["skipped_files"]
     reasons = Counter(f["reason"] for f in files)
@@ -130,9 +140,11 @@ def _report(plan_report: dict, series: list[dict]) -> dict:
             # since it may quote header values.
             "library_messages": dict(sorted(messages.items())),
             **(_mask_summary(plan_report, series) if plan_report["found"].get("mask_files") else {}),
+            **({"labels": _label_summary(plan_report["labels"], series)} if "labels" in plan_report else {}),
         },
         "series": series,
         "skipped_files": files,
+        "ignored_files": plan_report.get("ignored", []),
         **({"masks": plan_report.get("masks", [])} if plan_report["found"].get("mask_files") else {}),
     }
 

@@ -49,7 +49,7 @@ from ctssl.core.spill import PickleAppender, read_batches
 from ctssl.data.dicom_seg import SegRecord
 from ctssl.data.dicom_series import DicomSeries, is_problem
 from ctssl.data.guard import DataError
-from ctssl.data.ingest.config import IngestConfig, config_dict, validate
+from ctssl.data.ingest.config import IngestConfig, config_dict, settings_changes, validate
 from ctssl.data.ingest.discover import Sources, discover, read_header
 from ctssl.data.ingest.pairs import ClassTable, MaskRef, check_names, pair_masks
 from ctssl.data.labels import LabelTable, SeriesLabels
@@ -96,8 +96,11 @@ class Planner:
 
     def dicom_item(self, series: DicomSeries, roots) -> Item:
         first = series.first
-        labels = self.labels.lookup(series_uid=series.series_uid, study_uid=first.study_uid,
-                                    patient_id=first.patient_key) if self.labels else SeriesLabels()
+        labels = SeriesLabels()
+        if self.labels:
+            labels = self.labels.lookup(series_uid=series.series_uid, study_uid=first.study_uid,
+                                        patient_id=first.patient_key)
+            self.labels.see_folded("patient_id", first.patient_id_folded)
         item = Item("dicom", pseudonym(self.salt, "series", f"{series.series_uid}|{series.group}"),
                     pseudonym(self.salt, "study", first.study_uid), pseudonym(self.salt, "patient", first.patient_key),
                     "", self.source_id(str(Path(first.path).parent), roots), labels, n_frames=len(series.frames))
@@ -109,7 +112,10 @@ class Planner:
         rel = path.relative_to(root).as_posix()
         match = self.pattern.match(path.name)
         patient_key = patient or (match.group(1) if match and match.group(1) else rel)
-        labels = self.labels.lookup(nifti_path=rel) if self.labels else SeriesLabels()
+        labels = SeriesLabels()
+        if self.labels:
+            labels = self.labels.lookup(nifti_path=rel)
+            self.labels.see_folded("nifti_path", self.labels.fold("nifti_path", rel))
         return Item("nifti", pseudonym(self.salt, "series", "nifti:" + rel),
                     pseudonym(self.salt, "study", "nifti:" + rel), pseudonym(self.salt, "patient", "nifti:" + patient_key),
                     "", self.source_id(str(path), roots), labels,
@@ -299,8 +305,10 @@ def build_plan(cfg: IngestConfig, num_tasks: int) -> dict:
     if (final / PLAN_NAME).exists():
         plan = json.loads((final / PLAN_NAME).read_text())
         if plan["config"] != config or plan["num_tasks"] != num_tasks:
-            raise ConfigError(f"{final} holds a plan with other settings (or task count); "
-                              "use a new --out folder.")
+            changes = settings_changes({**plan["config"], "num_tasks": plan["num_tasks"]},
+                                       {**config, "num_tasks": num_tasks})
+            raise ConfigError(f"{final} holds a plan with other settings: {changes}. Rerun with its settings, "
+                              "or use a new --out folder.")
         logger.info("plan exists with the same settings: reusing it")
         return plan
     work = out / WORK_DIR
@@ -385,7 +393,10 @@ def _build(cfg: IngestConfig, num_tasks: int, salt: bytes, config: dict, work: P
     atomic_write_text(work / PLAN_REPORT_NAME, json.dumps(
         {"found": {"dicom_files": len(found.dicom), "nifti_files": len(pairing.images) + len(pairing.skipped_images),
                    "mask_files": mask_files, "ignored_files": found.ignored, "unreadable_paths": len(found.skipped)},
-         "skipped_files": files, "masks": masks, "library_messages": dict(sorted(messages.items()))}) + "\n")
+         "skipped_files": files, "masks": masks, "library_messages": dict(sorted(messages.items())),
+         "ignored": [{"source": name(folder), "kind": "folder", "files": n,
+                      "reason": "neither DICOM nor NIfTI (ignored)"} for folder, n in sorted(found.ignored_in.items())],
+         **({"labels": labels.join_report()} if labels else {})}) + "\n")
     plan = {"ctssl_version": __version__, "num_tasks": num_tasks, "partitions": partitions,
             "series": len(summaries), "frames": sum(loads),
             "tasks": [{"index": t, "series": series_per_task[t], "frames": loads[t],

@@ -11,7 +11,7 @@ from pathlib import Path
 from ctssl.core.atomic import atomic_write_text
 from ctssl.core.config import ConfigError
 from ctssl.core.lock import OutputLock
-from ctssl.data.ingest.config import REPORT_NAME, IngestConfig, config_dict, validate
+from ctssl.data.ingest.config import REPORT_NAME, IngestConfig, config_dict, settings_changes, validate
 from ctssl.data.ingest.merge import merge
 from ctssl.data.ingest.plan import build_plan
 from ctssl.data.ingest.task import run_task
@@ -31,8 +31,11 @@ def run_ingest(cfg: IngestConfig) -> dict:
     with OutputLock(out, "an ingest"):
         if (out / MANIFEST_NAME).exists():
             manifest = json.loads((out / MANIFEST_NAME).read_text())
-            if manifest.get("config") != config_dict(cfg, load_salt(cfg.salt_file, cfg.create_salt)):
-                raise ConfigError(f"{out} already holds shards made with other settings; use a new --out folder.")
+            config = config_dict(cfg, load_salt(cfg.salt_file, cfg.create_salt))
+            if manifest.get("config") != config:
+                raise ConfigError(f"{out} already holds shards made with other settings: "
+                                  f"{settings_changes(manifest.get('config'), config)}. Rerun with its settings, "
+                                  "or use a new --out folder.")
             logger.info("the output folder is complete (manifest present, same settings): nothing to do")
             return json.loads((out / REPORT_NAME).read_text())
         start = time.perf_counter()

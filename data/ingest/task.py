@@ -37,13 +37,14 @@ from ctssl.core.lock import OutputLock
 from ctssl.core.pool import fork_pool
 from ctssl.data.dicom_seg import load_seg_frames
 from ctssl.data.dicom_series import FrameLoader, is_problem
+from ctssl.data.hounsfield import not_hounsfield
 from ctssl.data.guard import BudgetExceeded, DataError, LibraryMessages, describe, is_data_failure, time_budget
-from ctssl.data.ingest.config import IngestConfig, processing_config
+from ctssl.data.ingest.config import IngestConfig, processing_config, settings_changes
 from ctssl.data.ingest.pairs import MaskRef
 from ctssl.data.ingest.plan import Item, load_plan, task_items
 from ctssl.data.label_volume import load_label_volume
 from ctssl.data.mask_placement import MaskError, SliceGrid, dicom_grid, nifti_grid, place_frames, place_volume
-from ctssl.data.nifti_volume import load_nifti
+from ctssl.data.nifti_volume import NiftiError, load_nifti
 from ctssl.data.slicing import air_fraction, resize_mask, resize_slice, thin_positions
 from ctssl.shards.encoding import encode_hu, encode_seg
 from ctssl.shards.writer import ShardWriter
@@ -75,9 +76,11 @@ def process_item(item: Item) -> ItemResult:
     except BaseException as err:  # noqa: BLE001 - an untrusted series: any failure is this series' problem
         if not is_data_failure(err):
             raise
-        if cfg.strict:
-            raise DataError(f"{item.source_id}: {describe(err)}") from err
-        result = ItemResult(item.series_id, [], _report(item, 0, 0, Counter(), f"unreadable series ({describe(err)})"))
+        # ctssl's own reasons as they are (a 4-D NIfTI is not a CT volume, not an unreadable one); a library's by type.
+        reason = describe(err) if isinstance(err, NiftiError) else f"unreadable series ({describe(err)})"
+        if cfg.strict and is_problem(reason):
+            raise DataError(f"{item.source_id}: {reason}") from err
+        result = ItemResult(item.series_id, [], _report(item, 0, 0, Counter(), reason))
     counts = messages.take()
     if counts:
         result.report["library_messages"] = counts
@@ -140,9 +143,16 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
                  "oblique_deg": round(volume.oblique_deg, 3)}
         n_source = len(volume.z)
         grid = nifti_grid(volume.affine, n_source, volume.hu.shape[1:])
+    value_range = loader.value_range if item.kind == "dicom" else volume.value_range
+    not_hu = not_hounsfield(*value_range) if slices else None
+    if not_hu and not cfg.allow_non_hu:
+        report = _report(item, 0, n_source, skipped, f"{not_hu} (allow_non_hu=true ingests it)")
+        report["value_range"] = [round(v, 1) for v in value_range]
+        return ItemResult(item.series_id, [], report)
 
     masks, mask_entry = _load_mask(item.mask, grid, cfg)
     samples = []
+    label_rows_used: set = set()       # the per-slice label rows a written slice took
     tolerance = 0.25 * (extra.get("slice_spacing_mm") or 1.0)
     for source_index, z, hu, spacing in slices:
         if cfg.max_air_fraction < 1 and air_fraction(hu) > cfg.max_air_fraction:
@@ -157,7 +167,7 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
                 "source_pixel_spacing_mm": [round(v, 5) for v in spacing],
                 "source_shape": list(hu.shape), "shape": list(out.shape), **extra}
         if item.labels:
-            meta["labels"] = item.labels.for_slice(source_index, z, tolerance)
+            meta["labels"] = item.labels.for_slice(source_index, z, tolerance, label_rows_used)
         members = {"hu": encode_hu(out)}
         if masks is not None:
             mask = resize_mask(masks[source_index], spacing, cfg.image_size)
@@ -168,6 +178,13 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
         members["json"] = json.dumps(meta, sort_keys=True).encode()
         samples.append((key, _ordered(members)))
     report = _report(item, len(samples), n_source, skipped, None)
+    if not_hu:
+        report["value_range"] = [round(v, 1) for v in value_range]
+        report["slice_notes"] = {**report.get("slice_notes", {}), "values not in Hounsfield units, ingested as allow_non_hu asks (kept)": len(samples)}
+    if item.labels and item.labels.slice_rows() > len(label_rows_used):
+        # Per-slice label rows of this series that no written slice took (no slice at that z or index, or the
+        # slice was not written): counted, as docs/ingest.md says.
+        report["label_slice_rows_unmatched"] = item.labels.slice_rows() - len(label_rows_used)
     if mask_entry is not None:
         if "pixels" in mask_entry:
             mask_entry["pixels"] = {str(c): n for c, n in sorted(mask_entry["pixels"].items())}
@@ -267,8 +284,9 @@ class Journal:
         if path.exists():
             data = json.loads(path.read_text())
             if data.get("config") != config:
-                raise ConfigError(f"{path} belongs to an ingest with other settings; "
-                                  "rerun with the same arguments or use a new --out folder.")
+                raise ConfigError(f"{path} belongs to an ingest with other settings: "
+                                  f"{settings_changes(data.get('config'), config)}; rerun with the same arguments "
+                                  "or use a new --out folder.")
             self.shards, self.reports = data["shards"], data["reports"]
 
     def done_series(self) -> set[str]:

@@ -36,6 +36,7 @@ content (manifest or file hash) for caches and provenance.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ class Dataset:
     # array tasks can divide the units. In-memory datasets have units of UNIT_ROWS samples.
     units: dict[str, list[int]] = field(default_factory=dict)        # split -> samples per unit, in order
     unit_stream: Callable[[str, int], Iterator[tuple[str, object]]] | None = None   # (key, image) of one unit
+    # Shard datasets: split -> samples left out as damaged (each logged with its reason when opened).
+    damaged: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.unit_stream is None:           # in memory: blocks of rows
@@ -169,7 +172,7 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
 
     from ctssl.shards.reader import decode_image
     from ctssl.shards.manifest import MANIFEST_NAME
-    from ctssl.shards.reader import iter_shard, shard_paths
+    from ctssl.shards.reader import expected_counts, iter_shard, shard_paths
 
     manifest = path / MANIFEST_NAME if path.is_dir() else path
     if not manifest.is_file():
@@ -187,18 +190,26 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
         value = labels.get(label)
         return None if value in (None, "") else str(value)
 
-    def skip(key, reason):   # a damaged sample: counted by the reader, left out of both passes alike
-        logger.warning("%s: sample %s skipped: %s", spec, key or "(rest of a shard)", reason)
+    damaged = {s: 0 for s in SPLITS}
+
+    def skip(key, reason, split=None):   # a damaged sample, left out of both passes alike; counted when opened
+        if split is not None and key is not None:
+            damaged[split] += 1
+            logger.warning("%s: sample %s skipped: %s", spec, key, reason)
+        elif split is not None:
+            logger.warning("%s: %s", spec, reason)     # a shard cut short or unreadable from here on
 
     # Metadata only (the JSON member); images are decoded when streamed, one shard (unit) at a time.
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
     shards = {s: shard_paths(manifest, s) for s in SPLITS}
+    expected = expected_counts(manifest)
     units: dict[str, list[int]] = {s: [] for s in SPLITS}
     kind = None
     for split in SPLITS:
         for shard in shards[split]:
             count = 0
-            for raw in iter_shard(shard, decode=False, on_error=skip):
+            report = functools.partial(skip, split=split)
+            for raw in iter_shard(shard, decode=False, on_error=report, expected=expected.get(shard.name)):
                 kind = kind or ("ct" if "hu" in raw else "image")
                 meta = json.loads(raw["json"])
                 target = target_of(meta)
@@ -212,9 +223,12 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
             if target_of(json.loads(raw["json"])) is not None:
                 yield raw["key"], decode_image(raw)[0]
 
+    if any(damaged.values()):
+        logger.warning("%s: damaged samples left out: %s (`ctssl shards verify` tells more)", spec,
+                       ", ".join(f"{n} in {split}" for split, n in damaged.items() if n))
     fingerprint = _hash_file(manifest) + (f"@{where[0]}={where[1]}" if where else "")
     return Dataset(spec, label, kind or "ct", fingerprint, samples, classes=columns or [], multilabel=bool(columns),
-                   units=units, unit_stream=unit_stream)
+                   units=units, unit_stream=unit_stream, damaged={s: n for s, n in damaged.items() if n})
 
 
 def _load_image(path: Path):

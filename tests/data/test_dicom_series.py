@@ -106,6 +106,7 @@ def test_bad_files_are_skipped_counted_and_reported(tmp_path):
     assert summary["ignored_files"] == 2
     reasons = summary["skip_reasons"]
     assert reasons["not CT (modality MR)"] == 1
+    assert summary["series_written"] == 1
     assert reasons["no SOP Instance UID: not a DICOM image"] == 1                  # the truncated header
     # The truncated pixel data is refused from its header, before any decoding.
     assert reasons["the file is too small for its Rows x Columns x Number of Frames (truncated, or a corrupt header)"] == 1
@@ -126,3 +127,19 @@ def test_reference_reader_agrees_on_compressed_corpus_file(tmp_path):
     save(ds2, tmp_path / "src" / "b.dcm")
     _, samples = ingest(tmp_path / "src", tmp_path / "out")
     np.testing.assert_array_equal(samples[0]["hu"], reference_hu(pydicom.dcmread(tmp_path / "src" / "a.dcm")))
+
+
+def test_a_dicom_ct_series_whose_values_are_not_hu_is_skipped(tmp_path):
+    """Modality CT, signed storage, an explicit intercept 0, yet the values are HU + 1024 (an export that lost
+    its rescale): not HU, a counted skip, never clipped into wrong CT."""
+    from ctssl.data.hounsfield import NOT_HU_REASON
+
+    rng = np.random.default_rng(6)
+    src = tmp_path / "src"
+    for k in range(3):
+        save(ct_dataset(phantom_stored(rng), 3.0 * k, series_uid="1.2.3.600", intercept=0.0), src / f"x{k}.dcm")
+        save(ct_dataset(phantom_stored(rng), 3.0 * k, series_uid="1.2.3.601"), src / f"ct{k}.dcm")
+    report, samples = ingest(src, tmp_path / "out")
+    (skipped,) = [r for r in report["series"] if r["outcome"] == "skipped"]
+    assert skipped["reason"].startswith(NOT_HU_REASON) and skipped["value_range"][0] > -100
+    assert len(samples) == 3 and report["summary"]["series_written"] == 1

@@ -81,6 +81,42 @@ def test_4d_and_non_finite_volumes_are_reported(tmp_path):
     nib.Nifti1Image(vol.astype(np.float32), affine).to_filename(str(src / "good.nii.gz"))
     report = run_ingest(IngestConfig(sources=[str(src)], out=str(tmp_path / "out"), image_size=0))
     reasons = report["summary"]["skip_reasons"]
-    assert any("4-D image" in r for r in reasons)
+    # A 4-D file is named for what it is, not "unreadable"; --strict does not stop at it (a rule's skip).
+    assert reasons["not a CT volume: 4-D image (a time series or several channels per voxel); only 3-D volumes "
+                   "are ingested"] == 1
+    assert not any(r.startswith("unreadable") for r in reasons)
     assert any("non-finite values" in r for r in reasons)
     assert report["summary"]["series_written"] == 1 and report["summary"]["slices_written"] == 12
+    (src / "nan.nii").unlink()
+    strict = run_ingest(IngestConfig(sources=[str(src)], out=str(tmp_path / "strict"), image_size=0, strict=True))
+    assert strict["summary"]["slices_written"] == 12
+
+
+def test_volumes_whose_values_are_not_hu_are_skipped_unless_allowed(tmp_path):
+    """An MR volume (0..2500, no air) and a CT stored without its rescale (HU + 1024) are counted skips with the
+    reason; allow_non_hu ingests them, noted. CT with air, and a tight CT crop with fat, are kept."""
+    from ctssl.data.hounsfield import NOT_HU_REASON
+
+    vol, affine = _volume()
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    mr = np.clip(800 + 600 * np.sin(np.arange(vol.size).reshape(vol.shape) / 50.0) + rng.normal(0, 50, vol.shape),
+                 0, 2500)
+    nib.Nifti1Image(mr.astype(np.float32), affine).to_filename(str(src / "t1.nii.gz"))
+    nib.Nifti1Image((vol + 1024).astype(np.int16), affine).to_filename(str(src / "unrescaled.nii.gz"))
+    nib.Nifti1Image(vol.astype(np.float32), affine).to_filename(str(src / "ct.nii.gz"))
+    crop = vol[5:30, 4:20, :].copy()
+    crop[0] = -80.0                                      # fat at the edge: soft tissue and bone otherwise
+    nib.Nifti1Image(crop.astype(np.float32), affine).to_filename(str(src / "crop.nii.gz"))
+    report = run_ingest(IngestConfig(sources=[str(src)], out=str(tmp_path / "out"), image_size=0))
+    skipped = {r["reason"] for r in report["series"] if r["outcome"] == "skipped"}
+    assert skipped == {f"{NOT_HU_REASON} (allow_non_hu=true ingests it)"}
+    assert report["summary"]["skip_reasons"][f"{NOT_HU_REASON} (allow_non_hu=true ingests it)"] == 2
+    assert report["summary"]["series_written"] == 2
+    ranges = sorted(r["value_range"] for r in report["series"] if r["outcome"] == "skipped")
+    assert ranges[0][0] >= 0 and ranges[1][1] > 1000
+    allowed = run_ingest(IngestConfig(sources=[str(src)], out=str(tmp_path / "allowed"), image_size=0,
+                                      allow_non_hu=True))
+    assert allowed["summary"]["series_written"] == 4
+    assert allowed["summary"]["slice_notes"]["values not in Hounsfield units, ingested as allow_non_hu asks (kept)"] == 24

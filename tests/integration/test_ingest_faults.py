@@ -159,6 +159,15 @@ def _faults(root: Path, rng) -> list[tuple[str, Path]]:
     faults.append(("dangling symbolic link", weird / "dangling.dcm"))
     os.mkfifo(weird / "fifo.dcm")
     faults.append(("FIFO", weird / "fifo.dcm"))
+    os.symlink("..", weird / "up")                          # a cycle through the folder tree, if followed
+    faults.append(("link to an ancestor folder", weird / "up"))
+    os.symlink("up/names/cycle", weird / "cycle")           # loops through that folder link back to itself
+    faults.append(("symbolic link loop through a folder link", weird / "cycle"))
+    # Files that are neither DICOM nor NIfTI, and a folder the ingest of test_every_file_on_disk cannot list.
+    (weird / "README.txt").write_text("exported from the PACS\n")
+    (root / "faults" / "locked").mkdir()
+    for name in ("a.dcm", "b.txt"):
+        (root / "faults" / "locked" / name).write_text("not an image\n")
     return faults
 
 
@@ -274,6 +283,51 @@ def test_no_header_value_or_path_reaches_any_output_or_the_console(runs):
     console = (run.stdout + run.stderr).encode()
     assert not [m for m in marks if m in console]
     assert b"Invalid value" not in console                # pydicom's validation text
+
+
+def test_every_file_on_disk_is_in_the_report(archive, tmp_path, monkeypatch):
+    """Every file and link under the source is accounted for in ingest-report.json: named with its reason, in a
+    series of its folder, counted as ignored in its folder, or under a folder that could not be listed (root
+    lists every folder, so that one is injected into os.scandir)."""
+    import errno
+
+    from ctssl.data.ingest import IngestConfig, SplitFractions, run_ingest
+    from ctssl.data.ingest import discover as module
+    from ctssl.data.ingest.discover import looks_like_dicom
+
+    _, faulty, _ = archive
+    real = os.scandir
+
+    def scandir(path="."):
+        if isinstance(path, (str, os.PathLike)) and os.path.basename(path) == "locked":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(module.os, "scandir", scandir)
+    monkeypatch.setenv("CTSSL_SALT", SALT)
+    report = run_ingest(IngestConfig(sources=[str(faulty)], out=str(tmp_path / "out"), image_size=0,
+                                     file_seconds=30, report_paths=True, splits=SplitFractions(1.0, 0.0, 0.0)))
+    named = {e["source"] for e in report["skipped_files"]} | {e["source"] for e in report["series"] if e["kind"] == "nifti"}
+    series_folders = {e["source"] for e in report["series"] if e["kind"] == "dicom"}
+    unlisted = {e["source"] for e in report["skipped_files"] if "cannot be listed" in e["reason"]}
+    ignored = {e["source"]: e["files"] for e in report["ignored_files"]}
+    assert unlisted == {"faults/locked"} and ignored["faults/names"] == 1
+    unaccounted, ignored_on_disk, checked = [], {}, 0
+    for folder, dirs, files in os.walk(faulty):
+        for name in files + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            checked += 1
+            path = Path(folder) / name
+            rel, parent = path.relative_to(faulty).as_posix(), path.parent.relative_to(faulty).as_posix()
+            if rel in named or any(rel.startswith(u + "/") for u in unlisted):
+                continue
+            regular = path.is_file()                       # a file, or a link to one
+            if regular and not name.endswith((".nii", ".nii.gz")) and not looks_like_dicom(path):
+                ignored_on_disk[parent] = ignored_on_disk.get(parent, 0) + 1
+            elif not (regular and looks_like_dicom(path) and parent in series_folders):
+                unaccounted.append(rel)
+    assert checked >= 45 and not unaccounted, unaccounted
+    assert ignored_on_disk == ignored
+    assert report["summary"]["ignored_files"] == sum(ignored.values())
 
 
 def test_strict_stops_at_the_first_bad_input(archive, tmp_path):

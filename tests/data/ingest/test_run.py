@@ -275,3 +275,66 @@ def test_masks_are_the_phantoms_labels_on_every_slice(corpus, native):
             np.testing.assert_array_equal(sample["mask"], truth[sample["meta"]["source_slice_index"]])
     unmasked = [s for s in samples.values() if s["mask"] is None]
     assert unmasked and all("mask" not in s["meta"] for s in unmasked)
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_them(corpus, native, tmp_path, monkeypatch):
+    """A complete folder and a plan alike: the refusal names each differing key, never a path or the salt."""
+    from ctssl.core.config import ConfigError
+    from ctssl.data.ingest.plan import build_plan
+
+    cfg, _ = corpus
+    out, _, _ = native
+    with pytest.raises(ConfigError) as err:
+        run_ingest(_config(cfg, out, image_size=128, max_air_fraction=0.9))
+    message = str(err.value)
+    assert "with other settings: image_size 0 -> 128, max_air_fraction 1.0 -> 0.9." in message
+    monkeypatch.setenv("CTSSL_SALT", "another-salt-0123456789")
+    with pytest.raises(ConfigError, match="other settings: salt: another salt[.]") as err:
+        run_ingest(_config(cfg, out))
+    assert "another-salt" not in str(err.value) and SALT not in str(err.value)
+    monkeypatch.setenv("CTSSL_SALT", SALT)
+    planned = tmp_path / "planned"
+    build_plan(_config(cfg, planned), num_tasks=2)
+    with pytest.raises(ConfigError, match="holds a plan with other settings: min_slices 1 -> 2, num_tasks 2 -> 3[.]") as err:
+        build_plan(_config(cfg, planned, min_slices=2), num_tasks=3)
+    assert str(cfg.out) not in str(err.value)
+
+
+
+def test_label_rows_that_match_nothing_are_counted_and_listed(corpus, native, tmp_path, caplog):
+    """Exact matching: a patient ID in the wrong case, an unknown ID, a row without a key and a per-slice row
+    past the series' end are each counted and listed by file pseudonym, key and line, never by value."""
+    import logging
+
+    from ctssl.data.ingest.command import log_report
+
+    cfg, _ = corpus
+    _, report, _ = native
+    join = report["summary"]["labels"]     # the corpus's own per-slice file: every row matched a slice
+    assert join["rows"] == join["rows_matched"] > 0 and join["rows_unmatched"] == 0 and join["unmatched"] == []
+    assert join["slice_rows_without_a_written_slice"] == 0 and join["matching"].startswith("exact")
+    ids = [make_plan(cfg, i).identity.patient_id for i in range(2)]
+    extra = tmp_path / "patients.csv"
+    extra.write_text("patient_id,nifti_path,slice_index,cohort\n"
+                     f"{ids[0].lower()},,,a\nMRN00000000,,,b\n{ids[1]},,,c\n,,,d\n"
+                     ",nifti/case-0003.nii.gz,9999,e\n")
+    out = _run(cfg, tmp_path / "joined", labels=[str(extra)], image_size=32)
+    report = __import__("json").loads((out / "ingest-report.json").read_text())
+    join = report["summary"]["labels"]
+    assert (join["rows"], join["rows_matched"], join["rows_unmatched"], join["rows_without_key"]) == (5, 2, 3, 1)
+    assert join["slice_rows_without_a_written_slice"] == 1
+    (group,) = join["unmatched"]
+    assert group["key"] == "patient_id" and group["rows"] == 2 and group["lines"] == [2, 3]
+    assert group["match_if_case_ignored"] == 1 and group["file"].startswith("labels-")
+    assert group["file"] == report_config(out)["labels"][0]["file"]       # the name the recorded settings use
+    with caplog.at_level(logging.INFO):
+        log_report(report, str(out))
+    console = caplog.text
+    assert "2 row(s) whose patient_id matched no series (lines 2,3); 1 of them match a source only when case" in console
+    assert "1 per-slice label row(s) matched a series but no written slice" in console
+    for value in (*ids, ids[0].lower(), "MRN00000000", "patients.csv"):
+        assert value not in console and value not in (out / "ingest-report.json").read_text()
+
+
+def report_config(out):
+    return __import__("json").loads((Path(out) / "manifest.json").read_text())["config"]
