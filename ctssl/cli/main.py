@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "knn": ("ctssl.eval.commands.knn", "weighted kNN evaluation of frozen backbones (FAISS)"),
     "extract": ("ctssl.eval.commands.extract", "extract and cache frozen features (workers, GPU, SLURM array tasks)"),
     "finetune": ("ctssl.eval.commands.finetune", "fine-tune full or truncated backbones (early stopping, LLRD)"),
+    "segment": ("ctssl.eval.commands.segment", "segmentation transfer: a U-Net on each backbone, frozen or fine-tuned, "
+                "per-case Dice/HD95/NSD with CIs"),
     "similarity": ("ctssl.eval.commands.similarity", "layer-wise CKA / CCA similarity of two backbones"),
     "gap": ("ctssl.eval.commands.gap", "domain gap between two datasets in a backbone's feature space"),
     "confounders": ("ctssl.eval.commands.confounders", "shortcut experiment: confounder in positives, anti-correlated test"),

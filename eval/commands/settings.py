@@ -18,7 +18,9 @@ from ctssl.eval.protocols.knn import KNNSettings
 from ctssl.eval.protocols.similarity import SimilaritySettings
 from ctssl.eval.protocols.spec import EvalSpec, EvalTarget
 from ctssl.eval.report.build import TITLE
+from ctssl.eval.protocols.segment import SegmentSpec
 from ctssl.finetune.finetune import FinetuneConfig
+from ctssl.finetune.segment import SegmentConfig
 
 
 @dataclass
@@ -43,6 +45,14 @@ class ProbeCommand(EvalCommand):
 @dataclass
 class FinetuneCommand(EvalCommand):
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+@dataclass
+class SegmentCommand(SegmentSpec):
+    out: str = ""                                        # results folder
+    names: list[str] = field(default_factory=list)       # readable names of the backbones, in order (report)
+    save_predictions: bool = False                       # NIfTI masks and per-case CSV under OUT/predictions/
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
 
 
 @dataclass

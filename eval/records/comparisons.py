@@ -23,8 +23,11 @@ from ctssl.eval.records.store import RunStore
 
 
 def main_metric(record: dict) -> str:
-    """The metric a record is compared and reported by: AUROC for binary and multi-label tasks (accuracy of
-    a rare positive class rewards predicting "negative"), accuracy for multi-class tasks."""
+    """The metric a record is compared and reported by: the mean over cases of per-case mean Dice for
+    segmentation; AUROC for binary and multi-label tasks (accuracy of a rare positive class rewards predicting
+    "negative"), accuracy for multi-class tasks."""
+    if "mean_dice" in record["test"]:
+        return "mean_dice"
     dataset = record.get("dataset") or {}
     if "accuracy" not in record["test"] or len(dataset.get("classes") or []) == 2:
         return "auroc"
@@ -66,13 +69,13 @@ def collate(out: str | Path, n_boot: int = BOOTSTRAP_RESAMPLES) -> tuple[Path, P
                     continue      # not the same test samples: no paired comparison
                 multilabel = a["targets"].ndim == 2
                 metric = main_metric(base)
-                fn = macro_auroc if metric == "auroc" else (lambda t, s: accuracy(t, s.argmax(1)))
+                fn = _compared(metric)
                 keep = np.ones(len(a["targets"]), bool) if multilabel else a["targets"] >= 0
                 result = paired_bootstrap(fn, a["targets"][keep], a["scores"][keep], b["scores"][keep], n=n_boot,
                                           groups=a["groups"][keep])
                 base_value = float(fn(a["targets"][keep], a["scores"][keep]))
                 result["relative_delta"] = result["delta"] / base_value if base_value else float("nan")
-                agreement = None if multilabel else prediction_similarity(
+                agreement = None if multilabel or metric == "mean_dice" else prediction_similarity(
                     a["targets"][keep], a["scores"][keep].argmax(1), b["scores"][keep].argmax(1))
                 f.write(json.dumps({"task": key[0], "dataset": base["dataset"]["spec"], "label": key[2],
                                     "fraction": key[3], "seed": key[4], "variant": key[5], "metric": metric,
@@ -82,6 +85,16 @@ def collate(out: str | Path, n_boot: int = BOOTSTRAP_RESAMPLES) -> tuple[Path, P
         for test in seed_tests(records):
             f.write(json.dumps(test, sort_keys=True) + "\n")
     return results, comparisons
+
+
+def _compared(metric: str):
+    """metric(targets, scores) of a run's saved predictions: segmentation records save each test case's mean
+    Dice as its score (eval.protocols.segment), whose mean over cases (defined ones) is compared."""
+    if metric == "mean_dice":
+        return lambda t, s: float(np.nanmean(s[:, 0])) if np.isfinite(s[:, 0]).any() else float("nan")
+    if metric == "auroc":
+        return macro_auroc
+    return lambda t, s: accuracy(t, s.argmax(1))
 
 
 def seed_tests(records: list[dict]) -> list[dict]:

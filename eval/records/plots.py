@@ -140,3 +140,43 @@ def cut_curves(series: dict, metric: str, path: str | Path, title: str) -> Path:
     """``series``: {name: [(cut label, mean, sd), ...]} -> test metric per cut point, one line per name."""
     fig, ax = _categorical_lines(series)
     return _finish_lines(fig, ax, "network kept (cut after)", metric, title, path)
+
+
+def mask_overlays(images: np.ndarray, reference: np.ndarray, predictions: dict, classes: list[str],
+                  path: str | Path, title: str) -> Path:
+    """Rows: test slices; columns: the reference, then each backbone's prediction, as translucent class colours
+    on the slice (soft-tissue window). ``images``, ``reference``: (N, H, W); ``predictions``: {name: (N, H, W)}."""
+    plt = _pyplot()
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    colours = plt.get_cmap("tab10").colors
+    cmap = ListedColormap([(0, 0, 0, 0)] + [(*colours[i % 10], 0.55) for i in range(len(classes) - 1)])
+    columns = [("reference", reference), *predictions.items()]
+    fig, axes = plt.subplots(len(images), len(columns), figsize=(1.9 * len(columns), 1.9 * len(images) + 0.4),
+                             squeeze=False)
+    for i, image in enumerate(images):
+        for j, (name, masks) in enumerate(columns):
+            ax = axes[i][j]
+            ax.imshow(image, cmap="gray", interpolation="nearest")
+            ax.imshow(masks[i], cmap=cmap, vmin=0, vmax=len(classes) - 1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(_short(name, 24), fontsize=7)
+    fig.legend(handles=[Patch(color=colours[(c - 1) % 10], label=classes[c]) for c in range(1, len(classes))],
+               loc="lower center", ncol=min(6, len(classes) - 1), fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    return save(fig, path)
+
+
+def noise_curves(series: dict, path: str | Path, title: str, ylabel: str = "mean Dice") -> Path:
+    """``series``: {backbone: [(sigma, value), ...]} -> value vs test-time noise (log scale)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for name, points in series.items():
+        points = sorted(points)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xscale("log")
+    return _finish_lines(fig, ax, "test-time Gaussian noise σ (normalised input)", ylabel, title, path)

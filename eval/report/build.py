@@ -20,6 +20,7 @@ from ctssl import __version__
 from ctssl.core.atomic import atomic_write_text
 from ctssl.eval.records.provenance import git_commit
 from ctssl.eval.report import sections
+from ctssl.eval.report.segmentation import classification_noise, segmentation
 from ctssl.eval.report.document import Block, Heading, Note, Paragraph, render_html, render_markdown
 from ctssl.eval.report.studies import OWN_TASKS, studies_to_render, study_sections
 
@@ -74,7 +75,9 @@ def build_report(results: Results) -> list[Block]:
     comparisons = [c for c in r.comparisons if c["task"] not in OWN_TASKS]
     confounders = [] if study == "source_matters" else r.confounders      # laid out by the study's section
     return [*blocks, *sections.downstream(records, label), *sections.paired(comparisons, label),
-            *sections.finetune_choices(records, label), *sections.efficiency(records, label, r.out),
+            *sections.finetune_choices(records, label), *classification_noise(records, label, r.out),
+            *segmentation(records, label, r.out),
+            *sections.efficiency(records, label, r.out),
             *sections.similarity(r.similarity, label, r.out), *sections.gap(r.gaps, label),
             *sections.confounders(confounders, label, r.out), *sections.provenance(r.records, r.gaps, r.names)]
 

@@ -28,7 +28,7 @@ from ctssl.eval.records.plots import confounder_curves, efficiency_curves, heatm
 from ctssl.eval.report.document import Block, Figure, Heading, Note, Table, fmt
 
 TASK_NAMES = {"knn": "kNN", "probe": "linear probe", "finetune": "fine-tuning", "truncated": "truncated fine-tuning",
-              "hidden": "fine-tuning (cross-validated)"}
+              "hidden": "fine-tuning (cross-validated)", "segment": "segmentation"}
 
 
 def readable_task(name: str) -> str:
