@@ -59,6 +59,8 @@ class FinetuneConfig:
     select: str = "auto"           # as ctssl probe
     recalibrate_bn: bool = True    # BatchNorm statistics recomputed on shuffled training inputs before evaluating
     save_model: bool = False       # export the best-validation backbone (full networks only)
+    noise_sigmas: list[float] = field(default_factory=list)   # test-time Gaussian noise on the final model's
+                                   # (normalised) inputs: the RadNet-12M study's robustness sweep
 
 
 class Classifier(nn.Module):
@@ -174,11 +176,17 @@ def recalibrate(model: nn.Module, x: torch.Tensor, batch: int, device: str,
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, multilabel: bool, batch: int = 128, device: str = "cpu") -> np.ndarray:
+def predict(model: nn.Module, x: torch.Tensor, multilabel: bool, batch: int = 128, device: str = "cpu",
+            noise: float = 0.0, generator: torch.Generator | None = None) -> np.ndarray:
+    """Class probabilities; ``noise``: Gaussian noise of that standard deviation added to the (normalised) inputs
+    first (drawn on the CPU from ``generator``, so the same on every device)."""
     model.eval()
     out = []
     for start in range(0, len(x), batch):
-        logits = model(x[start:start + batch].to(device).float())
+        inputs = x[start:start + batch].float()
+        if noise:
+            inputs = inputs + noise * torch.randn(inputs.shape, generator=generator)
+        logits = model(inputs.to(device))
         out.append((logits.sigmoid() if multilabel else logits.softmax(-1)).float().cpu())
     return torch.cat(out).numpy()
 

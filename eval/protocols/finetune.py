@@ -29,7 +29,7 @@ from ctssl.eval.inputs.spec import InputSpec, input_spec, prepare
 from ctssl.eval.measures.classification import metrics_with_ci
 from ctssl.eval.measures.similarity import weight_similarity
 from ctssl.eval.protocols.spec import EvalSpec, backbone_orders
-from ctssl.eval.records.comparisons import headline
+from ctssl.eval.records.comparisons import headline, main_metric
 from ctssl.eval.records.provenance import provenance
 from ctssl.eval.records.store import RunStore, run_id
 from ctssl.finetune.finetune import FinetuneConfig, finetune_grid, predict
@@ -136,5 +136,22 @@ def _record(run: dict, variant: str, prefix: str, rid: str, base: dict, settings
               "select": result["select"], "chosen": {"lr": result["lr"], "weight_decay": result["weight_decay"]},
               "grid": result["grid"], "cut": settings.truncate, "parameters": run["parameters"],
               "feature_reuse": run["feature_reuse"], "provenance": provenance()}
+    if variant == "final" and settings.noise_sigmas:
+        record["noise"] = _noise_sweep(result[variant], prepared["test"], test_y, test_groups, data, settings,
+                                       n_boot, seed)
     store.save(record, [s.key for s in test], test_groups, test_y, scores)
     return record
+
+
+def _noise_sweep(model, x, test_y, test_groups, data: Dataset, settings: FinetuneConfig, n_boot: int,
+                 seed: int) -> list[dict]:
+    """The final model's test metric with Gaussian noise of each ``settings.noise_sigmas`` added to its
+    normalised inputs (the RadNet-12M study's test-time robustness sweep); the same noise for every backbone."""
+    points = []
+    for sigma in settings.noise_sigmas:
+        generator = torch.Generator().manual_seed(seed)
+        scores = predict(model, x, data.multilabel, device=default_device(), noise=sigma, generator=generator)
+        measured = metrics_with_ci(test_y, scores, test_groups, data.multilabel, n_boot, seed)
+        metric = main_metric({"test": measured, "dataset": data.describe()})
+        points.append({"sigma": sigma, "metric": metric, metric: measured[metric]})
+    return points

@@ -21,6 +21,8 @@ from ctssl.eval.protocols.hidden import HiddenSettings
 from ctssl.eval.protocols.knn import KNNSettings
 from ctssl.eval.protocols.spec import EvalSpec
 from ctssl.finetune.finetune import FinetuneConfig
+from ctssl.finetune.segment import PROTOCOLS as SEGMENT_PROTOCOLS
+from ctssl.finetune.segment import SegmentConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -33,6 +35,13 @@ class TruncationSettings:
 @dataclass
 class SweepConfounderSettings(ConfounderSettings):
     kinds: list[str] = field(default_factory=lambda: ["tag", "lowpass", "noise"])   # one job per kind and seed
+
+
+@dataclass
+class SweepSegmentSettings(SegmentConfig):
+    data: str = ""                        # shards with masks; "" = the sweep's data (often another dataset: LiTS)
+    classes: list[str] = field(default_factory=list)     # foreground classes by name; [] = every class
+    fractions: list[float] = field(default_factory=list)  # of the training patients; [] = the sweep's fractions
 
 
 @dataclass
@@ -51,6 +60,7 @@ class SweepConfig(EvalSpec):
     truncation: TruncationSettings = field(default_factory=TruncationSettings)
     hidden: HiddenSettings = field(default_factory=HiddenSettings)
     confounders: SweepConfounderSettings = field(default_factory=SweepConfounderSettings)
+    segment: SweepSegmentSettings = field(default_factory=SweepSegmentSettings)
 
 
 def resolve_sweep_config(recipe: str | None = None, config_file: str | None = None, overrides=(),
@@ -106,6 +116,16 @@ def confounder_problems(cfg: SweepConfig) -> list[str]:
         found.append(f"confounders.kinds {sorted(bad) or '[]'} unknown; valid are {list(CONFOUNDERS)}")
     if cfg.confounders.mode not in MODES:
         found.append(f"confounders.mode must be probe or finetune, got '{cfg.confounders.mode}'")
+    return found
+
+
+def segment_problems(cfg: SweepConfig) -> list[str]:
+    seg, found = cfg.segment, []
+    bad = [p for p in seg.protocols if p not in SEGMENT_PROTOCOLS]
+    if bad or not seg.protocols:
+        found.append(f"segment.protocols must be some of {list(SEGMENT_PROTOCOLS)}, got {seg.protocols}")
+    if any(not 0 < f <= 1 for f in seg.fractions):
+        found.append(f"segment.fractions must be in (0, 1], got {seg.fractions}")
     return found
 
 

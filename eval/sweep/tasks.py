@@ -10,6 +10,8 @@ finetune       backbone x fraction x seed           ``runs/`` records, variants 
 truncated      backbone x cut x fraction x seed     ``runs/`` records, variants ``stage k best_val`` ...
 hidden         backbone x fold                      ``runs/`` records with CCA per layer (``eval.protocols.hidden``)
 confounders    backbone x confounder x seed         ``confounders/<confounder>-<backbone>-s<seed>.json``
+segment        backbone x protocol x fraction x     ``runs/`` records, variants ``<protocol> best_val`` and
+               seed                                 ``<protocol> final`` (``eval.protocols.segment``)
 =============  ===================================  ================================================
 
 A new task is one ``Task`` in ``TASKS``.
@@ -27,9 +29,11 @@ from ctssl.eval.protocols.finetune import cut_name, run_finetune
 from ctssl.eval.protocols.hidden import run_hidden
 from ctssl.eval.protocols.knn import run_knn
 from ctssl.eval.protocols.probe import run_probe
+from ctssl.eval.protocols.segment import SegmentSpec, run_segment
 from ctssl.eval.protocols.spec import EvalSpec
 from ctssl.eval.records.store import slug
-from ctssl.eval.sweep.config import SweepConfig, confounder_problems, hidden_problems, truncation_problems
+from ctssl.eval.sweep.config import SweepConfig, confounder_problems, hidden_problems, segment_problems, \
+    truncation_problems
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,16 @@ def job_spec(cfg: SweepConfig, job: dict) -> EvalSpec:
     return EvalSpec(data=cfg.data, label=cfg.label, backbones=[job["backbone"]], image_size=cfg.image_size,
                     grey_window=cfg.grey_window, n_boot=cfg.n_boot, fractions=[job.get("fraction", 1.0)],
                     seeds=[job.get("seed", 0)])
+
+
+def segment_job(cfg: SweepConfig, job: dict) -> list[dict]:
+    """One segmentation job: a backbone, a protocol, a fraction and a seed (both models of it are recorded)."""
+    seg = cfg.segment
+    spec = SegmentSpec(data=seg.data or cfg.data, classes=list(seg.classes), backbones=[job["backbone"]],
+                       image_size=cfg.image_size, grey_window=cfg.grey_window, n_boot=cfg.n_boot,
+                       fractions=[job["fraction"]], seeds=[job["seed"]])
+    settings = replace(seg, protocols=[job["protocol"]])
+    return run_segment(spec, settings, cfg.out, orders=[job["backbone_order"]])
 
 
 def confounder_name(job: dict) -> str:
@@ -98,4 +112,9 @@ TASKS: dict[str, Task] = {
                                               job["seed"], cfg.probe, cfg.finetune, cfg.cache, confounder_name(job),
                                               [job["backbone_order"]])],
         problems=confounder_problems),
+    "segment": Task(
+        dims=lambda cfg: [{"protocol": p, "fraction": f, "seed": s} for p, f, s in itertools.product(
+            cfg.segment.protocols, cfg.segment.fractions or cfg.fractions, cfg.seeds)],
+        done=_recorded(lambda job: f"{job['protocol']} final"),
+        run=segment_job, problems=segment_problems),
 }

@@ -34,7 +34,11 @@ def test_recipes_hold_their_papers_protocols():
         sweep.validate(c)
         assert c.study == name and c.recipe == name and c.reference and c.title
         assert re.search(r"arXiv|FIELD-NOTES", c.reference), name
-    assert cfg["radnet12m"].tasks == ["finetune", "probe"] and len(cfg["radnet12m"].seeds) == 4
+    assert cfg["radnet12m"].tasks == ["finetune", "probe", "segment"] and len(cfg["radnet12m"].seeds) == 4
+    seg = cfg["radnet12m"].segment
+    assert (seg.loss, seg.class_weights, seg.fractions) == ("ce", [1.0, 3.0, 10.0], [0.1, 0.5, 1.0])
+    assert seg.protocols == ["frozen", "finetune"] and seg.noise_sigmas == [1e-4, 1e-3, 1e-2, 5e-2]
+    assert len([j for j in sweep.jobs(cfg["radnet12m"]) if j["task"] == "segment"]) == 2 * 2 * 3 * 4
     h = cfg["hidden_representations"].hidden
     assert (h.folds, h.positions, h.channels, h.repeats) == (5, 10_000, 64, 5)
     assert cfg["source_matters"].confounders.fractions == [0.0, 0.1, 0.2, 0.5, 0.8, 1.0]
@@ -79,19 +83,26 @@ def _records(out: Path) -> list[dict]:
 
 def test_radnet12m_recipe_end_to_end(eval_shards, tmp_path):
     out = tmp_path / "radnet"
-    _run("radnet12m", eval_shards, out, "--label", "region", "--set", "fractions=[0.5,1.0]", "--set", "seeds=[0,1]")
+    _run("radnet12m", eval_shards, out, "--label", "region", "--set", "fractions=[0.5,1.0]", "--set", "seeds=[0,1]",
+         "--set", "tasks=[finetune,probe]")      # its segmentation arm: tests/eval/protocols/test_segment.py
     records = _records(out)
     assert {(r["task"], r["fraction"], r["seed"]) for r in records} == {
         (t, f, s) for t in ("finetune", "probe") for f in (0.5, 1.0) for s in (0, 1)}
     tuned = [r for r in records if r["task"] == "finetune"]
     assert all(r["chosen"]["lr"] == 0.001 and r["feature_reuse"]["conv1"] <= 1.0 for r in tuned)
+    # The study's noise sweep on every final model: the recipe's sigmas, the task's metric with its CI.
+    final = [r for r in tuned if r["variant"] == "final"]
+    assert final and all([p["sigma"] for p in r["noise"]] == [1e-4, 1e-3, 1e-2, 5e-2] for r in final)
+    assert all(p["metric"] == "accuracy" and p["accuracy"]["lower"] <= p["accuracy"]["value"]
+               for r in final for p in r["noise"])
+    assert not any("noise" in r for r in tuned if r["variant"] == "best_val")
     comparisons = [json.loads(line) for line in (out / "comparisons.jsonl").read_text().splitlines()]
     welch = [c for c in comparisons if c["seed"] == "all"]
     assert welch and all(c["relative_delta"] == pytest.approx(c["delta"] / c["means"][0], abs=1e-4)
                          for c in welch if c["relative_delta"] is not None)
     report = (out / "report.md").read_text()
     for heading in ("Study: radnet12m", "Table 1: fine-tuning and linear evaluation", "Table 2: feature reuse",
-                    "Table 3: who knew what", "Fine-tuning choices", "random B"):
+                    "Table 3: who knew what", "Fine-tuning choices", "Fine-tuning: test-time noise", "random B"):
         assert heading in report, heading
 
 
