@@ -54,6 +54,16 @@ class KNNBench(Bench):
 
 
 @dataclass
+class SegmentBench(Bench):
+    backbones: list[str] = field(default_factory=lambda: ["resnet18", "resnet50"])
+    sizes: list[int] = field(default_factory=lambda: [128, 256])
+    batch: int = 8
+    classes: int = 3                        # background, liver, tumour (LiTS)
+    steps: int = 3                          # timed repeats after a warm-up
+    slices: int = 200                       # masked slices decoded for the data path
+
+
+@dataclass
 class ExtractBench(Bench):
     sizes: list[int] = field(default_factory=lambda: [64, 224])
     workers: int = 2                        # loader workers of the worker path

@@ -42,6 +42,8 @@ SUITES = {
     "batches": Suite("ctssl.bench.batches", "what training batches are made of, vs i.i.d. sampling", "BatchesBench",
                      "batches=8"),
     "train": Suite("ctssl.bench.train", "training step images/s", "TrainBench", "sizes=[96]"),
+    "segment": Suite("ctssl.bench.segment", "U-Net training and inference steps vs classification fine-tuning; "
+                     "decoding a slice with its mask vs alone", "SegmentBench", "sizes=[64]"),
     "knn": Suite("ctssl.bench.knn", "kNN search queries/s vs scikit-learn", "KNNBench", "bank=20000", timed=True),
     "extract": Suite("ctssl.bench.extract", "feature extraction images/s, batched and loader workers vs one image at "
                      "a time", "ExtractBench", "sizes=[64]", timed=True),
