@@ -7,7 +7,9 @@ SimCLR on CT, DINO on CT, SimCLR on natural images -> on held-out patients, for 
 pretrained backbones: lesion presence per slice (the headline: kNN, linear probe at two label fractions,
 fine-tuning with a learning-rate grid chosen on validation) and body region (kNN, linear probe) ->
 layer-wise similarity of CT- vs natural-pretrained features -> domain gap between the CT and natural
-corpora -> the confounder (shortcut) experiment -> the HTML report. Each stage writes into ``OUT/`` and is
+corpora -> the confounder (shortcut) experiment -> segmentation transfer (a U-Net on each backbone, encoder
+frozen and fine-tuned, at two label fractions, on a second synthetic corpus whose studies all carry masks:
+lungs, liver, brain) -> the HTML report. Each stage writes into ``OUT/`` and is
 skipped when its output is complete, so a rerun resumes.
 
 Lesion presence is the headline because pretraining can matter there: a lesion is a small, low-contrast
@@ -27,8 +29,9 @@ from pathlib import Path
 from ctssl.core.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
-STAGES = 11
-DEMO_SALT = "ctssl-demo-salt-not-secret-0001"   # synthetic patients only (see _with_demo_salt)
+STAGES = 12
+DEMO_SALT = "ctssl-demo-salt-not-secret-0003"   # synthetic patients only (see _with_demo_salt); its splits
+# give every split of both demos thorax and other regions, lesions and none, and annotated cases
 
 
 @dataclass
@@ -46,14 +49,21 @@ class DemoSize:
     finetune_epochs: int
     finetune_fraction: float
     samples: int           # similarity / gap images
+    seg_patients: int      # the segmentation corpus (studies after the 8 catalogue ones all carry masks)
+    seg_size: int          # its slices, and the U-Net's input (a multiple of 32)
+    seg_epochs: int
+    seg_backbones: tuple[str, ...]   # CT- vs natural-pretrained (the question), and random init in the full demo
 
 
 FULL = DemoSize(patients=24, matrix=128, image_size=128, view_size=64, ct_epochs=3, dino_epochs=2, natural_epochs=12,
                 batch_size=32, natural_per_class=(48, 16), natural_size=96, finetune_epochs=6, finetune_fraction=0.25,
-                samples=400)
+                samples=400, seg_patients=16, seg_size=32, seg_epochs=5,
+                seg_backbones=("random init", "SimCLR on CT", "SimCLR on natural images"))
 QUICK = DemoSize(patients=8, matrix=64, image_size=48, view_size=32, ct_epochs=1, dino_epochs=1, natural_epochs=2,
                  batch_size=16, natural_per_class=(8, 4), natural_size=32, finetune_epochs=2, finetune_fraction=1.0,
-                 samples=80)
+                 samples=80, seg_patients=16, seg_size=32, seg_epochs=4,
+                 seg_backbones=("SimCLR on CT", "SimCLR on natural images"))
+SEG_CLASSES = ["lung", "liver", "brain"]
 
 
 def _stage(number: int, name: str, done: bool, fn) -> None:
@@ -175,9 +185,39 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
                                            n_boot=300),
                                    ConfounderSettings(positive="thorax", fractions=[0.0, 0.5, 1.0]), evaluation,
                                    kind="tag", probe=ProbeConfig(epochs=50 if not quick else 20), name="tag-thorax"))
+    _stage(12, "segmentation: U-Net on each backbone, encoder frozen and fine-tuned, two label fractions", False,
+           lambda: _segmentation(out, size, backbones, evaluation))
     html, _ = write_report(evaluation, "ctssl demo: CT vs natural-image pretraining on the synthetic corpus")
     summary = _write_summary(out, evaluation, names, time.perf_counter() - start, quick, html)
     return {"out": str(out), "summary": str(summary), "report": str(html)}
+
+
+def _segmentation(out: Path, size: DemoSize, backbones: dict, evaluation: Path) -> None:
+    """Its own synthetic corpus (every non-catalogue study a NIfTI volume with an nnU-Net label volume), its own
+    shards, then ``ctssl segment`` on the SimCLR backbones (CT vs natural: the question; and random init in the
+    full demo), encoder frozen and fine-tuned; runs already recorded are loaded, not trained again."""
+    from ctssl.data.ingest import IngestConfig, SplitFractions, run_ingest
+    from ctssl.data.synth import NaturalConfig, SynthConfig, run_synth
+    from ctssl.eval.protocols.segment import SegmentSpec, run_segment
+    from ctssl.eval.records.comparisons import collate
+    from ctssl.finetune.segment import SegmentConfig
+
+    corpus, shards = out / "synth-seg", out / "shards-seg"
+    if not (corpus / "synth-summary.json").exists():
+        run_synth(SynthConfig(out=str(corpus), patients=size.seg_patients, seed=11, matrix=2 * size.seg_size,
+                              thickness_mm=[5.0], nifti_fraction=1.0, natural=NaturalConfig(enabled=False),
+                              contact_sheet=False, workers=2))
+    if not (shards / "manifest.json").exists():
+        _with_demo_salt(run_ingest, IngestConfig(sources=[str(corpus)], out=str(shards), image_size=size.seg_size,
+                                                 splits=SplitFractions(0.5, 0.25, 0.25), workers=2))
+    chosen = [backbones[name] for name in size.seg_backbones]
+    spec = SegmentSpec(data=str(shards), classes=SEG_CLASSES, backbones=chosen, fractions=[0.5, 1.0], seeds=[0],
+                       n_boot=500)
+    settings = SegmentConfig(epochs=size.seg_epochs, batch_size=8, lrs=[3e-3], patience=size.seg_epochs,
+                             noise_sigmas=[0.05])
+    orders = [list(backbones.values()).index(b) for b in chosen]
+    run_segment(spec, settings, evaluation, orders=orders)
+    collate(evaluation, 500)
 
 
 def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, quick: bool, html: Path) -> Path:
@@ -223,10 +263,27 @@ def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, qui
             lines.append(f"| {names.get(r['backbone'], r['backbone'])} | {r['fraction']:g} | {r['chosen']['lr']:g} | "
                          f"{grid} |")
         lines.append("")
+    segmented = [r for r in records if r["task"] == "segment" and r["variant"].endswith("final")]
+    if segmented:
+        fractions = sorted({r["fraction"] for r in segmented})
+        lines += ["## Segmentation (lung, liver, brain)", "",
+                  "Test mean Dice per case (final model) [95% patient-bootstrap CI], by label fraction:", "",
+                  "| backbone | protocol | " + " | ".join(f"{f:g}" for f in fractions) + " |",
+                  "| --- | --- |" + " --- |" * len(fractions)]
+        for (backbone, variant) in dict.fromkeys((r["backbone"], r["variant"]) for r in
+                                                 sorted(segmented, key=lambda r: (r["variant"], r["backbone_order"]))):
+            mine = {r["fraction"]: r["test"]["mean_dice"] for r in segmented
+                    if r["backbone"] == backbone and r["variant"] == variant}
+            cells = [f"{mine[f]['value']:.3f} [{mine[f]['lower']:.3f}, {mine[f]['upper']:.3f}]"
+                     if f in mine and mine[f]["value"] is not None else "n/a" for f in fractions]
+            lines.append(f"| {names.get(backbone, backbone)} | {variant.split()[0]} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += [f"Report (tables, paired tests, data-efficiency curves, CKA heat maps, domain gap, confounders, "
-              f"provenance): `{html}`", "",
+              f"segmentation overlays, provenance): `{html}`", "",
               f"Total time: {seconds:.0f} s. Outputs: `synth/`, `shards-ct/`, `shards-ct-shuffled/`, `shards-natural/`, "
-              "`simclr-ct/`, `dino-ct/`, `simclr-natural/` (checkpoints, metrics, backbone.safetensors), `eval/` (runs, "
+              "`simclr-ct/`, `dino-ct/`, `simclr-natural/` (checkpoints, metrics, backbone.safetensors), "
+              "`synth-seg/` and "
+              "`shards-seg/` (the segmentation corpus), `eval/` (runs, "
               "results.jsonl, comparisons.jsonl, similarity/, gap/, confounders/, report.html, report.md)."]
     path = out / "summary.md"
     atomic_write_text(path, "\n".join(lines) + "\n")

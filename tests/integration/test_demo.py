@@ -20,11 +20,13 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     for stage in ("shards-ct/manifest.json", "shards-natural/manifest.json", "simclr-ct/backbone.safetensors",
                   "dino-ct/backbone.safetensors", "simclr-natural/backbone.safetensors",
                   "eval/similarity/ct_vs_natural.json", "eval/gap/ct_vs_natural.json",
-                  "eval/confounders/tag-thorax.json", "eval/report.md"):
+                  "eval/confounders/tag-thorax.json", "shards-seg/manifest.json", "eval/report.md"):
         assert (out / stage).exists(), stage
     assert "## Lesion presence (headline)" in printed and "## Body region" in printed
     assert printed.index("Lesion presence") < printed.index("Body region")
     records = [json.loads(line) for line in (out / "eval" / "results.jsonl").read_text().splitlines()]
+    segmented = [r for r in records if r["task"] == "segment"]
+    records = [r for r in records if r["task"] != "segment"]
     assert {r["task"] for r in records} == {"knn", "probe", "finetune"}
     assert {r["dataset"]["label"] for r in records} == {"lesion", "region"}
     tuned = [r for r in records if r["task"] == "finetune"]
@@ -33,9 +35,17 @@ def test_quick_demo_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert "chosen lr" in printed
     assert len({r["backbone"] for r in records}) == 4 and {r["fraction"] for r in records} >= {0.1, 1.0}
     assert all(0.0 <= r["test"]["accuracy"]["value"] <= 1.0 for r in records)
+    # Segmentation: the two SimCLR backbones x 2 protocols x 2 fractions, both models of each run; it learns.
+    assert len(segmented) == 2 * 2 * 2 * 2 and {r["fraction"] for r in segmented} == {0.5, 1.0}
+    assert {r["variant"] for r in segmented} == {f"{p} {v}" for p in ("frozen", "finetune")
+                                                 for v in ("best_val", "final")}
+    decoded = [r["test"]["mean_dice"]["value"] for r in segmented if r["variant"] == "frozen final"
+               and r["fraction"] == 1.0]
+    assert min(decoded) > 0.5, decoded
+    assert "## Segmentation (lung, liver, brain)" in printed
     page = (out / "eval" / "report.html").read_text()
     for section in ("Downstream results", "Fine-tuning choices", "Data efficiency", "Representation similarity",
-                    "Domain gap", "Shortcut robustness", "Provenance"):
+                    "Domain gap", "Shortcut robustness", "Segmentation: test-time noise", "Provenance"):
         assert section in page
 
     # A rerun finds every stage complete and recomputes nothing.
