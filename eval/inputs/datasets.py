@@ -6,7 +6,8 @@ One spec string names a dataset; ``open_dataset(spec, label)`` reads it into a `
 =====================================  ===========================================================
 a ctssl shard folder (``manifest.json``)  CT (``.hu``) or natural-image shards; ``label`` is a key of
                                        the samples' labels (``ctssl ingest --labels``), or
-                                       ``a+b+c`` for a multi-label task of 0/1 columns; splits and
+                                       ``a+b+c`` for a multi-label task of 0/1 columns, or ``""``
+                                       for every sample, labelled or not (images only); splits and
                                        patients come from ingest (patient-level already);
                                        ``FOLDER@key=value`` keeps the samples whose metadata has
                                        that value (e.g. ``@manufacturer=SIEMENS``, ``@source=nifti``:
@@ -19,6 +20,9 @@ a ctssl shard folder (``manifest.json``)  CT (``.hu``) or natural-image shards; 
 ``FILE.npz``                           MedMNIST (``{train,val,test}_images``/``_labels``); labels
                                        (N, 1) are classes, (N, C > 1) multi-label (ChestMNIST)
 =====================================  ===========================================================
+
+A label that no sample carries is an error that lists the labels the samples do carry (``ctssl ingest``
+without ``--labels`` writes none).
 
 Privacy: file names and patient IDs of ImageFolder and CSV datasets may carry identifiers, so
 sample keys and patients are keyed pseudonyms (``data.pseudonym``, HMAC-SHA256) under a key
@@ -48,6 +52,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 DEFAULT_LABEL = "region"     # the label evaluated unless one is named (body region of ctssl's CT shards)
+IMAGES_ONLY = ""             # the label of commands that use images only: every sample, labelled or not
 UNIT_ROWS = 512          # samples per unit of work for in-memory datasets (shard datasets: one shard)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -76,6 +81,7 @@ class Dataset:
     unit_stream: Callable[[str, int], Iterator[tuple[str, object]]] | None = None   # (key, image) of one unit
     # Shard datasets: split -> samples left out as damaged (each logged with its reason when opened).
     damaged: dict[str, int] = field(default_factory=dict)
+    label_names: list[str] = field(default_factory=list)   # the labels the samples carry, for messages
 
     def __post_init__(self):
         if self.unit_stream is None:           # in memory: blocks of rows
@@ -100,8 +106,9 @@ class Dataset:
     def entries(self, name: str) -> list[Sample]:
         """The split's samples (targets, patients, keys); images may not be loaded."""
         if name not in self.samples or not self.samples[name]:
-            raise ValueError(f"Dataset '{self.spec}' has no samples with label '{self.label}' in split "
-                             f"'{name}' (splits with samples: {[s for s in self.samples if self.samples[s]]}).")
+            which = f" with label '{self.label}'" if self.label else ""
+            raise ValueError(f"Dataset '{self.spec}' has no samples{which} in split '{name}' (splits with samples: "
+                             f"{[s for s in self.samples if self.samples[s]]}).")
         return self.samples[name]
 
     def split(self, name: str) -> list[Sample]:
@@ -140,7 +147,7 @@ class Dataset:
 
 
 def open_dataset(spec: str, label: str = DEFAULT_LABEL) -> Dataset:
-    """Read the dataset named by ``spec`` (module docstring)."""
+    """Read the dataset named by ``spec`` (module docstring); ``label`` ``""``: every sample (images only)."""
     if spec.startswith("imagefolder:"):
         data = _imagefolder(spec, Path(spec.split(":", 1)[1]))
     elif spec.endswith(".csv"):
@@ -152,11 +159,24 @@ def open_dataset(spec: str, label: str = DEFAULT_LABEL) -> Dataset:
         if where and "=" not in where:
             raise ValueError(f"Filter '@{where}' in '{spec}' must be @key=value.")
         data = _shards(spec, Path(path), label, tuple(where.split("=", 1)) if where else None)
-    if not data.multilabel:
+    if data.label == IMAGES_ONLY:
+        data.classes = []              # images only: no classes, every target unseen (-1)
+    elif not data.multilabel:
         # Classes are those of the training split; others are counted as unseen where used.
         data.classes = sorted({s.target for s in data.samples.get("train", [])} or
                               {s.target for v in data.samples.values() for s in v})
     return data
+
+
+def missing_label(spec: str, label: str, present: list[str]) -> str:
+    """The one-line error for a label that no sample of ``spec`` carries: the labels its samples do carry."""
+    wanted = label.split("+")
+    absent = [c for c in wanted if c not in present]
+    what = f"label '{label}'" if len(wanted) == 1 else f"label column(s) {absent} of '{label}'"
+    if not present:
+        return (f"'{spec}' has no {what}: its samples carry no labels (ctssl ingest writes labels only with "
+                f"--labels FILE.csv). Commands that need a label cannot run on it; similarity, gap and extract can.")
+    return f"'{spec}' has no {what}; its samples carry the labels {present}: name one of them as the label."
 
 
 def _hash_file(path: Path) -> str:
@@ -179,12 +199,18 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
         raise FileNotFoundError(f"'{spec}' is not a shard folder (no {MANIFEST_NAME}), imagefolder:ROOT, "
                                 ".csv or .npz dataset.")
     columns = label.split("+") if "+" in label else None
+    names: set[str] = set()                       # the labels the samples carry, for a missing label's message
+    matched = [0]                                 # samples that pass the filter
 
     def target_of(meta: dict):
         """The sample's target, or None when it is filtered out or lacks the label."""
         if where and str(meta.get(where[0], (meta.get("labels") or {}).get(where[0]))) != where[1]:
             return None
+        matched[0] += 1
         labels = {**(meta.get("labels") or {}), **({"class": meta["class"]} if "class" in meta else {})}
+        names.update(k for k, v in labels.items() if v not in (None, ""))
+        if label == IMAGES_ONLY:
+            return ""
         if columns:
             return None if any(c not in labels for c in columns) else tuple(int(float(labels[c]) > 0) for c in columns)
         value = labels.get(label)
@@ -226,9 +252,14 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
     if any(damaged.values()):
         logger.warning("%s: damaged samples left out: %s (`ctssl shards verify` tells more)", spec,
                        ", ".join(f"{n} in {split}" for split, n in damaged.items() if n))
+    if where and not matched[0]:
+        raise ValueError(f"No sample of '{spec}' has {where[0]} = {where[1]}.")
+    if label != IMAGES_ONLY and not any(samples.values()):
+        raise ValueError(missing_label(spec, label, sorted(names)))
     fingerprint = _hash_file(manifest) + (f"@{where[0]}={where[1]}" if where else "")
     return Dataset(spec, label, kind or "ct", fingerprint, samples, classes=columns or [], multilabel=bool(columns),
-                   units=units, unit_stream=unit_stream, damaged={s: n for s, n in damaged.items() if n})
+                   units=units, unit_stream=unit_stream, damaged={s: n for s, n in damaged.items() if n},
+                   label_names=sorted(names))
 
 
 def _load_image(path: Path):
@@ -312,7 +343,8 @@ def _medmnist(spec: str, path: Path, label: str) -> Dataset:
                    f"{split}-{i}", f"{split}-{i}")
             for i in range(len(images))]
     classes = [str(c) for c in range(data["train_labels"].shape[1])] if multilabel else []
-    return Dataset(spec, label if label != DEFAULT_LABEL else "label", "image", _hash_file(path), samples,
+    name = label if label not in (DEFAULT_LABEL, IMAGES_ONLY) else "label"
+    return Dataset(spec, name, "image", _hash_file(path), samples,
                    classes=classes, multilabel=multilabel)
 
 
