@@ -13,10 +13,17 @@ a ctssl shard folder (``manifest.json``)  CT (``.hu``) or natural-image shards; 
                                        that value (e.g. ``@manufacturer=SIEMENS``, ``@source=nifti``:
                                        one scanner or one source format as a domain)
 ``imagefolder:ROOT``                   ``ROOT/{train,val,test}/CLASS/*.png|jpg``
-``FILE.csv``                           columns ``path,label`` and optionally ``split`` and
-                                       ``patient``; paths relative to the CSV; without ``split``
-                                       the split is a hash of the patient's pseudonym (70/15/15),
-                                       so a patient's images never cross splits
+``FILE.csv``                           columns ``path``, ``patient``, a label column (``label``
+                                       picks it; ``label`` by default; ``a+b+c``: 0/1 columns)
+                                       and optionally ``split``; paths relative to the CSV; without
+                                       ``split`` the split is a hash of the patient ID alone
+                                       (70/15/15): a patient's images never cross splits, and
+                                       adding rows never moves another patient. No ``patient``
+                                       column is an error unless ``FILE.csv@patients=per-image``
+                                       (each image its own patient; a warning). 8-bit images are
+                                       pictures as stored; 16-bit grey images (CT exported as
+                                       PNG16/TIFF) are CT: HU = stored value - 1024, or
+                                       ``@hu_offset=N``; never reduced to 8 bits
 ``FILE.npz``                           MedMNIST (``{train,val,test}_images``/``_labels``); labels
                                        (N, 1) are classes, (N, C > 1) multi-label (ChestMNIST)
 =====================================  ===========================================================
@@ -82,6 +89,7 @@ class Dataset:
     # Shard datasets: split -> samples left out as damaged (each logged with its reason when opened).
     damaged: dict[str, int] = field(default_factory=dict)
     label_names: list[str] = field(default_factory=list)   # the labels the samples carry, for messages
+    intensity: str = ""             # how stored values became the images (CSV: 8-bit as stored, 16-bit as HU)
 
     def __post_init__(self):
         if self.unit_stream is None:           # in memory: blocks of rows
@@ -141,17 +149,18 @@ class Dataset:
         return np.asarray([s.group for s in self.entries(split)])
 
     def describe(self) -> dict:
-        return {"spec": self.spec, "label": self.label, "kind": self.kind, "fingerprint": self.fingerprint,
-                "classes": self.classes, "multilabel": self.multilabel,
-                "counts": {s: len(v) for s, v in self.samples.items()}}
+        described = {"spec": self.spec, "label": self.label, "kind": self.kind, "fingerprint": self.fingerprint,
+                     "classes": self.classes, "multilabel": self.multilabel,
+                     "counts": {s: len(v) for s, v in self.samples.items()}}
+        return {**described, "intensity": self.intensity} if self.intensity else described
 
 
 def open_dataset(spec: str, label: str = DEFAULT_LABEL) -> Dataset:
     """Read the dataset named by ``spec`` (module docstring); ``label`` ``""``: every sample (images only)."""
     if spec.startswith("imagefolder:"):
         data = _imagefolder(spec, Path(spec.split(":", 1)[1]))
-    elif spec.endswith(".csv"):
-        data = _csv(spec, Path(spec))
+    elif spec.endswith(".csv") or ".csv@" in spec:
+        data = _csv(spec, label)
     elif spec.endswith(".npz"):
         data = _medmnist(spec, Path(spec), label)
     else:
@@ -267,6 +276,10 @@ def _load_image(path: Path):
 
     with Image.open(path) as image:
         image.load()
+        if image.mode in SIXTEEN_BIT:
+            raise ValueError(f"An ImageFolder dataset holds a 16-bit image ({image.mode}); it would lose its values "
+                             "as an 8-bit picture. List 16-bit CT images in a CSV dataset (HU + offset, see "
+                             "docs/evaluation.md).")
         return image.copy()
 
 
@@ -293,37 +306,124 @@ def _imagefolder(spec: str, root: Path) -> Dataset:
     return Dataset(spec, "class", "image", digest.hexdigest(), samples)
 
 
-def split_of(group: str, fractions=(0.7, 0.15, 0.15)) -> str:
-    """A stable split for a patient without one: a hash of its ID into [0, 1)."""
-    u = int(hashlib.sha256(group.encode()).hexdigest()[:12], 16) / 16 ** 12
+def split_of(patient: str, fractions=(0.7, 0.15, 0.15)) -> str:
+    """A stable split for a patient without one: a hash of its ID into [0, 1). It depends on that ID alone, so
+    adding or removing other rows (or patients) never moves a patient between splits."""
+    u = int(hashlib.sha256(f"split\0{patient}".encode("utf-8", "surrogateescape")).hexdigest()[:12], 16) / 16 ** 12
     if u < fractions[0]:
         return "train"
     return "val" if u < fractions[0] + fractions[1] else "test"
 
 
-def _csv(spec: str, path: Path) -> Dataset:
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV dataset '{path}' does not exist.")
+HU_OFFSET = 1024          # 16-bit images of a CSV dataset hold HU + this (CT exported as PNG16), unless told
+CSV_OPTIONS = {"patients": "per-image: each image is its own patient (no patient column)",
+               "hu_offset": "N: 16-bit images hold HU + N (default 1024)"}
+SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def _csv_options(spec: str) -> tuple[Path, dict[str, str]]:
+    """``FILE.csv`` or ``FILE.csv@key=value,key=value`` -> (path, options); unknown options are an error."""
+    path, _, tail = spec.rpartition(".csv@") if ".csv@" in spec else (spec[:-4], "", "")
+    options = {}
+    for item in filter(None, tail.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in CSV_OPTIONS:
+            raise ValueError(f"Unknown CSV dataset option '{item}' in '{spec}'. Valid options are "
+                             f"{[f'{k}={v}' for k, v in CSV_OPTIONS.items()]}.")
+        options[key] = value
+    if options.get("patients", "per-image") != "per-image":
+        raise ValueError(f"CSV option patients={options['patients']} in '{spec}': the only value is per-image.")
+    return Path(path + ".csv"), options
+
+
+def _csv_image(file: Path, row: int, csv_name: str, offset: int):
+    """(image, bits) of one listed file: 8-bit images as stored (PIL); 16-bit grey images as int16 HU arrays, HU
+    = stored value - ``offset`` (never reduced to 8 bits). Errors name the row, never the file's path (paths
+    of archives carry patient names)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            image.load()
+            if image.mode not in SIXTEEN_BIT:
+                if image.mode == "F" or image.mode.startswith("I"):
+                    raise ValueError(f"row {row} of '{csv_name}' is a {image.mode} image; CSV datasets take 8-bit "
+                                     "images and 16-bit grey ones (HU + offset)")
+                return image.copy(), 8
+            stored = np.asarray(image, dtype=np.int64)
+    except UnidentifiedImageError:
+        raise ValueError(f"Row {row} of '{csv_name}' is not an image Pillow reads (PNG, JPEG, TIFF, ...). DICOM "
+                         "files go through ctssl ingest, which writes CT shards.") from None
+    except OSError as err:
+        raise ValueError(f"Row {row} of '{csv_name}' could not be read ({type(err).__name__}; a truncated or "
+                         "damaged image).") from None
+    return np.clip(stored - offset, -32768, 32767).astype(np.int16), 16
+
+
+def _csv(spec: str, label: str = DEFAULT_LABEL) -> Dataset:
+    """A CSV of images (module docstring): ``label`` names the label column (the default label, when the CSV
+    has no such column: ``label``; ``""``: images only); ``patient`` is required unless the spec says
+    ``@patients=per-image``; the split, when not given, follows the patient ID alone (``split_of``)."""
     from ctssl.data.pseudonym import pseudonym
 
-    key = bytes.fromhex(_hash_file(path))
+    path, options = _csv_options(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV dataset '{path}' does not exist.")
+    offset = int(options.get("hu_offset", HU_OFFSET))
+    key = bytes.fromhex(_hash_file(path))      # keys the pseudonyms; the splits do not depend on it
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    bits: set[int] = set()
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        missing = {"path", "label"} - set(reader.fieldnames or [])
+        columns = list(reader.fieldnames or [])
+        wanted = label.split("+") if label else []
+        if label == DEFAULT_LABEL and label not in columns:
+            wanted = ["label"]
+        missing = [c for c in ["path", *wanted] if c not in columns]
         if missing:
-            raise ValueError(f"CSV dataset '{path}' lacks column(s) {sorted(missing)}; it needs path,label "
-                             "and optionally split,patient.")
-        for row in reader:
-            file = (path.parent / row["path"]).resolve()
+            present = [c for c in columns if c not in ("path", "split", "patient")]
+            raise ValueError(f"CSV dataset '{path}' lacks column(s) {missing} (its columns: {columns}); it needs "
+                             f"path, a label column (--label names it; labels present: {present}), and patient "
+                             "(split optional).")
+        per_image = "patients" in options
+        if "patient" not in columns and not per_image:
+            raise ValueError(f"CSV dataset '{path}' has no patient column, so images of one patient could land in "
+                             "train and test. Add a patient column (any ID; it is pseudonymised), or, if each image "
+                             f"really is its own patient, say so: '{path}@patients=per-image'.")
+        if per_image:
+            logger.warning("CSV dataset '%s': each image is its own patient (patients=per-image, as asked); "
+                           "neighbouring slices of one scan would land in different splits.", path.name)
+        for n, row in enumerate(reader, start=2):          # row 1 is the header
+            file = path.parent / row["path"]
             if not file.is_file():
-                raise FileNotFoundError(f"'{file}' listed in '{path}' does not exist.")
-            group = pseudonym(key, "patient", row.get("patient") or row["path"])
-            split = row.get("split") or split_of(group)
+                raise FileNotFoundError(f"The file of row {n} of '{path}' does not exist (paths are relative to "
+                                        "the CSV's folder).")
+            patient = row["path"] if per_image else row.get("patient") or ""
+            if not patient:
+                raise ValueError(f"Row {n} of '{path}' has an empty patient.")
+            split = row.get("split") or split_of(patient)
             if split not in samples:
-                raise ValueError(f"Unknown split '{split}' in '{path}' (valid: {list(SPLITS)}).")
-            samples[split].append(Sample(_load_image(file), row["label"], group, pseudonym(key, "image", row["path"])))
-    return Dataset(spec, "label", "image", _hash_file(path), samples)
+                raise ValueError(f"Unknown split '{split}' in row {n} of '{path}' (valid: {list(SPLITS)}).")
+            image, depth = _csv_image(file, n, str(path), offset)
+            bits.add(depth)
+            if len(wanted) > 1:
+                target = tuple(int(float(row[c] or 0) > 0) for c in wanted)
+            else:
+                target = row[wanted[0]] if wanted else IMAGES_ONLY
+            samples[split].append(Sample(image, target, pseudonym(key, "patient", patient),
+                                         pseudonym(key, "image", row["path"])))
+    if bits == {8, 16}:
+        raise ValueError(f"CSV dataset '{path}' mixes 8-bit and 16-bit images; one dataset holds one kind (16-bit: "
+                         "CT as HU + offset; 8-bit: pictures).")
+    ct = bits == {16}
+    intensity = (f"16-bit images as CT: HU = stored value - {offset} (hu_offset), never reduced to 8 bits"
+                 if ct else "8-bit images as stored")
+    if per_image:
+        intensity += "; each image its own patient (patients=per-image)"
+    name = "+".join(wanted) if wanted else IMAGES_ONLY
+    return Dataset(spec, name, "ct" if ct else "image", _hash_file(path) + (f"@{offset}" if ct else ""), samples,
+                   classes=wanted if len(wanted) > 1 else [], multilabel=len(wanted) > 1,
+                   label_names=[c for c in columns if c not in ("path", "split", "patient")], intensity=intensity)
 
 
 def _medmnist(spec: str, path: Path, label: str) -> Dataset:
