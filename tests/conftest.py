@@ -90,8 +90,8 @@ def unlabelled_shards(corpus, tmp_path_factory):
 
     cfg, _ = corpus
     out = tmp_path_factory.mktemp("own") / "ct"
-    os.environ.setdefault("CTSSL_SALT", "pretrain-test-salt-0123456789")
-    run_ingest(IngestConfig(sources=[cfg.out], out=str(out), image_size=32, splits=SplitFractions(0.5, 0.25, 0.25)))
+    with fixed_salt(TEST_SALT):    # the same patients per split as eval_shards
+        run_ingest(IngestConfig(sources=[cfg.out], out=str(out), image_size=32, splits=SplitFractions(0.5, 0.25, 0.25)))
     return out
 
 
