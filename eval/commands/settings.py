@@ -53,6 +53,8 @@ class FinetuneCommand(EvalCommand):
 class SegmentCommand(SegmentSpec):
     out: str = ""                                        # results folder
     names: list[str] = field(default_factory=list)       # readable names of the backbones, in order (report)
+    baseline: str = ""                                   # compared with: a source or name; "": the first natural-
+                                                         # image-pretrained backbone, else the first
     save_predictions: bool = False                       # NIfTI masks and per-case CSV under OUT/predictions/
     segment: SegmentConfig = field(default_factory=SegmentConfig)
 
