@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctssl.core.progress import Progress
 from ctssl.eval.measures.classification import score, selection_metric
 
 logger = logging.getLogger(__name__)
@@ -193,9 +194,11 @@ def predict(model: nn.Module, x: torch.Tensor, multilabel: bool, batch: int = 12
 
 def finetune(backbone: nn.Module, name: str, train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor,
              val_y: np.ndarray, num_outputs: int, cfg: FinetuneConfig, seed: int, multilabel: bool = False,
-             device: str | None = None, lr: float | None = None, weight_decay: float | None = None) -> dict:
+             device: str | None = None, lr: float | None = None, weight_decay: float | None = None,
+             desc: str = "finetune") -> dict:
     """Train one (lr, weight decay) point (default: the grid's first); returns ``{"best_val": model,
-    "final": model, "history": [...], "best_epoch": e, "best_val_score": s}``."""
+    "final": model, "history": [...], "best_epoch": e, "best_val_score": s}``. Progress and epoch lines start
+    with ``desc`` (which backbone, fraction, seed) and name the learning rate."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     lr = cfg.lrs[0] if lr is None else lr
     weight_decay = cfg.weight_decays[0] if weight_decay is None else weight_decay
@@ -215,7 +218,11 @@ def finetune(backbone: nn.Module, name: str, train_x: torch.Tensor, train_y: np.
     steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
     total, warmup = cfg.epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))
     metric = selection_metric(cfg, multilabel, num_outputs)
+    if len(train_x) == 0 or len(val_x) == 0:
+        raise ValueError(f"fine-tuning needs training and validation samples, got {len(train_x)} and {len(val_x)}")
     best, best_epoch, history, step, stale = None, -1, [], 0, 0
+    desc = f"{desc}, lr {lr:g}, wd {weight_decay:g}"
+    progress = Progress(total, desc, unit="step", log=logger)
     for epoch in range(cfg.epochs):
         model.train()
         order = torch.randperm(len(train_x), generator=gen)
@@ -235,19 +242,25 @@ def finetune(backbone: nn.Module, name: str, train_x: torch.Tensor, train_y: np.
             optimizer.step()
             running += float(loss.detach()) * len(idx)
             step += 1
+            progress.update(1)
         if cfg.recalibrate_bn:
             recalibrate(model, train_x, cfg.batch_size, device, gen)
         val = score(metric, val_y, predict(model, val_x, multilabel, device=device), multilabel)
+        if not np.isfinite(val):
+            progress.bar.close()
+            raise ValueError(f"validation {metric} is undefined ({len(val_y)} validation samples, classes present: "
+                             f"{np.unique(val_y, axis=0).tolist()[:10]}): nothing to choose the epoch by")
         history.append({"epoch": epoch + 1, "train_loss": round(running / len(train_x), 5), f"val_{metric}": round(val, 5)})
-        logger.info("finetune epoch %d/%d: loss %.4f, val %s %.4f", epoch + 1, cfg.epochs, running / len(train_x),
-                    metric, val)
+        logger.info("%s: epoch %d/%d, loss %.4f, val %s %.4f (%s)", desc, epoch + 1, cfg.epochs,
+                    running / len(train_x), metric, val, progress.line().split(": ", 1)[1])
         if best is None or val > history[best_epoch - 1][f"val_{metric}"]:
             best, best_epoch, stale = copy.deepcopy(model.state_dict()), epoch + 1, 0
         else:
             stale += 1
             if stale >= cfg.patience:
-                logger.info("early stop: no validation improvement for %d epochs", stale)
+                logger.info("%s: early stop, no validation improvement for %d epochs", desc, stale)
                 break
+    progress.close()
     best_model = copy.deepcopy(model)
     best_model.load_state_dict(best)
     return {"best_val": best_model, "final": model, "history": history, "best_epoch": best_epoch,
@@ -256,19 +269,21 @@ def finetune(backbone: nn.Module, name: str, train_x: torch.Tensor, train_y: np.
 
 
 def finetune_grid(backbone: nn.Module, name: str, train_x, train_y, val_x, val_y, num_outputs: int,
-                  cfg: FinetuneConfig, seed: int, multilabel: bool = False, device: str | None = None) -> dict:
+                  cfg: FinetuneConfig, seed: int, multilabel: bool = False, device: str | None = None,
+                  desc: str = "finetune") -> dict:
     """Every (lr, weight decay) of the grid with the same budget (``cfg.epochs``, early stopping on the
     same patience); the point with the best validation metric is returned, with the whole grid."""
     results, best = [], None
-    for lr in cfg.lrs:
-        for wd in cfg.weight_decays:
-            result = finetune(backbone, name, train_x, train_y, val_x, val_y, num_outputs, cfg, seed, multilabel,
-                              device, lr, wd)
-            results.append({"lr": lr, "weight_decay": wd, f"val_{result['select']}": round(result["best_val_score"], 5),
-                            "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]})
-            if best is None or result["best_val_score"] > best["best_val_score"]:
-                best = result
-            else:
-                del result
+    points = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
+    for i, (lr, wd) in enumerate(points):
+        logger.info("%s: grid point %d/%d, lr %g, weight decay %g", desc, i + 1, len(points), lr, wd)
+        result = finetune(backbone, name, train_x, train_y, val_x, val_y, num_outputs, cfg, seed, multilabel,
+                          device, lr, wd, desc=f"{desc} ({i + 1}/{len(points)})")
+        results.append({"lr": lr, "weight_decay": wd, f"val_{result['select']}": round(result["best_val_score"], 5),
+                        "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"]})
+        if best is None or result["best_val_score"] > best["best_val_score"]:
+            best = result
+        else:
+            del result
     best["grid"] = results
     return best

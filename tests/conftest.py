@@ -84,6 +84,18 @@ def eval_shards(corpus, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def unlabelled_shards(corpus, tmp_path_factory):
+    """The session corpus ingested as a user's own data usually is: without --labels (images only)."""
+    from ctssl.data.ingest import SplitFractions
+
+    cfg, _ = corpus
+    out = tmp_path_factory.mktemp("own") / "ct"
+    with fixed_salt(TEST_SALT):    # the same patients per split as eval_shards
+        run_ingest(IngestConfig(sources=[cfg.out], out=str(out), image_size=32, splits=SplitFractions(0.5, 0.25, 0.25)))
+    return out
+
+
+@pytest.fixture(scope="session")
 def corpora(tmp_path_factory):
     """50 series x 100 slices, 10 series per shard, series in slice order (as ingest writes), and the
     same after ctssl shards shuffle."""

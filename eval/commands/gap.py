@@ -26,7 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.option("--a", key="a", help="dataset A (spec as ctssl probe; FOLDER@key=value filters)")
     settings.option("--b", key="b", help="dataset B")
     settings.option("--backbone", key="backbones", action="append", help="backbone source (repeatable)")
-    settings.option("--label", key="label", help="label of A")
+    settings.option("--label", key="label",
+                    help="label of A, for the cross-domain probe and the t-SNE's colours; none: images only")
     settings.option("--label-b", key="label_b", help="label of B; none: as A (natural shards: class)")
     settings.option("--split", key="split", help="split compared")
     settings.option("--max-samples", key="max_samples", type=int, help="samples per domain")

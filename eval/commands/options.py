@@ -12,9 +12,19 @@ from ctssl.core.config import ConfigError, save_config
 from ctssl.core.options import Settings
 
 
-def add_image_size(settings: Settings) -> None:
+def add_image_size(settings: Settings, own: bool = True) -> None:
+    """--image-size, and (``own``) --own-size: the input size of every backbone of a comparison."""
+    if not own:
+        settings.option("--image-size", key="image_size", type=int,
+                        help="backbone input size; 0: the size it was pretrained at, 224 without one (give the "
+                             "size of the comparison to share the cache with ctssl knn / probe)")
+        return
     settings.option("--image-size", key="image_size", type=int,
-                    help="backbone input size; 0: each backbone at the size it was pretrained at, 224 without one")
+                    help="input size of every backbone; 0: one size for all, the largest any of them was pretrained "
+                         "at (224 when none was)")
+    settings.switch("--own-size", key="own_size", value=True,
+                    help="each backbone at the size it was pretrained at instead (an ablation; the report says the "
+                         "sizes differ)")
 
 
 def add_cache(settings: Settings) -> None:
@@ -63,6 +73,13 @@ def add_eval_options(settings: Settings) -> None:
     settings.option("--seed", key="seeds", type=int, action="append", help="seed (repeatable)")
     settings.option("--out", key="out",
                     help="results folder: runs/ (one record per run), results.jsonl, comparisons.jsonl")
+    add_baseline(settings)
+
+
+def add_baseline(settings: Settings) -> None:
+    settings.option("--baseline", key="baseline",
+                    help="the backbone every other is compared with (a --backbone source or --name); none: the first "
+                         "natural-image-pretrained one (ImageNet weights, SimCLR on natural images), else the first")
 
 
 def require(command: str, cfg, *keys: str) -> None:
@@ -106,29 +123,46 @@ def finish(cfg, records: list[dict]) -> int:
     """Collate OUT/results.jsonl and comparisons, print the table and the paired comparisons."""
     from ctssl.eval.records.comparisons import collate
 
-    results, comparisons = collate(cfg.out, cfg.n_boot)
-    print(table(records))
+    from ctssl.eval.measures.multiplicity import adjust, format_p
+    from ctssl.eval.records.store import load_names
+
+    results, comparisons = collate(cfg.out, cfg.n_boot, cfg.baseline)
+    names = load_names(cfg.out)
+    print(table(records, names))
     tasks = {r["task"] for r in records}
-    for line in comparisons.read_text().splitlines():
-        c = json.loads(line)
-        if c["task"] not in tasks:
-            continue
-        f = {k: ("n/a" if c[k] is None else f"{c[k]:+.3f}") for k in ("delta", "lower", "upper", "p_value")}
+    lines = [c for c in map(json.loads, comparisons.read_text().splitlines()) if c["task"] in tasks]
+    adjusted = adjust([c["p_value"] for c in lines], "holm", [c.get("resamples") for c in lines])
+    for c, (p_adj, bound) in zip(lines, adjusted):
+        f = {k: ("n/a" if c[k] is None else f"{c[k]:+.3f}") for k in ("delta", "lower", "upper")}
         print(f"paired {c['task']} {c.get('variant') or ''} fraction {c['fraction']:g} seed {c['seed']}: "
-              f"{c['backbone']} - {c['baseline']} {c['metric']} {f['delta']} [{f['lower']}, {f['upper']}] "
-              f"p={f['p_value'].lstrip('+')}")
+              f"{_short(names.get(c['backbone']) or c['backbone'])} - "
+              f"{_short(names.get(c['baseline']) or c['baseline'])} {c['metric']} {f['delta']} "
+              f"[{f['lower']}, {f['upper']}] p={format_p(c['p_value'], c.get('resamples'))} "
+              f"(Holm over these {len(lines)}: {format_p(p_adj, None, bound)})")
+    few = min((c.get("n_patients") or 10 ** 9 for c in lines), default=10 ** 9)
+    if few < SMALL_TEST:
+        print(f"caveat: {few} test patients; intervals and p-values from so few patients are coarse, and relative "
+              "changes unstable (ctssl report says more).")
     print(f"results: {results}\ncomparisons: {comparisons}")
     return 0
 
 
-def table(records: list[dict]) -> str:
-    """A console table: one row per run, mean and spread over seeds left to the report."""
+SMALL_TEST = 10        # test patients under which the printout and the report add a small-sample caveat
+
+
+def table(records: list[dict], names: dict | None = None) -> str:
+    """A console table: one row per run, mean and spread over seeds left to the report; kNN's variant shows the
+    effective k where the bank held fewer samples than k."""
     from ctssl.eval.records.comparisons import headline
 
-    rows = [("task", "backbone", "variant", "fraction", "seed", "n_train", "result")]
+    names = names or {}
+    rows = [("task", "backbone", "variant", "fraction", "seed", "n_train", "input", "result")]
     for r in records:
-        rows.append((r["task"], _short(r["backbone"]), r.get("variant", ""), f"{r['fraction']:g}", str(r["seed"]),
-                     str(r["n_train"]), headline(r)))
+        variant = r.get("variant", "")
+        if r.get("k_effective") is not None and r["k_effective"] != r["config"].get("k"):
+            variant = f"k={r['k_effective']} (of {r['config']['k']} asked)"
+        rows.append((r["task"], _short(names.get(r["backbone"]) or r["backbone"]), variant, f"{r['fraction']:g}",
+                     str(r["seed"]), str(r["n_train"]), f"{(r.get('input') or {}).get('size', '?')} px", headline(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
 

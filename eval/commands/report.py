@@ -20,6 +20,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.option("--out", key="out", help="the results folder (results.jsonl, similarity/, gap/, ...)")
     settings.option("--title", key="title", help="report title")
     settings.option("--n-boot", key="n_boot", type=int, help="bootstrap resamples of paired comparisons")
+    settings.option("--baseline", key="baseline",
+                    help="the backbone every other is compared with (a source or readable name); none: the first "
+                         "natural-image-pretrained one, else the first")
+    settings.option("--adjust", key="adjust", choices=["holm", "bh"],
+                    help="multiplicity adjustment of each table's p-values: holm (family-wise error) or bh "
+                         "(Benjamini-Hochberg false discovery rate)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     write_settings(cfg, Path(cfg.out) / "report-config.yaml")
     setup_logging(args.log_level)
     if (Path(cfg.out) / "runs").exists():
-        collate(cfg.out, cfg.n_boot)
-    html, markdown = write_report(cfg.out, cfg.title)
+        collate(cfg.out, cfg.n_boot, cfg.baseline)
+    html, markdown = write_report(cfg.out, cfg.title, cfg.adjust)
     print(f"report: {html}\nsummary: {markdown}")
     return 0

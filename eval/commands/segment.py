@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 
 from ctssl.core.options import Settings
-from ctssl.eval.commands.options import add_image_size
+from ctssl.eval.commands.options import add_baseline
 
 SETTINGS = "ctssl.eval.commands.settings:SegmentCommand"
 
@@ -32,9 +32,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help="foreground class by name (repeatable; others become background); none: every class")
     settings.option("--backbone", key="backbones", action="append",
                     help="random:NAME:IN_CHANS, imagenet:NAME:FILE, radimagenet:FILE, a backbone.safetensors or a "
-                         "checkpoint .pt (repeatable; the first is the baseline of paired comparisons)")
+                         "checkpoint .pt (repeatable)")
     settings.option("--name", key="names", action="append", help="readable name of each --backbone, in order")
-    add_image_size(settings)
+    add_baseline(settings)
+    settings.option("--image-size", key="image_size", type=int,
+                    help="U-Net input size, a multiple of 32, the same for every backbone; 0: the stored slice size "
+                         "rounded up to a multiple of 32")
     settings.option("--grey-window", key="grey_window",
                     help="HU window of CT inputs for backbones of grey or natural pictures, replicated")
     settings.option("--n-boot", key="n_boot", type=int, help="bootstrap resamples for CIs")

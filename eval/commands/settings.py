@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ctssl.eval.inputs.datasets import DEFAULT_LABEL
+from ctssl.eval.inputs.datasets import IMAGES_ONLY
 from ctssl.eval.inputs.spec import GREY_WINDOW
 from ctssl.eval.measures.classification import BOOTSTRAP_RESAMPLES
 from ctssl.eval.measures.probe import ProbeConfig
@@ -27,6 +27,8 @@ from ctssl.finetune.segment import SegmentConfig
 class EvalCommand(EvalSpec):
     out: str = ""                                        # results folder
     names: list[str] = field(default_factory=list)       # readable names of the backbones, in order (report)
+    baseline: str = ""                                   # compared with: a source or name; "": the first natural-
+                                                         # image-pretrained backbone, else the first
 
 
 @dataclass
@@ -51,6 +53,8 @@ class FinetuneCommand(EvalCommand):
 class SegmentCommand(SegmentSpec):
     out: str = ""                                        # results folder
     names: list[str] = field(default_factory=list)       # readable names of the backbones, in order (report)
+    baseline: str = ""                                   # compared with: a source or name; "": the first natural-
+                                                         # image-pretrained backbone, else the first
     save_predictions: bool = False                       # NIfTI masks and per-case CSV under OUT/predictions/
     segment: SegmentConfig = field(default_factory=SegmentConfig)
 
@@ -60,7 +64,7 @@ class ExtractCommand:
     out: str = ""                                        # results folder; the cache is OUT/features unless cache
     data: str = ""
     backbone: str = ""
-    label: str = DEFAULT_LABEL                           # the label selecting the samples
+    label: str = IMAGES_ONLY                             # a label selecting the samples carrying it; "": all
     splits: list[str] = field(default_factory=list)      # []: every split the dataset has
     image_size: int = 0                                  # 0: the backbone's pretraining size
     grey_window: str = GREY_WINDOW
@@ -107,3 +111,6 @@ class ReportCommand:
     out: str = ""                                        # the results folder
     title: str = TITLE
     n_boot: int = BOOTSTRAP_RESAMPLES                    # bootstrap resamples of the paired comparisons
+    baseline: str = ""                                   # compared with: a source or name; "": the first natural-
+                                                         # image-pretrained backbone, else the first
+    adjust: str = "holm"                                 # p-values adjusted over each table: holm or bh

@@ -120,10 +120,10 @@ def _report(cfg) -> int:
     from ctssl.eval.sweep.jobs import missing_jobs
 
     save_names(cfg.out, cfg.backbones, cfg.names)
-    results, comparisons = collate(cfg.out, cfg.n_boot)
+    results, comparisons = collate(cfg.out, cfg.n_boot, cfg.baseline)
     missing = missing_jobs(cfg)
     print(f"results: {results}\ncomparisons: {comparisons}")
-    html, markdown = write_report(cfg.out, cfg.title or TITLE)
+    html, markdown = write_report(cfg.out, cfg.title or TITLE, cfg.adjust)
     print(f"report: {html}\nsummary: {markdown}")
     if missing:
         print(f"{len(missing)} job(s) not finished: indexes {[j['index'] for j in missing]}; rerun them with "

@@ -29,7 +29,7 @@ import torch
 
 from ctssl import __version__
 from ctssl.core.atomic import TMP_MARK, atomic_write_text
-from ctssl.eval.features.extract import default_device, extract_units
+from ctssl.eval.features.extract import NonFiniteFeatures, default_device, extract_units
 from ctssl.eval.inputs.datasets import Dataset
 from ctssl.eval.inputs.sources import load_backbone
 from ctssl.eval.inputs.spec import InputSpec, input_spec
@@ -59,13 +59,13 @@ def cache_key(source: str, card: dict, dataset: Dataset, spec: InputSpec) -> str
     samples = hashlib.sha256("\n".join(f"{split}:{s.key}" for split in sorted(dataset.samples)
                                         for s in dataset.samples[split]).encode()).hexdigest()
     identity = {"source": source, "weights_sha256": card.get("weights_sha256"), "dataset": dataset.fingerprint,
-                "samples": samples, "input": spec.to_dict(), "ctssl": __version__}
+                "samples": samples, "input": spec.identity(), "ctssl": __version__}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _cache(source: str, dataset: Dataset, size: int, cache: str | Path, grey_window: str):
+def _cache(source: str, dataset: Dataset, size: int, cache: str | Path, grey_window: str, size_rule: str = ""):
     model, card = load_backbone(source)
-    spec = input_spec(card, dataset.kind, size, grey_window)
+    spec = input_spec(card, dataset.kind, size, grey_window, size_rule)
     folder = Path(cache) / cache_key(source, card, dataset, spec)
     provenance = {"backbone": {k: v for k, v in card.items() if k != "config"}, "dataset": dataset.describe(),
                   "input": spec.to_dict(), "ctssl": __version__, "cache": str(folder)}
@@ -82,9 +82,10 @@ def _finish_split(folder: Path, split: str, dataset: Dataset, tmp: Path, seconds
 
 def cached_features(source: str, dataset: Dataset, splits, size: int, cache: str | Path,
                     batch: int | None = None, device: str | None = None, grey_window: str = "wide",
-                    workers: int | None = None) -> dict[str, Features]:
-    """Features of each split of ``dataset`` under backbone ``source`` (module docstring)."""
-    model, spec, folder, provenance = _cache(source, dataset, size, cache, grey_window)
+                    workers: int | None = None, size_rule: str = "") -> dict[str, Features]:
+    """Features of each split of ``dataset`` under backbone ``source`` (module docstring); ``size_rule`` says why
+    the input has ``size`` (``eval.inputs.spec.comparison_size``)."""
+    model, spec, folder, provenance = _cache(source, dataset, size, cache, grey_window, size_rule)
     result = {}
     for split in splits:
         array, meta = folder / f"{split}.npy", folder / f"{split}.json"
@@ -97,13 +98,18 @@ def cached_features(source: str, dataset: Dataset, splits, size: int, cache: str
             folder.mkdir(parents=True, exist_ok=True)
             feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                               shape=(len(samples), feature_dim(model, spec, device)))
-            extract_units(model, dataset, split, spec, feats, batch=batch, device=device, workers=workers)
+            try:
+                extract_units(model, dataset, split, spec, feats, batch=batch, device=device, workers=workers,
+                              desc=f"features {source} / {split}")
+            except NonFiniteFeatures as err:
+                del feats
+                tmp.unlink(missing_ok=True)
+                raise ValueError(f"Backbone '{source}' gives non-finite features (NaN or inf) on {err.rows} "
+                                 f"{split} image(s) at {spec.size} px: it cannot be evaluated. Check its "
+                                 f"pretraining (a NaN loss?) or evaluate an earlier checkpoint.") from None
             feats.flush()
             del feats
-            seconds = time.perf_counter() - start
-            _finish_split(folder, split, dataset, tmp, seconds, device)
-            logger.info("features %s/%s: %d images in %.1f s (%.0f images/s)", source, split, len(samples), seconds,
-                        len(samples) / max(seconds, 1e-9))
+            _finish_split(folder, split, dataset, tmp, time.perf_counter() - start, device)
         info = json.loads(meta.read_text())
         if info["keys"] != [s.key for s in samples]:
             raise RuntimeError(f"Feature cache '{folder}' does not match the dataset's {split} samples; delete it.")
@@ -143,7 +149,14 @@ def extract_task(source: str, dataset: Dataset, splits, size: int, cache: str | 
         feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                           shape=(rows, feature_dim(model, spec, device)))
         if rows:
-            extract_units(model, dataset, split, spec, feats, units, batch, device, workers)
+            try:
+                extract_units(model, dataset, split, spec, feats, units, batch, device, workers,
+                              desc=f"features {source} / {split}, task {task}/{num_tasks}")
+            except NonFiniteFeatures as err:
+                del feats
+                tmp.unlink(missing_ok=True)
+                raise ValueError(f"Backbone '{source}' gives non-finite features (NaN or inf) on {err.rows} "
+                                 f"{split} image(s): it cannot be evaluated.") from None
         feats.flush()
         del feats
         os.replace(tmp, part)

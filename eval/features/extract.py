@@ -6,18 +6,33 @@ memory, non-blocking), runs the backbone (bf16 autocast on a GPU, ``inference_mo
 their offsets into the output array (``extract_units``): memory stays flat for any corpus size and the result
 does not depend on the number of workers. ``compute_features`` does the same for an iterable of images in this
 process. The cache on disk, and its division among SLURM array tasks, is ``eval.features.cache``.
+
+Features that are NaN or infinite stop the extraction (``NonFiniteFeatures``): a kNN vote or a probe on them
+would report chance without a word. Long extractions show their progress (``ctssl.core.progress``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Iterable
 
 import numpy as np
 import torch
 
+from ctssl.core.progress import Progress
 from ctssl.eval.inputs.datasets import Dataset
 from ctssl.eval.inputs.spec import InputSpec, prepare_batch
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteFeatures(ValueError):
+    """The backbone gave NaN or infinite features."""
+
+    def __init__(self, rows: int, first_row: int):
+        self.rows, self.first_row = rows, first_row
+        super().__init__(f"non-finite features (NaN or inf) in {rows} image(s) of a batch, from row {first_row}")
 
 
 def default_device() -> str:
@@ -69,23 +84,31 @@ class _UnitBatches(torch.utils.data.IterableDataset):
 
 
 @torch.inference_mode()
-def _run(model: torch.nn.Module, batches: Iterable, device: str, out: np.ndarray) -> int:
-    """Features of every (row, batch) into ``out``; returns the number of rows written."""
+def _run(model: torch.nn.Module, batches: Iterable, device: str, out: np.ndarray,
+         progress: Progress | None = None) -> int:
+    """Features of every (row, batch) into ``out``; returns the number of rows written. Raises
+    ``NonFiniteFeatures`` at the first batch with a NaN or infinite feature."""
     cuda = str(device).startswith("cuda")
     written = 0
     for row, x in batches:
         x = x.to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            feats = model(x)
-        out[row:row + len(x)] = feats.float().cpu().numpy()
+            feats = model(x).float()
+        finite = torch.isfinite(feats).all(1)
+        if not bool(finite.all()):
+            raise NonFiniteFeatures(int((~finite).sum()), row)
+        out[row:row + len(x)] = feats.cpu().numpy()
         written += len(x)
+        if progress is not None:
+            progress.update(len(x))
     return written
 
 
 def extract_units(model: torch.nn.Module, dataset: Dataset, split: str, spec: InputSpec, out: np.ndarray,
                   units: list[int] | None = None, batch: int | None = None, device: str | None = None,
-                  workers: int | None = None) -> np.ndarray:
-    """Features of the split's ``units`` (default all) written into ``out`` (rows of those units, in order)."""
+                  workers: int | None = None, desc: str = "features") -> np.ndarray:
+    """Features of the split's ``units`` (default all) written into ``out`` (rows of those units, in order);
+    progress under ``desc``."""
     device = device or default_device()
     batch = batch or default_batch(device)
     workers = default_workers(device) if workers is None else workers
@@ -98,7 +121,8 @@ def extract_units(model: torch.nn.Module, dataset: Dataset, split: str, spec: In
     loader = torch.utils.data.DataLoader(_UnitBatches(dataset, split, units, spec, batch, base), batch_size=None,
                                          num_workers=min(workers, max(1, len(units))) if workers else 0,
                                          pin_memory=str(device).startswith("cuda"))
-    written = _run(model, loader, device, out)
+    with Progress(expected, f"{desc} ({spec.size} px, {device})", unit="img", log=logger) as progress:
+        written = _run(model, loader, device, out, progress)
     if written != expected:
         raise RuntimeError(f"expected {expected} images, got {written}")
     return out

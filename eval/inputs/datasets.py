@@ -6,19 +6,30 @@ One spec string names a dataset; ``open_dataset(spec, label)`` reads it into a `
 =====================================  ===========================================================
 a ctssl shard folder (``manifest.json``)  CT (``.hu``) or natural-image shards; ``label`` is a key of
                                        the samples' labels (``ctssl ingest --labels``), or
-                                       ``a+b+c`` for a multi-label task of 0/1 columns; splits and
+                                       ``a+b+c`` for a multi-label task of 0/1 columns, or ``""``
+                                       for every sample, labelled or not (images only); splits and
                                        patients come from ingest (patient-level already);
                                        ``FOLDER@key=value`` keeps the samples whose metadata has
                                        that value (e.g. ``@manufacturer=SIEMENS``, ``@source=nifti``:
                                        one scanner or one source format as a domain)
 ``imagefolder:ROOT``                   ``ROOT/{train,val,test}/CLASS/*.png|jpg``
-``FILE.csv``                           columns ``path,label`` and optionally ``split`` and
-                                       ``patient``; paths relative to the CSV; without ``split``
-                                       the split is a hash of the patient's pseudonym (70/15/15),
-                                       so a patient's images never cross splits
+``FILE.csv``                           columns ``path``, ``patient``, a label column (``label``
+                                       picks it; ``label`` by default; ``a+b+c``: 0/1 columns)
+                                       and optionally ``split``; paths relative to the CSV; without
+                                       ``split`` the split is a hash of the patient ID alone
+                                       (70/15/15): a patient's images never cross splits, and
+                                       adding rows never moves another patient. No ``patient``
+                                       column is an error unless ``FILE.csv@patients=per-image``
+                                       (each image its own patient; a warning). 8-bit images are
+                                       pictures as stored; 16-bit grey images (CT exported as
+                                       PNG16/TIFF) are CT: HU = stored value - 1024, or
+                                       ``@hu_offset=N``; never reduced to 8 bits
 ``FILE.npz``                           MedMNIST (``{train,val,test}_images``/``_labels``); labels
                                        (N, 1) are classes, (N, C > 1) multi-label (ChestMNIST)
 =====================================  ===========================================================
+
+A label that no sample carries is an error that lists the labels the samples do carry (``ctssl ingest``
+without ``--labels`` writes none).
 
 Privacy: file names and patient IDs of ImageFolder and CSV datasets may carry identifiers, so
 sample keys and patients are keyed pseudonyms (``data.pseudonym``, HMAC-SHA256) under a key
@@ -48,6 +59,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 DEFAULT_LABEL = "region"     # the label evaluated unless one is named (body region of ctssl's CT shards)
+IMAGES_ONLY = ""             # the label of commands that use images only: every sample, labelled or not
 UNIT_ROWS = 512          # samples per unit of work for in-memory datasets (shard datasets: one shard)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -76,6 +88,8 @@ class Dataset:
     unit_stream: Callable[[str, int], Iterator[tuple[str, object]]] | None = None   # (key, image) of one unit
     # Shard datasets: split -> samples left out as damaged (each logged with its reason when opened).
     damaged: dict[str, int] = field(default_factory=dict)
+    label_names: list[str] = field(default_factory=list)   # the labels the samples carry, for messages
+    intensity: str = ""             # how stored values became the images (CSV: 8-bit as stored, 16-bit as HU)
 
     def __post_init__(self):
         if self.unit_stream is None:           # in memory: blocks of rows
@@ -100,8 +114,9 @@ class Dataset:
     def entries(self, name: str) -> list[Sample]:
         """The split's samples (targets, patients, keys); images may not be loaded."""
         if name not in self.samples or not self.samples[name]:
-            raise ValueError(f"Dataset '{self.spec}' has no samples with label '{self.label}' in split "
-                             f"'{name}' (splits with samples: {[s for s in self.samples if self.samples[s]]}).")
+            which = f" with label '{self.label}'" if self.label else ""
+            raise ValueError(f"Dataset '{self.spec}' has no samples{which} in split '{name}' (splits with samples: "
+                             f"{[s for s in self.samples if self.samples[s]]}).")
         return self.samples[name]
 
     def split(self, name: str) -> list[Sample]:
@@ -134,17 +149,18 @@ class Dataset:
         return np.asarray([s.group for s in self.entries(split)])
 
     def describe(self) -> dict:
-        return {"spec": self.spec, "label": self.label, "kind": self.kind, "fingerprint": self.fingerprint,
-                "classes": self.classes, "multilabel": self.multilabel,
-                "counts": {s: len(v) for s, v in self.samples.items()}}
+        described = {"spec": self.spec, "label": self.label, "kind": self.kind, "fingerprint": self.fingerprint,
+                     "classes": self.classes, "multilabel": self.multilabel,
+                     "counts": {s: len(v) for s, v in self.samples.items()}}
+        return {**described, "intensity": self.intensity} if self.intensity else described
 
 
 def open_dataset(spec: str, label: str = DEFAULT_LABEL) -> Dataset:
-    """Read the dataset named by ``spec`` (module docstring)."""
+    """Read the dataset named by ``spec`` (module docstring); ``label`` ``""``: every sample (images only)."""
     if spec.startswith("imagefolder:"):
         data = _imagefolder(spec, Path(spec.split(":", 1)[1]))
-    elif spec.endswith(".csv"):
-        data = _csv(spec, Path(spec))
+    elif spec.endswith(".csv") or ".csv@" in spec:
+        data = _csv(spec, label)
     elif spec.endswith(".npz"):
         data = _medmnist(spec, Path(spec), label)
     else:
@@ -152,11 +168,24 @@ def open_dataset(spec: str, label: str = DEFAULT_LABEL) -> Dataset:
         if where and "=" not in where:
             raise ValueError(f"Filter '@{where}' in '{spec}' must be @key=value.")
         data = _shards(spec, Path(path), label, tuple(where.split("=", 1)) if where else None)
-    if not data.multilabel:
+    if data.label == IMAGES_ONLY:
+        data.classes = []              # images only: no classes, every target unseen (-1)
+    elif not data.multilabel:
         # Classes are those of the training split; others are counted as unseen where used.
         data.classes = sorted({s.target for s in data.samples.get("train", [])} or
                               {s.target for v in data.samples.values() for s in v})
     return data
+
+
+def missing_label(spec: str, label: str, present: list[str]) -> str:
+    """The one-line error for a label that no sample of ``spec`` carries: the labels its samples do carry."""
+    wanted = label.split("+")
+    absent = [c for c in wanted if c not in present]
+    what = f"label '{label}'" if len(wanted) == 1 else f"label column(s) {absent} of '{label}'"
+    if not present:
+        return (f"'{spec}' has no {what}: its samples carry no labels (ctssl ingest writes labels only with "
+                f"--labels FILE.csv). Commands that need a label cannot run on it; similarity, gap and extract can.")
+    return f"'{spec}' has no {what}; its samples carry the labels {present}: name one of them as the label."
 
 
 def _hash_file(path: Path) -> str:
@@ -179,12 +208,18 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
         raise FileNotFoundError(f"'{spec}' is not a shard folder (no {MANIFEST_NAME}), imagefolder:ROOT, "
                                 ".csv or .npz dataset.")
     columns = label.split("+") if "+" in label else None
+    names: set[str] = set()                       # the labels the samples carry, for a missing label's message
+    matched = [0]                                 # samples that pass the filter
 
     def target_of(meta: dict):
         """The sample's target, or None when it is filtered out or lacks the label."""
         if where and str(meta.get(where[0], (meta.get("labels") or {}).get(where[0]))) != where[1]:
             return None
+        matched[0] += 1
         labels = {**(meta.get("labels") or {}), **({"class": meta["class"]} if "class" in meta else {})}
+        names.update(k for k, v in labels.items() if v not in (None, ""))
+        if label == IMAGES_ONLY:
+            return ""
         if columns:
             return None if any(c not in labels for c in columns) else tuple(int(float(labels[c]) > 0) for c in columns)
         value = labels.get(label)
@@ -226,9 +261,14 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
     if any(damaged.values()):
         logger.warning("%s: damaged samples left out: %s (`ctssl shards verify` tells more)", spec,
                        ", ".join(f"{n} in {split}" for split, n in damaged.items() if n))
+    if where and not matched[0]:
+        raise ValueError(f"No sample of '{spec}' has {where[0]} = {where[1]}.")
+    if label != IMAGES_ONLY and not any(samples.values()):
+        raise ValueError(missing_label(spec, label, sorted(names)))
     fingerprint = _hash_file(manifest) + (f"@{where[0]}={where[1]}" if where else "")
     return Dataset(spec, label, kind or "ct", fingerprint, samples, classes=columns or [], multilabel=bool(columns),
-                   units=units, unit_stream=unit_stream, damaged={s: n for s, n in damaged.items() if n})
+                   units=units, unit_stream=unit_stream, damaged={s: n for s, n in damaged.items() if n},
+                   label_names=sorted(names))
 
 
 def _load_image(path: Path):
@@ -236,6 +276,10 @@ def _load_image(path: Path):
 
     with Image.open(path) as image:
         image.load()
+        if image.mode in SIXTEEN_BIT:
+            raise ValueError(f"An ImageFolder dataset holds a 16-bit image ({image.mode}); it would lose its values "
+                             "as an 8-bit picture. List 16-bit CT images in a CSV dataset (HU + offset, see "
+                             "docs/evaluation.md).")
         return image.copy()
 
 
@@ -262,37 +306,124 @@ def _imagefolder(spec: str, root: Path) -> Dataset:
     return Dataset(spec, "class", "image", digest.hexdigest(), samples)
 
 
-def split_of(group: str, fractions=(0.7, 0.15, 0.15)) -> str:
-    """A stable split for a patient without one: a hash of its ID into [0, 1)."""
-    u = int(hashlib.sha256(group.encode()).hexdigest()[:12], 16) / 16 ** 12
+def split_of(patient: str, fractions=(0.7, 0.15, 0.15)) -> str:
+    """A stable split for a patient without one: a hash of its ID into [0, 1). It depends on that ID alone, so
+    adding or removing other rows (or patients) never moves a patient between splits."""
+    u = int(hashlib.sha256(f"split\0{patient}".encode("utf-8", "surrogateescape")).hexdigest()[:12], 16) / 16 ** 12
     if u < fractions[0]:
         return "train"
     return "val" if u < fractions[0] + fractions[1] else "test"
 
 
-def _csv(spec: str, path: Path) -> Dataset:
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV dataset '{path}' does not exist.")
+HU_OFFSET = 1024          # 16-bit images of a CSV dataset hold HU + this (CT exported as PNG16), unless told
+CSV_OPTIONS = {"patients": "per-image: each image is its own patient (no patient column)",
+               "hu_offset": "N: 16-bit images hold HU + N (default 1024)"}
+SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def _csv_options(spec: str) -> tuple[Path, dict[str, str]]:
+    """``FILE.csv`` or ``FILE.csv@key=value,key=value`` -> (path, options); unknown options are an error."""
+    path, _, tail = spec.rpartition(".csv@") if ".csv@" in spec else (spec[:-4], "", "")
+    options = {}
+    for item in filter(None, tail.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in CSV_OPTIONS:
+            raise ValueError(f"Unknown CSV dataset option '{item}' in '{spec}'. Valid options are "
+                             f"{[f'{k}={v}' for k, v in CSV_OPTIONS.items()]}.")
+        options[key] = value
+    if options.get("patients", "per-image") != "per-image":
+        raise ValueError(f"CSV option patients={options['patients']} in '{spec}': the only value is per-image.")
+    return Path(path + ".csv"), options
+
+
+def _csv_image(file: Path, row: int, csv_name: str, offset: int):
+    """(image, bits) of one listed file: 8-bit images as stored (PIL); 16-bit grey images as int16 HU arrays, HU
+    = stored value - ``offset`` (never reduced to 8 bits). Errors name the row, never the file's path (paths
+    of archives carry patient names)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            image.load()
+            if image.mode not in SIXTEEN_BIT:
+                if image.mode == "F" or image.mode.startswith("I"):
+                    raise ValueError(f"row {row} of '{csv_name}' is a {image.mode} image; CSV datasets take 8-bit "
+                                     "images and 16-bit grey ones (HU + offset)")
+                return image.copy(), 8
+            stored = np.asarray(image, dtype=np.int64)
+    except UnidentifiedImageError:
+        raise ValueError(f"Row {row} of '{csv_name}' is not an image Pillow reads (PNG, JPEG, TIFF, ...). DICOM "
+                         "files go through ctssl ingest, which writes CT shards.") from None
+    except OSError as err:
+        raise ValueError(f"Row {row} of '{csv_name}' could not be read ({type(err).__name__}; a truncated or "
+                         "damaged image).") from None
+    return np.clip(stored - offset, -32768, 32767).astype(np.int16), 16
+
+
+def _csv(spec: str, label: str = DEFAULT_LABEL) -> Dataset:
+    """A CSV of images (module docstring): ``label`` names the label column (the default label, when the CSV
+    has no such column: ``label``; ``""``: images only); ``patient`` is required unless the spec says
+    ``@patients=per-image``; the split, when not given, follows the patient ID alone (``split_of``)."""
     from ctssl.data.pseudonym import pseudonym
 
-    key = bytes.fromhex(_hash_file(path))
+    path, options = _csv_options(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV dataset '{path}' does not exist.")
+    offset = int(options.get("hu_offset", HU_OFFSET))
+    key = bytes.fromhex(_hash_file(path))      # keys the pseudonyms; the splits do not depend on it
     samples: dict[str, list[Sample]] = {s: [] for s in SPLITS}
+    bits: set[int] = set()
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        missing = {"path", "label"} - set(reader.fieldnames or [])
+        columns = list(reader.fieldnames or [])
+        wanted = label.split("+") if label else []
+        if label == DEFAULT_LABEL and label not in columns:
+            wanted = ["label"]
+        missing = [c for c in ["path", *wanted] if c not in columns]
         if missing:
-            raise ValueError(f"CSV dataset '{path}' lacks column(s) {sorted(missing)}; it needs path,label "
-                             "and optionally split,patient.")
-        for row in reader:
-            file = (path.parent / row["path"]).resolve()
+            present = [c for c in columns if c not in ("path", "split", "patient")]
+            raise ValueError(f"CSV dataset '{path}' lacks column(s) {missing} (its columns: {columns}); it needs "
+                             f"path, a label column (--label names it; labels present: {present}), and patient "
+                             "(split optional).")
+        per_image = "patients" in options
+        if "patient" not in columns and not per_image:
+            raise ValueError(f"CSV dataset '{path}' has no patient column, so images of one patient could land in "
+                             "train and test. Add a patient column (any ID; it is pseudonymised), or, if each image "
+                             f"really is its own patient, say so: '{path}@patients=per-image'.")
+        if per_image:
+            logger.warning("CSV dataset '%s': each image is its own patient (patients=per-image, as asked); "
+                           "neighbouring slices of one scan would land in different splits.", path.name)
+        for n, row in enumerate(reader, start=2):          # row 1 is the header
+            file = path.parent / row["path"]
             if not file.is_file():
-                raise FileNotFoundError(f"'{file}' listed in '{path}' does not exist.")
-            group = pseudonym(key, "patient", row.get("patient") or row["path"])
-            split = row.get("split") or split_of(group)
+                raise FileNotFoundError(f"The file of row {n} of '{path}' does not exist (paths are relative to "
+                                        "the CSV's folder).")
+            patient = row["path"] if per_image else row.get("patient") or ""
+            if not patient:
+                raise ValueError(f"Row {n} of '{path}' has an empty patient.")
+            split = row.get("split") or split_of(patient)
             if split not in samples:
-                raise ValueError(f"Unknown split '{split}' in '{path}' (valid: {list(SPLITS)}).")
-            samples[split].append(Sample(_load_image(file), row["label"], group, pseudonym(key, "image", row["path"])))
-    return Dataset(spec, "label", "image", _hash_file(path), samples)
+                raise ValueError(f"Unknown split '{split}' in row {n} of '{path}' (valid: {list(SPLITS)}).")
+            image, depth = _csv_image(file, n, str(path), offset)
+            bits.add(depth)
+            if len(wanted) > 1:
+                target = tuple(int(float(row[c] or 0) > 0) for c in wanted)
+            else:
+                target = row[wanted[0]] if wanted else IMAGES_ONLY
+            samples[split].append(Sample(image, target, pseudonym(key, "patient", patient),
+                                         pseudonym(key, "image", row["path"])))
+    if bits == {8, 16}:
+        raise ValueError(f"CSV dataset '{path}' mixes 8-bit and 16-bit images; one dataset holds one kind (16-bit: "
+                         "CT as HU + offset; 8-bit: pictures).")
+    ct = bits == {16}
+    intensity = (f"16-bit images as CT: HU = stored value - {offset} (hu_offset), never reduced to 8 bits"
+                 if ct else "8-bit images as stored")
+    if per_image:
+        intensity += "; each image its own patient (patients=per-image)"
+    name = "+".join(wanted) if wanted else IMAGES_ONLY
+    return Dataset(spec, name, "ct" if ct else "image", _hash_file(path) + (f"@{offset}" if ct else ""), samples,
+                   classes=wanted if len(wanted) > 1 else [], multilabel=len(wanted) > 1,
+                   label_names=[c for c in columns if c not in ("path", "split", "patient")], intensity=intensity)
 
 
 def _medmnist(spec: str, path: Path, label: str) -> Dataset:
@@ -312,7 +443,8 @@ def _medmnist(spec: str, path: Path, label: str) -> Dataset:
                    f"{split}-{i}", f"{split}-{i}")
             for i in range(len(images))]
     classes = [str(c) for c in range(data["train_labels"].shape[1])] if multilabel else []
-    return Dataset(spec, label if label != DEFAULT_LABEL else "label", "image", _hash_file(path), samples,
+    name = label if label not in (DEFAULT_LABEL, IMAGES_ONLY) else "label"
+    return Dataset(spec, name, "image", _hash_file(path), samples,
                    classes=classes, multilabel=multilabel)
 
 

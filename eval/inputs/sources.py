@@ -73,8 +73,85 @@ def _card(backbone: str, in_chans: int, method: str, data: dict | None = None, *
     return {"backbone": backbone, "in_chans": in_chans, "method": method, "data": data or {}, **extra}
 
 
+ARMS = {"ct": "CT-pretrained", "natural": "natural-image-pretrained", "medical": "pretrained on other medical images",
+        "random": "random initialisation", "other": "other"}
+
+
+def pretraining_arm(card: dict) -> str:
+    """Which arm of the study a backbone belongs to (a key of ``ARMS``): ``ct`` (ctssl pretraining on CT),
+    ``natural`` (ImageNet weights, ctssl pretraining on natural images), ``medical`` (RadImageNet), ``random``."""
+    method, kind = str(card.get("method", "")), (card.get("data") or {}).get("kind")
+    if method == "random init":
+        return "random"
+    if method.startswith("supervised ImageNet") or kind == "natural":
+        return "natural"
+    if method.startswith("supervised RadImageNet"):
+        return "medical"
+    return "ct" if kind == "ct" else "other"
+
+
+def backbone_card(source: str) -> dict:
+    """A backbone's card without loading its weights (no ``weights_sha256``): architecture, channels, method,
+    pretraining data and size; what ``comparison_size`` and the report's arms need of every backbone first."""
+    if source.startswith("random:"):
+        parts = source.split(":")
+        if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts[2:]):
+            raise ValueError(f"Backbone source '{source}' must be random:NAME:IN_CHANS[:SEED], e.g. random:resnet18:3.")
+        return _card(parts[1], int(parts[2]), "random init", source=source)
+    if source.startswith("imagenet:"):
+        parts = source.split(":", 2)
+        if len(parts) != 3:
+            raise ValueError(f"Backbone source '{source}' must be imagenet:NAME:FILE.")
+        return _card(parts[1], 3, "supervised ImageNet", source=source, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    if source.startswith("radimagenet:"):
+        return _card("resnet50", 3, "supervised RadImageNet", source=source, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"Backbone '{source}' is neither an existing file nor random:/imagenet:/"
+                                "radimagenet: source.")
+    if path.suffix == ".safetensors":
+        card_path = path.with_suffix(".json")
+        if not card_path.exists():
+            raise FileNotFoundError(f"No card '{card_path}' beside '{path}' (written by pretraining's export).")
+        return {**json.loads(card_path.read_text()), "source": source}
+    if path.suffix == ".pt":
+        # OUT/checkpoints/last.pt: the run's resolved OUT/config.yaml says the architecture.
+        config = next((c for c in (path.parent / "config.yaml", path.parent.parent / "config.yaml") if c.exists()),
+                      None)
+        if config is None:
+            raise FileNotFoundError(f"No config.yaml beside or above checkpoint '{path}' (written by pretraining).")
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(config)
+        kind = cfg.resolved.data_kind
+        ct = kind == "ct"
+        intensity = cfg.data.get("intensity", "windows") if ct else "rgb"
+        return _card(cfg.model.backbone, int(cfg.resolved.in_chans), cfg.method.name,
+                     {"shards": cfg.data.shards, "kind": kind, "image_size": cfg.data.get("image_size"),
+                      "intensity": intensity,
+                      "windows": list(cfg.data.windows) if ct and intensity == "windows" else None}, source=source)
+    raise ValueError(f"Backbone file '{path}' must be .safetensors (ctssl export) or .pt (ctssl checkpoint); "
+                     "use radimagenet:FILE or imagenet:NAME:FILE for supervised weights.")
+
+
+def require_finite(model: torch.nn.Module, source: str) -> None:
+    """A backbone whose weights or buffers hold NaN or inf cannot be evaluated: a one-line error naming it."""
+    state = model.state_dict()
+    bad = [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"Backbone '{source}' has non-finite weights (NaN or inf in {len(bad)} of {len(state)} "
+                         f"tensors, first {bad[0]}): it cannot be evaluated. Its pretraining diverged or the file is "
+                         f"damaged; evaluate an earlier checkpoint.")
+
+
 def load_backbone(source: str):
-    """(module, card) for a backbone source string (module docstring)."""
+    """(module, card) for a backbone source string (module docstring); refuses non-finite weights."""
+    model, card = _load(source)
+    require_finite(model, source)
+    return model, card
+
+
+def _load(source: str):
     if source.startswith("random:"):
         parts = source.split(":")
         if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts[2:]):
@@ -102,29 +179,6 @@ def load_backbone(source: str):
         return model, _card("resnet50", 3, "supervised RadImageNet", source=source,
                             weights_sha256=file_sha256(path), mean=IMAGENET_MEAN, std=IMAGENET_STD)
     path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"Backbone '{source}' is neither an existing file nor random:/imagenet:/"
-                                "radimagenet: source.")
-    if path.suffix == ".safetensors":
-        card_path = path.with_suffix(".json")
-        if not card_path.exists():
-            raise FileNotFoundError(f"No card '{card_path}' beside '{path}' (written by pretraining's export).")
-        card = json.loads(card_path.read_text())
-    elif path.suffix == ".pt":
-        # OUT/checkpoints/last.pt: the run's resolved OUT/config.yaml says the architecture.
-        config = next((c for c in (path.parent / "config.yaml", path.parent.parent / "config.yaml") if c.exists()),
-                      None)
-        if config is None:
-            raise FileNotFoundError(f"No config.yaml beside or above checkpoint '{path}' (written by pretraining).")
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.load(config)
-        kind = cfg.resolved.data_kind
-        card = _card(cfg.model.backbone, int(cfg.resolved.in_chans), cfg.method.name,
-                     {"shards": cfg.data.shards, "kind": kind,
-                      "windows": list(cfg.data.windows) if kind == "ct" else None})
-    else:
-        raise ValueError(f"Backbone file '{path}' must be .safetensors (ctssl export) or .pt (ctssl checkpoint); "
-                         "use radimagenet:FILE or imagenet:NAME:FILE for supervised weights.")
+    card = backbone_card(source)
     model, _ = build_backbone(card["backbone"], card["in_chans"], init="checkpoint", weights=str(path))
     return model, {**card, "source": source, "weights_sha256": file_sha256(path)}

@@ -1,8 +1,10 @@
 """How a downstream image becomes a backbone's input: one ``InputSpec`` per (backbone, data kind), taken
 from the backbone's card (what it was pretrained with) unless the user sets it.
 
-- size: the user's ``--image-size``, else the view size the backbone was pretrained at (the card's
-  ``data.image_size``), else 224 (ImageNet and RadImageNet weights, random initialisation);
+- size: one for every backbone of a comparison (``comparison_size``): the user's ``--image-size``, else the
+  largest size any of them was pretrained at (the card's ``data.image_size``; 224 for ImageNet and RadImageNet
+  weights; random initialisation has none), 224 when none has one; each backbone at its own pretraining
+  size only when the user asks (``own_size``, an ablation the report points out);
 - CT (HU arrays), by what the backbone saw in pretraining:
   - ctssl CT backbones: the windows of their card (e.g. lung, soft tissue, bone), one per channel, or the
     per-slice min-max of the RadNet-12M recipe (``intensity: minmax``), normalised as in pretraining;
@@ -49,9 +51,14 @@ class InputSpec:
     std: list[float]
     intensity: str = "windows"    # CT: "windows" or "minmax" (per-slice min-max, replicated)
     rule: str = ""                # which rule chose this (for the record and the report)
+    pretrained_size: int = 0      # the size the backbone was pretrained at (0: none, random initialisation)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def identity(self) -> dict:
+        """What the prepared pixels depend on (feature cache keys, run ids): not the words of the rule."""
+        return {k: v for k, v in asdict(self).items() if k not in ("rule", "pretrained_size")}
 
 
 def _grey_source(card: dict) -> bool:
@@ -61,14 +68,46 @@ def _grey_source(card: dict) -> bool:
         (card.get("data") or {}).get("kind") == "natural"
 
 
-def input_spec(card: dict, data_kind: str, size: int = 0, grey_window: str = GREY_WINDOW) -> InputSpec:
-    """The input of ``card``'s backbone for data of ``data_kind`` (module docstring); ``size`` 0: the card's."""
+def pretraining_size(card: dict) -> int | None:
+    """The input size the backbone was pretrained at: its card's view size; 224 for ImageNet and RadImageNet
+    weights; None for random initialisation."""
+    size = (card.get("data") or {}).get("image_size")
+    if size:
+        return int(size)
+    return DEFAULT_SIZE if str(card.get("method", "")).startswith("supervised") else None
+
+
+def comparison_size(cards: list[dict], size: int = 0, own_size: bool = False) -> tuple[int, str]:
+    """(size, why) of the inputs of every backbone of one comparison (``cards``): ``size`` when set; else the
+    largest pretraining size among them (none is shrunk below the size it learnt at), 224 when none has one;
+    ``own_size``: (0, ...), each backbone at its own pretraining size."""
+    if size:
+        return int(size), "as set"
+    if own_size:
+        return 0, "its own pretraining size (as asked: own_size)"
+    known = [s for s in (pretraining_size(c) for c in cards) if s]
+    if not known:
+        return DEFAULT_SIZE, f"{DEFAULT_SIZE}: no backbone of the comparison has a pretraining size"
+    if len(cards) == 1:
+        return max(known), "the pretraining size"
+    return max(known), "the comparison's common size: the largest pretraining size among its backbones"
+
+
+def input_spec(card: dict, data_kind: str, size: int = 0, grey_window: str = GREY_WINDOW,
+               size_rule: str = "") -> InputSpec:
+    """The input of ``card``'s backbone for data of ``data_kind`` (module docstring); ``size`` 0: the card's;
+    ``size_rule``: why this size (``comparison_size``), in the record."""
     in_chans = int(card["in_chans"])
     data = card.get("data") or {}
-    pretrained_size = data.get("image_size")
-    size_rule = "as set" if size else "the pretraining view size" if pretrained_size else \
-        f"{DEFAULT_SIZE}: no pretraining size on the card"
-    size = int(size or pretrained_size or DEFAULT_SIZE)
+    pretrained = pretraining_size(card)
+    if not size_rule:
+        size_rule = "as set" if size else "the pretraining view size" if data.get("image_size") else \
+            f"{DEFAULT_SIZE}: no pretraining size on the card"
+    size = int(size or pretrained or DEFAULT_SIZE)
+    if pretrained and size != pretrained:
+        size_rule += f"; pretrained at {pretrained} px"
+    elif not pretrained and "no pretraining size" not in size_rule:
+        size_rule += "; no pretraining size"
     intensity, windows = "windows", []
     if card.get("mean"):
         mean, std = list(card["mean"]), list(card["std"])
@@ -97,7 +136,8 @@ def input_spec(card: dict, data_kind: str, size: int = 0, grey_window: str = GRE
     if len(mean) != in_chans:
         mean = [float(np.mean(mean))] * in_chans
         std = [float(np.mean(std))] * in_chans
-    return InputSpec(data_kind, in_chans, size, windows, mean, std, intensity, f"{rule}; {size} px ({size_rule})")
+    return InputSpec(data_kind, in_chans, size, windows, mean, std, intensity, f"{rule}; {size} px ({size_rule})",
+                     pretrained or 0)
 
 
 def prepare(image, spec: InputSpec) -> torch.Tensor:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -94,9 +95,11 @@ class LinearGrid:
 
 
 def train_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-                cfg: ProbeConfig, num_classes: int, multilabel: bool = False, seed: int = 0) -> dict:
+                cfg: ProbeConfig, num_classes: int, multilabel: bool = False, seed: int = 0,
+                on_epoch: Callable[[int], None] | None = None) -> dict:
     """Train the grid on standardised features; returns the heads' validation scores and the
-    chosen head's weights."""
+    chosen head's weights. ``on_epoch(1)`` is called after each epoch (progress). A validation metric undefined
+    for every head (e.g. AUROC on validation samples of one class) is a ValueError."""
     grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
     gen = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(np.ascontiguousarray(train_x, dtype=np.float32))
@@ -133,6 +136,8 @@ def train_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val
             loss.backward()
             heads.step(0.5 * (1 + math.cos(math.pi * step / total)), cfg.momentum)
             step += 1
+        if on_epoch is not None:
+            on_epoch(1)
     metric = selection_metric(cfg, multilabel, num_classes)
     with torch.no_grad():
         val_logits = heads.logits(torch.from_numpy(np.ascontiguousarray(val_x, dtype=np.float32)))

@@ -22,19 +22,19 @@ import numpy as np
 import torch
 
 from ctssl.core.atomic import atomic_write_text
-from ctssl.eval.features.cache import cached_features
 from ctssl.eval.features.extract import compute_features, default_device
 from ctssl.eval.inputs.confounders import confounded_set, inject
 from ctssl.eval.inputs.datasets import Sample, open_dataset
+from ctssl.eval.inputs.requirements import require_splits
 from ctssl.eval.inputs.sources import load_backbone
 from ctssl.eval.inputs.spec import input_spec, prepare
 from ctssl.eval.measures.classification import metrics_with_ci
 from ctssl.eval.measures.confounders import permutation_test
 from ctssl.eval.measures.probe import ProbeConfig, predict, standardise, train_probe
-from ctssl.eval.protocols.spec import EvalTarget, backbone_orders
+from ctssl.eval.protocols.spec import EvalTarget, announce, backbone_orders, frozen_features, input_size
 from ctssl.eval.records.plots import confounder_curves
 from ctssl.eval.records.provenance import provenance
-from ctssl.eval.records.store import slug
+from ctssl.eval.records.store import load_names, slug
 from ctssl.finetune import finetune as finetuning
 
 logger = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ def run_confounders(target: EvalTarget, settings: ConfounderSettings, out: str |
     dataset = open_dataset(target.data, target.label)
     if dataset.multilabel:
         raise ValueError("The confounder experiment needs a single label with a positive value (--positive).")
+    require_splits(dataset, "The confounder experiment")
     split = {s: dataset.split(s) for s in ("train", "val", "test")}
     positive = {s: np.array([x.target == settings.positive for x in split[s]]) for s in split}
     for s in split:     # AUROC (selection on val, measure on test) needs both classes in every split
@@ -74,14 +75,17 @@ def run_confounders(target: EvalTarget, settings: ConfounderSettings, out: str |
                 f"and test (values: {dataset.classes}). Ingest with other --splits fractions, or choose another "
                 f"--positive.")
     experiment = _Experiment(dataset, split, positive, kind, seed)
-    rows = []
-    for order, source in backbone_orders(target, orders):
+    rows, (size, why), names = [], input_size(target), load_names(out)
+    pairs = backbone_orders(target, orders)
+    for index, (order, source) in enumerate(pairs):
+        announce(logger, "confounders", source, index, len(pairs), names, confounder=kind, mode=settings.mode)
         model, card = load_backbone(source)
-        spec = input_spec(card, dataset.kind, target.image_size, target.grey_window)
+        spec = input_spec(card, dataset.kind, size, target.grey_window, why)
         if settings.mode == "probe":
-            learn = experiment.probe(model, spec, source, target, cache or Path(out) / "features", learner)
+            learn = experiment.probe(model, spec, source, target, cache or Path(out) / "features", learner,
+                                         (size, why))
         else:
-            learn = experiment.finetune(model, card, spec, learner)
+            learn = experiment.finetune(model, card, spec, learner, f"confounders {names.get(source) or source}")
         for fraction in settings.fractions:
             row = experiment.row(learn, fraction, source, order, spec.rule, settings, target.n_boot)
             logger.info("confounder %s, %s, fraction %.2f: clean AUROC %s, anti-correlated AUROC %s", kind, source,
@@ -90,7 +94,7 @@ def run_confounders(target: EvalTarget, settings: ConfounderSettings, out: str |
     name = name or confounders_name(kind, target.data)
     folder = Path(out) / "confounders"
     config = {"confounder": kind, "positive": settings.positive, "fractions": list(settings.fractions),
-              "mode": settings.mode, "seed": seed, "image_size": target.image_size, "n_boot": target.n_boot,
+              "mode": settings.mode, "seed": seed, "image_size": size, "n_boot": target.n_boot,
               "permutations": settings.permutations}
     record = {"name": name, "dataset": dataset.describe(), "label": target.label, "positive": settings.positive,
               "config": config, "rows": rows, "provenance": provenance()}
@@ -124,11 +128,10 @@ class _Experiment:
         return {s: confounded_set([x.key for x in self.split[s]], self.positive[s], fraction, self.seed)
                 for s in ("train", "val")}
 
-    def probe(self, model, spec, source: str, target: EvalTarget, cache, probe: ProbeConfig):
+    def probe(self, model, spec, source: str, target: EvalTarget, cache, probe: ProbeConfig, size: tuple[int, str]):
         """A function fraction -> (clean, anti-correlated) test scores of a binary linear probe on frozen
         features whose chosen positives carry the confounder."""
-        clean = cached_features(source, self.dataset, ["train", "val", "test"], target.image_size, cache,
-                                grey_window=target.grey_window)
+        clean = frozen_features(target, self.dataset, source, cache, size=size)
         feats = {s: np.asarray(clean[s].features) for s in self.split}
         # Confounded versions of every positive (train, val) and every negative (test), once.
         tagged = {s: compute_features(model, [inject(x.image, self.kind, x.key)
@@ -154,7 +157,7 @@ class _Experiment:
 
         return learn
 
-    def finetune(self, model, card: dict, spec, settings: finetuning.FinetuneConfig):
+    def finetune(self, model, card: dict, spec, settings: finetuning.FinetuneConfig, desc: str = "confounders"):
         """A function fraction -> (clean, anti-correlated) test scores of the fine-tuned network, trained where
         the chosen positives carry the confounder."""
         device = default_device()
@@ -169,7 +172,7 @@ class _Experiment:
             result = finetuning.finetune_grid(model, card["backbone"], data["train"],
                                               self.positive["train"].astype(np.int64), data["val"],
                                               self.positive["val"].astype(np.int64), 2, settings, self.seed,
-                                              device=device)
+                                              device=device, desc=f"{desc}, confounded fraction {fraction:g}")
             best = result["best_val"]
             return (chosen, finetuning.predict(best, tensor(self.split["test"]), False, device=device),
                     finetuning.predict(best, tensor(self.anti_test), False, device=device))

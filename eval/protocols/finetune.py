@@ -24,14 +24,15 @@ from ctssl.eval.features.extract import default_device
 from ctssl.eval.features.layers import conv_weights
 from ctssl.eval.inputs.datasets import Dataset, open_dataset
 from ctssl.eval.inputs.folds import subsample
+from ctssl.eval.inputs.requirements import require_classes
 from ctssl.eval.inputs.sources import load_backbone
 from ctssl.eval.inputs.spec import InputSpec, input_spec, prepare
-from ctssl.eval.measures.classification import metrics_with_ci
+from ctssl.eval.measures.classification import metrics_with_ci, selection_metric
 from ctssl.eval.measures.similarity import weight_similarity
-from ctssl.eval.protocols.spec import EvalSpec, backbone_orders
+from ctssl.eval.protocols.spec import EvalSpec, announce, backbone_orders, input_size
 from ctssl.eval.records.comparisons import headline, main_metric
 from ctssl.eval.records.provenance import provenance
-from ctssl.eval.records.store import RunStore, run_id
+from ctssl.eval.records.store import RunStore, load_names, run_id
 from ctssl.finetune.finetune import FinetuneConfig, finetune_grid, predict
 
 logger = logging.getLogger(__name__)
@@ -62,21 +63,26 @@ def run_finetune(spec: EvalSpec, settings: FinetuneConfig, out: str | Path, task
     out, store = Path(out), RunStore(out)
     prefix = f"{cut_name(settings.truncate)} " if task == "truncated" else ""
     data = open_dataset(spec.data, spec.label)
-    records = []
-    for order, source in backbone_orders(spec, orders):
+    require_classes(data, "fine-tuning", selection_metric(settings, data.multilabel, len(data.classes)))
+    records, (size, why), names = [], input_size(spec), load_names(out)
+    pairs = backbone_orders(spec, orders)
+    for index, (order, source) in enumerate(pairs):
         backbone, card = load_backbone(source)
-        inputs = input_spec(card, data.kind, spec.image_size, spec.grey_window)
+        inputs = input_spec(card, data.kind, size, spec.grey_window, why)
         prepared = _Prepared(data, inputs)
         for fraction in spec.fractions:
             for seed in spec.seeds:
                 config = {**asdict(settings), "seed": seed}
                 ids = {v: run_id(task=task, variant=prefix + v, source=source, weights=card.get("weights_sha256"),
                                  dataset=data.fingerprint, label=data.label, fraction=fraction, seed=seed,
-                                 config=config, input=inputs.to_dict()) for v in VARIANTS}
+                                 config=config, input=inputs.identity()) for v in VARIANTS}
                 if all(store.done(i) for i in ids.values()):
                     records += [store.load(ids[v]) for v in VARIANTS]
                     continue
-                run = _train(backbone, card, prepared, data, fraction, seed, settings)
+                announce(logger, task, source, index, len(pairs), names, fraction=fraction, seed=seed,
+                         size=f"{inputs.size} px", grid=f"{len(settings.lrs)} lr x {len(settings.weight_decays)} wd")
+                desc = f"{task} {names.get(source) or source}, fraction {fraction:g}, seed {seed}"
+                run = _train(backbone, card, prepared, data, fraction, seed, settings, desc)
                 if settings.save_model and settings.truncate == 0:
                     _export(run["result"], card, source, data, fraction, seed, config, out / "models" / ids["best_val"])
                 base = {"task": task, "backbone": source, "backbone_order": order,
@@ -85,14 +91,14 @@ def run_finetune(spec: EvalSpec, settings: FinetuneConfig, out: str | Path, task
                 for variant in VARIANTS:
                     record = _record(run, variant, prefix, ids[variant], base, settings, prepared, data, spec.n_boot,
                                      store)
-                    logger.info("%s %s (%s) fraction %g seed %d: %s", task, source, prefix + variant, fraction, seed,
-                                headline(record))
+                    logger.info("%s %s (%s) fraction %g seed %d, lr %g chosen: %s", task, names.get(source) or source,
+                                prefix + variant, fraction, seed, run["result"]["lr"], headline(record))
                     records.append(record)
     return records
 
 
 def _train(backbone, card: dict, prepared: _Prepared, data: Dataset, fraction: float, seed: int,
-           settings: FinetuneConfig) -> dict:
+           settings: FinetuneConfig, desc: str = "finetune") -> dict:
     """The lr x wd grid on ``fraction`` of the training patients, chosen on validation; with the feature reuse
     of a full network and the trainable parameters."""
     train_y, val_y = data.targets("train"), data.targets("val")
@@ -101,7 +107,7 @@ def _train(backbone, card: dict, prepared: _Prepared, data: Dataset, fraction: f
     val_keep = np.ones(len(val_y), bool) if data.multilabel else val_y >= 0
     result = finetune_grid(backbone, card["backbone"], prepared["train"][idx], train_y[idx],
                            prepared["val"][val_keep], val_y[val_keep], len(data.classes), settings, seed,
-                           data.multilabel, default_device())
+                           data.multilabel, default_device(), desc)
     reuse = {} if settings.truncate else weight_similarity(conv_weights(backbone),
                                                           conv_weights(result["best_val"].export_backbone))
     return {"result": result, "n_train": len(idx), "n_val": int(val_keep.sum()), "feature_reuse": reuse,
@@ -129,7 +135,8 @@ def _record(run: dict, variant: str, prefix: str, rid: str, base: dict, settings
     scores = predict(result[variant], prepared["test"], data.multilabel, device=default_device())
     record = {"run_id": rid, "task": base["task"], "variant": prefix + variant,
               **{k: base[k] for k in ("backbone", "backbone_order", "backbone_card", "dataset", "fraction", "seed")},
-              "n_train": run["n_train"], "n_val": run["n_val"], "n_test": len(test), "config": base["config"],
+              "n_train": run["n_train"], "n_val": run["n_val"], "n_test": len(test),
+              "n_test_patients": int(len(np.unique(test_groups))), "config": base["config"],
               "input": base["input"],
               "test": metrics_with_ci(test_y, scores, test_groups, data.multilabel, n_boot, seed),
               "history": result["history"], "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],

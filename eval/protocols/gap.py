@@ -21,7 +21,9 @@ import numpy as np
 
 from ctssl.core.atomic import atomic_write_text
 from ctssl.eval.features.cache import cached_features
-from ctssl.eval.inputs.datasets import DEFAULT_LABEL, Dataset, open_dataset
+from ctssl.eval.inputs.datasets import IMAGES_ONLY, Dataset, open_dataset
+from ctssl.eval.inputs.sources import backbone_card
+from ctssl.eval.inputs.spec import comparison_size
 from ctssl.eval.measures.gap import balanced, domain_classifier, frechet_distance, knn_purity, mmd2, probe_gap
 from ctssl.eval.records.plots import embedding
 from ctssl.eval.records.provenance import provenance
@@ -32,11 +34,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class GapSettings:
-    label: str = DEFAULT_LABEL      # label of A
+    label: str = IMAGES_ONLY        # label of A: for the cross-domain probe and the t-SNE's colours; "": none
     label_b: str = ""               # label of B; "" = as A (natural-image shards: class)
     split: str = "test"             # split compared (a dataset without it: val, then train)
     max_samples: int = 1000         # samples per domain
-    image_size: int = 0             # 0: each backbone at its pretraining size
+    image_size: int = 0             # 0: one size for every backbone, the largest pretraining size among them
+    own_size: bool = False          # each backbone at its own pretraining size instead
     k: int = 10                     # neighbours for the kNN domain purity
     embed: bool = True              # the t-SNE figure
     seed: int = 0                   # the samples drawn, the classifier's folds, the t-SNE
@@ -49,17 +52,24 @@ def run_gap(a: str, b: str, backbones: list[str], settings: GapSettings, out: st
     s = settings
     data_a, data_b = open_dataset(a, s.label), open_dataset(b, s.label_b or s.label)
     # A dataset without the split (an ImageFolder with train and val only) uses val, then train.
-    use = {id(d): next(x for x in (s.split, "val", "train") if d.has(x)) for d in (data_a, data_b)}
+    use = {id(d): next((x for x in (s.split, "val", "train") if d.has(x)), None) for d in (data_a, data_b)}
+    for d in (data_a, data_b):
+        if use[id(d)] is None:
+            raise ValueError(f"Dataset '{d.spec}' has no samples in any split (train, val, test).")
     held_out = {id(d): next((x for x in ("test", "val") if d.has(x)), None) for d in (data_a, data_b)}
     cache = cache or str(Path(out) / "features")
     folder = Path(out) / "gap"
     name = name or pair_name(a, b)
+    size, why = comparison_size([backbone_card(source) for source in backbones], s.image_size, s.own_size)
     rows = []
-    for source in backbones:
-        fa, fb = (cached_features(source, d, sorted({"train", use[id(d)]} | ({held_out[id(d)]} - {None})),
-                                  s.image_size, cache) for d in (data_a, data_b))
+    for i, source in enumerate(backbones):
+        logger.info("gap: backbone %s (%d/%d)", source, i + 1, len(backbones))
+        fa, fb = (cached_features(source, d, sorted({use[id(d)], held_out[id(d)], "train" if d.has("train") else None}
+                                                    - {None}),
+                                  size, cache, size_rule=why) for d in (data_a, data_b))
         sa, sb = use[id(data_a)], use[id(data_b)]
         row = _row(source, fa[sa].features, fb[sb].features, s)
+        row["input"] = {"a": fa[sa].provenance["input"], "b": fb[sb].provenance["input"]}
         row["probe_transfer"] = {
             "a_to_b": _probe_transfer(fa, fb, held_out[id(data_a)], held_out[id(data_b)], data_a, data_b),
             "b_to_a": _probe_transfer(fb, fa, held_out[id(data_b)], held_out[id(data_a)], data_b, data_a)}
@@ -71,7 +81,7 @@ def run_gap(a: str, b: str, backbones: list[str], settings: GapSettings, out: st
                     row["knn_purity"]["purity"])
         rows.append(row)
     record = {"name": name, "a": data_a.describe(), "b": data_b.describe(), "split": {"a": use[id(data_a)],
-              "b": use[id(data_b)]}, "image_size": s.image_size,
+              "b": use[id(data_b)]}, "image_size": size,
               "rows": rows, "provenance": provenance()}
     path = folder / f"{name}.json"
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
@@ -97,7 +107,7 @@ def _row(source: str, features_a, features_b, s: GapSettings) -> dict:
 def _probe_transfer(src, dst, src_test, dst_test, data_src: Dataset, data_dst: Dataset) -> dict | None:
     """The probe gap (``eval.measures.gap.probe_gap``) from src's train split to src's and dst's held-out splits
     (test, else val), over the classes both share; None when fewer than 2 are shared."""
-    if data_src.multilabel or data_dst.multilabel or src_test is None or dst_test is None:
+    if data_src.multilabel or data_dst.multilabel or src_test is None or dst_test is None or "train" not in src:
         return None
     shared = sorted(set(data_src.classes) & set(data_dst.classes))
     if len(shared) < 2:

@@ -42,7 +42,7 @@ from ctssl.eval.inputs.sources import load_backbone
 from ctssl.eval.inputs.spec import input_spec, prepare_batch
 from ctssl.eval.measures.classification import metrics_with_ci
 from ctssl.eval.measures.similarity import spatial_cca
-from ctssl.eval.protocols.spec import EvalSpec, backbone_orders
+from ctssl.eval.protocols.spec import EvalSpec, backbone_orders, input_size
 from ctssl.eval.records.comparisons import headline
 from ctssl.eval.records.provenance import provenance
 from ctssl.eval.records.store import RunStore, run_id
@@ -91,14 +91,14 @@ def run_hidden(spec: EvalSpec, settings: HiddenSettings, finetune: FinetuneConfi
     store = RunStore(out)
     data = open_dataset(spec.data, spec.label)
     config = {"finetune": asdict(finetune), "hidden": asdict(settings)}
-    records = []
+    records, (size, why) = [], input_size(spec)
     for order, source in backbone_orders(spec, orders):
         backbone, card = load_backbone(source)
-        inputs = input_spec(card, data.kind, spec.image_size, spec.grey_window)
+        inputs = input_spec(card, data.kind, size, spec.grey_window, why)
         pooled = None
         for fold in range(settings.folds) if folds is None else folds:
             rid = run_id(task="hidden", source=source, weights=card.get("weights_sha256"), dataset=data.fingerprint,
-                         label=spec.label, fold=fold, config=config, input=inputs.to_dict())
+                         label=spec.label, fold=fold, config=config, input=inputs.identity())
             if store.done(rid):
                 records.append(store.load(rid))
                 continue
@@ -127,7 +127,8 @@ def _fold(backbone, card: dict, pooled, fold: int, settings: HiddenSettings, fin
     idx = fold_indices(patient_folds(groups, settings.folds, settings.fold_seed), fold, settings.folds)
     device = default_device()
     result = finetune_grid(backbone, card["backbone"], x[idx["train"]], y[idx["train"]], x[idx["val"]],
-                           y[idx["val"]], len(data.classes), finetune, fold, data.multilabel, device)
+                           y[idx["val"]], len(data.classes), finetune, fold, data.multilabel, device,
+                           f"hidden {card.get('source')}, fold {fold}")
     test = idx["test"]
     scores = predict(result["best_val"], x[test], data.multilabel, device=device)
     picks = test[np.linspace(0, len(test) - 1, min(settings.images, len(test))).round().astype(int)]

@@ -15,11 +15,13 @@ import numpy as np
 
 from ctssl.eval.inputs.datasets import open_dataset
 from ctssl.eval.inputs.folds import subsample
+from ctssl.eval.inputs.requirements import require_classes
 from ctssl.eval.measures.classification import metrics_with_ci
 from ctssl.eval.measures.knn import faiss_knn_predict
-from ctssl.eval.protocols.spec import EvalSpec, backbone_orders, frozen_features, run_identity, run_record
+from ctssl.eval.protocols.spec import (EvalSpec, announce, backbone_orders, frozen_features, input_size, run_identity,
+                                       run_record)
 from ctssl.eval.records.comparisons import headline
-from ctssl.eval.records.store import RunStore
+from ctssl.eval.records.store import RunStore, load_names
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +41,13 @@ def run_knn(spec: EvalSpec, settings: KNNSettings, out: str | Path, cache: str =
     data = open_dataset(spec.data, spec.label)
     if data.multilabel:
         raise ValueError("kNN voting needs single-label classes; use ctssl probe for multi-label tasks.")
-    records = []
-    for order, source in backbone_orders(spec, orders):
-        feats = frozen_features(spec, data, source, cache or out / "features")
+    require_classes(data, "kNN", splits=("train", "test"))
+    records, size, names = [], input_size(spec), load_names(out)
+    pairs = backbone_orders(spec, orders)
+    for index, (order, source) in enumerate(pairs):
+        announce(logger, "knn", source, index, len(pairs), names, size=f"{size[0] or 'own'} px")
+        splits = ("train", "val", "test") if data.has("val") else ("train", "test")   # kNN needs no validation
+        feats = frozen_features(spec, data, source, cache or out / "features", splits, size)
         tr, te = feats["train"], feats["test"]
         for fraction in spec.fractions:
             for seed in spec.seeds:
@@ -54,13 +60,20 @@ def run_knn(spec: EvalSpec, settings: KNNSettings, out: str | Path, cache: str =
                     if store.done(rid):
                         records.append(store.load(rid))
                         continue
+                    effective = min(k, len(idx))
+                    if effective < k:
+                        logger.warning("k=%d is more than the %d training samples of fraction %g: kNN votes with all "
+                                       "of them (effective k=%d); pass a smaller --k or a larger --fraction.", k,
+                                       len(idx), fraction, effective)
                     votes = faiss_knn_predict(te.features, bank, tr.targets[idx], len(data.classes), k,
                                               settings.temperature, index=settings.index).numpy()
                     scores = votes / np.maximum(votes.sum(1, keepdims=True), 1e-30)
                     metrics = metrics_with_ci(te.targets, scores, te.groups, False, spec.n_boot, seed)
                     record = run_record("knn", source, order, feats, data, fraction, seed, config, len(idx), metrics,
-                                        rid, variant=f"k={k}")
+                                        rid, variant=f"k={k}", k_effective=effective)
                     store.save(record, te.keys, te.groups, te.targets, scores)
-                    logger.info("knn %s k=%d fraction %g seed %d: %s", source, k, fraction, seed, headline(record))
+                    logger.info("knn %s k=%d%s fraction %g seed %d: %s", names.get(source) or source, k,
+                                f" (effective {effective})" if effective < k else "", fraction, seed,
+                                headline(record))
                     records.append(record)
     return records

@@ -13,13 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ctssl.core.progress import Progress
 from ctssl.eval.inputs.datasets import open_dataset
 from ctssl.eval.inputs.folds import subsample
-from ctssl.eval.measures.classification import metrics_with_ci
+from ctssl.eval.inputs.requirements import require_classes
+from ctssl.eval.measures.classification import metrics_with_ci, selection_metric
 from ctssl.eval.measures.probe import ProbeConfig, logreg_crosscheck, predict, standardise, train_probe
-from ctssl.eval.protocols.spec import EvalSpec, backbone_orders, frozen_features, run_identity, run_record
+from ctssl.eval.protocols.spec import (EvalSpec, announce, backbone_orders, frozen_features, input_size, run_identity,
+                                       run_record)
 from ctssl.eval.records.comparisons import headline
-from ctssl.eval.records.store import RunStore
+from ctssl.eval.records.store import RunStore, load_names
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +33,11 @@ def run_probe(spec: EvalSpec, settings: ProbeConfig, out: str | Path, logreg: bo
     OUT/features); ``orders``: the backbones' positions in a larger sweep."""
     out, store = Path(out), RunStore(out)
     data = open_dataset(spec.data, spec.label)
-    records = []
-    for order, source in backbone_orders(spec, orders):
-        feats = frozen_features(spec, data, source, cache or out / "features")
+    require_classes(data, "the linear probe", selection_metric(settings, data.multilabel, len(data.classes)))
+    records, size, names = [], input_size(spec), load_names(out)
+    pairs = backbone_orders(spec, orders)
+    for index, (order, source) in enumerate(pairs):
+        feats = frozen_features(spec, data, source, cache or out / "features", size=size)
         for fraction in spec.fractions:
             for seed in spec.seeds:
                 config = {**asdict(settings), "seed": seed, "logreg": logreg}
@@ -40,17 +45,24 @@ def run_probe(spec: EvalSpec, settings: ProbeConfig, out: str | Path, logreg: bo
                 if store.done(rid):
                     records.append(store.load(rid))
                     continue
-                n_train, metrics, extra, scores = _probe_run(feats, data, fraction, seed, settings, logreg, spec.n_boot)
+                announce(logger, "probe", source, index, len(pairs), names, fraction=fraction, seed=seed,
+                         grid=f"{len(settings.lrs)} lr x {len(settings.weight_decays)} wd")
+                desc = f"probe {names.get(source) or source}, fraction {fraction:g}, seed {seed}"
+                n_train, metrics, extra, scores = _probe_run(feats, data, fraction, seed, settings, logreg, spec.n_boot,
+                                                             desc)
                 record = run_record("probe", source, order, feats, data, fraction, seed, config, n_train, metrics, rid,
                                     **extra)
                 te = feats["test"]
                 store.save(record, te.keys, te.groups, te.targets, scores)
-                logger.info("probe %s fraction %g seed %d: %s", source, fraction, seed, headline(record))
+                logger.info("probe %s fraction %g seed %d: %s (lr %g, wd %g chosen on validation)",
+                            names.get(source) or source, fraction, seed, headline(record),
+                            extra["selection"]["best"]["lr"], extra["selection"]["best"]["weight_decay"])
                 records.append(record)
     return records
 
 
-def _probe_run(feats, data, fraction: float, seed: int, settings: ProbeConfig, logreg: bool, n_boot: int):
+def _probe_run(feats, data, fraction: float, seed: int, settings: ProbeConfig, logreg: bool, n_boot: int,
+               desc: str = "probe"):
     """(training samples, test metrics, selection [and logistic-regression check], test scores) of one fraction
     and seed."""
     tr, te, va = feats["train"], feats["test"], feats["val"]
@@ -59,8 +71,9 @@ def _probe_run(feats, data, fraction: float, seed: int, settings: ProbeConfig, l
     idx = idx[tr.targets[idx] >= 0] if not data.multilabel else idx
     x_train, x_val, x_test = standardise(np.asarray(tr.features[idx]), va.features, te.features)
     val_keep = np.ones(len(va.targets), bool) if data.multilabel else va.targets >= 0
-    model = train_probe(x_train, tr.targets[idx], x_val[val_keep], va.targets[val_keep], settings, num_classes,
-                        data.multilabel, seed)
+    with Progress(settings.epochs, desc, unit="epoch", log=logger) as progress:
+        model = train_probe(x_train, tr.targets[idx], x_val[val_keep], va.targets[val_keep], settings, num_classes,
+                            data.multilabel, seed, on_epoch=progress.update)
     scores = predict(model, x_test, data.multilabel)
     metrics = metrics_with_ci(te.targets, scores, te.groups, data.multilabel, n_boot, seed)
     extra = {"selection": {"metric": model["select"], "best": model["best"], "grid": model["grid"]}}

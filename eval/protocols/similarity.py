@@ -15,14 +15,14 @@ import torch
 
 from ctssl.core.atomic import atomic_write_text
 from ctssl.eval.features.extract import default_device
-from ctssl.eval.inputs.datasets import DEFAULT_LABEL, open_dataset
-from ctssl.eval.inputs.spec import input_spec, prepare
+from ctssl.eval.inputs.datasets import IMAGES_ONLY, open_dataset
+from ctssl.eval.inputs.spec import GREY_WINDOW, comparison_size, input_spec, prepare
 from ctssl.eval.features.layers import collect, conv_weights
 from ctssl.eval.records.plots import heatmaps
 from ctssl.eval.records.provenance import provenance
 from ctssl.eval.records.store import pair_name
 from ctssl.eval.measures.similarity import MEASURES, reduce_activations, weight_similarity
-from ctssl.eval.inputs.sources import load_backbone
+from ctssl.eval.inputs.sources import backbone_card, load_backbone
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +31,12 @@ logger = logging.getLogger(__name__)
 class SimilaritySettings:
     split: str = "test"            # split whose images are used
     samples: int = 500             # images, evenly spaced over the split
-    image_size: int = 0            # 0: each backbone at its pretraining size
+    image_size: int = 0            # 0: one size for both, the larger pretraining size
+    own_size: bool = False         # each backbone at its own pretraining size instead
     spatial: int = 2               # conv maps pooled to spatial x spatial positions
     max_features: int = 4096       # features kept per layer
     measures: list[str] = field(default_factory=lambda: list(MEASURES))
-    label: str = DEFAULT_LABEL     # the label that selects the dataset's samples
+    label: str = IMAGES_ONLY       # a label selecting the samples that carry it; "": every image
 
 
 def run_similarity(data: str, a: str, b: str, settings: SimilaritySettings, out: str | Path,
@@ -52,11 +53,14 @@ def run_similarity(data: str, a: str, b: str, settings: SimilaritySettings, out:
     if unknown:
         raise ValueError(f"Unknown measure(s) {sorted(unknown)}. Valid measures are {list(MEASURES)}.")
     device = default_device()
-    acts, cards, models = [], [], []
+    acts, cards, models, inputs = [], [], [], []
+    size, why = comparison_size([backbone_card(a), backbone_card(b)], s.image_size, s.own_size)
     for source in (a, b):
+        logger.info("similarity: activations of %s on %d images", source, len(images))
         model, card = load_backbone(source)
         models.append(model)
-        spec = input_spec(card, dataset.kind, s.image_size)
+        spec = input_spec(card, dataset.kind, size, grey_window=GREY_WINDOW, size_rule=why)
+        inputs.append(spec.to_dict())
         x = torch.stack([prepare(im, spec) for im in images])
         acts.append(collect(model, x, lambda v: reduce_activations(v, s.spatial, s.max_features), device=device))
         cards.append({k: v for k, v in card.items() if k != "config"})
@@ -82,7 +86,8 @@ def run_similarity(data: str, a: str, b: str, settings: SimilaritySettings, out:
     same_architecture = cards[0]["backbone"] == cards[1]["backbone"]
     weights = weight_similarity(conv_weights(models[0]), conv_weights(models[1])) if same_architecture else {}
     record = {"name": name, "a": a, "b": b, "card_a": cards[0], "card_b": cards[1], "dataset": dataset.describe(),
-              "split": s.split, "n_images": len(images), "image_size": s.image_size, "spatial": s.spatial,
+              "split": s.split, "n_images": len(images), "image_size": size, "inputs": {"a": inputs[0], "b": inputs[1]},
+              "spatial": s.spatial,
               "max_features": s.max_features, "layers_a": layers_a, "layers_b": layers_b,
               "features_per_layer": {"a": {k: int(v.shape[1]) for k, v in acts[0].items()},
                                      "b": {k: int(v.shape[1]) for k, v in acts[1].items()}},

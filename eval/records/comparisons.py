@@ -1,12 +1,15 @@
 """Comparisons between backbones, gathered from the run store.
 
 ``collate(OUT)`` gathers every record of ``OUT/runs/`` into ``OUT/results.jsonl`` (sorted, rewritten
-atomically) and adds ``OUT/comparisons.jsonl``: paired bootstraps of each backbone against the first one on the
-same test samples (``eval.measures.classification.paired_bootstrap``, patients resampled; the difference also
+atomically) and adds ``OUT/comparisons.jsonl``: paired bootstraps of each backbone against the baseline
+(``choose_baseline``: the one the user names; else the first natural-image-pretrained backbone, the arm CT
+pretraining is meant to beat; else the first) on the same test samples (``eval.measures.classification.paired_bootstrap``, patients resampled; the difference also
 relative to the baseline's value, the RadNet-12M study's "relative delta") and their prediction similarity
 (``eval.measures.agreement``: who got which sample right, error consistency, Cohen's kappa); with two or more
 seeds per backbone, also Welch's t-test of the per-seed metrics (``seed: "all"``, with both means and the
-relative delta of the means). ``main_metric`` says which metric a record is compared and reported by.
+relative delta of the means). Each comparison carries what its reader needs to weigh it: the resamples B behind
+its p-value (a p of 0 means p < 1/B), the test patients, and each backbone's pretraining arm.
+``main_metric`` says which metric a record is compared and reported by.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from ctssl.core.atomic import atomic_open
+from ctssl.eval.inputs.sources import pretraining_arm
 from ctssl.eval.measures.agreement import prediction_similarity
 from ctssl.eval.measures.classification import BOOTSTRAP_RESAMPLES, accuracy, finite, macro_auroc, paired_bootstrap
-from ctssl.eval.records.store import RunStore
+from ctssl.eval.records.store import RunStore, load_names
 
 
 def main_metric(record: dict) -> str:
@@ -47,23 +51,44 @@ def _comparison_key(r: dict) -> tuple:
             r.get("variant", ""))
 
 
-def collate(out: str | Path, n_boot: int = BOOTSTRAP_RESAMPLES) -> tuple[Path, Path]:
-    """Write OUT/results.jsonl and OUT/comparisons.jsonl from OUT/runs/ (module docstring)."""
+def arm(record: dict) -> str:
+    """The pretraining arm of a record's backbone (``eval.inputs.sources.pretraining_arm``)."""
+    return pretraining_arm(record.get("backbone_card") or {})
+
+
+def choose_baseline(records: list[dict], names: dict, baseline: str = "") -> str | None:
+    """The source every backbone is compared with: ``baseline`` (a source or a readable name), else the first
+    natural-image-pretrained backbone (by order), else the first backbone; None without records."""
+    ordered = list(dict.fromkeys(r["backbone"] for r in sorted(records, key=lambda r: r["backbone_order"])))
+    if baseline:
+        chosen = [s for s in ordered if baseline in (s, names.get(s))]
+        if not chosen:
+            raise ValueError(f"Unknown baseline '{baseline}'. Valid baselines are the evaluated backbones: "
+                             f"{[names.get(s) or s for s in ordered]}.")
+        return chosen[0]
+    natural = [s for s in ordered if arm(next(r for r in records if r["backbone"] == s)) == "natural"]
+    return (natural or ordered or [None])[0]
+
+
+def collate(out: str | Path, n_boot: int = BOOTSTRAP_RESAMPLES, baseline: str = "") -> tuple[Path, Path]:
+    """Write OUT/results.jsonl and OUT/comparisons.jsonl from OUT/runs/ (module docstring); ``baseline``: a
+    backbone source or readable name (``choose_baseline``)."""
     store = RunStore(out)
     records = sorted(store.records(), key=lambda r: (_comparison_key(r), r["backbone_order"], r["backbone"]))
     results = store.out / "results.jsonl"
     with atomic_open(results, "w") as f:
         for r in records:
             f.write(json.dumps(r, sort_keys=True, default=str) + "\n")
+    reference = choose_baseline(records, load_names(out), baseline)
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault(_comparison_key(r), []).append(r)
     comparisons = store.out / "comparisons.jsonl"
     with atomic_open(comparisons, "w") as f:
         for key, runs in groups.items():
-            base = runs[0]
+            base = next((r for r in runs if r["backbone"] == reference), runs[0])
             a = store.predictions(base["run_id"])
-            for other in runs[1:]:
+            for other in (r for r in runs if r is not base):
                 b = store.predictions(other["run_id"])
                 if list(a["keys"]) != list(b["keys"]):
                     continue      # not the same test samples: no paired comparison
@@ -80,9 +105,13 @@ def collate(out: str | Path, n_boot: int = BOOTSTRAP_RESAMPLES) -> tuple[Path, P
                 f.write(json.dumps({"task": key[0], "dataset": base["dataset"]["spec"], "label": key[2],
                                     "fraction": key[3], "seed": key[4], "variant": key[5], "metric": metric,
                                     "baseline": base["backbone"], "backbone": other["backbone"],
+                                    "arms": [arm(base), arm(other)], "resamples": n_boot,
+                                    "n_patients": int(len(np.unique(a["groups"][keep]))), "n_samples": int(keep.sum()),
+                                    "values": [finite(base_value), finite(float(fn(a["targets"][keep],
+                                                                                   b["scores"][keep])))],
                                     "agreement": agreement, **{k: finite(v) for k, v in result.items()}},
                                    sort_keys=True) + "\n")
-        for test in seed_tests(records):
+        for test in seed_tests(records, reference):
             f.write(json.dumps(test, sort_keys=True) + "\n")
     return results, comparisons
 
@@ -97,9 +126,9 @@ def _compared(metric: str):
     return lambda t, s: accuracy(t, s.argmax(1))
 
 
-def seed_tests(records: list[dict]) -> list[dict]:
-    """Across seeds: for each backbone against the first, on the same task, data, fraction and
-    variant, Welch's t-test of the per-seed test metric (needs 2+ seeds on each side)."""
+def seed_tests(records: list[dict], baseline: str | None = None) -> list[dict]:
+    """Across seeds: for each backbone against ``baseline`` (default: the first), on the same task, data,
+    fraction and variant, Welch's t-test of the per-seed test metric (needs 2+ seeds on each side)."""
     from scipy.stats import ttest_ind
 
     groups: dict[tuple, dict[str, list[dict]]] = {}
@@ -109,10 +138,10 @@ def seed_tests(records: list[dict]) -> list[dict]:
     out = []
     for key, by_backbone in groups.items():
         ordered = sorted(by_backbone.items(), key=lambda item: item[1][0]["backbone_order"])
-        base_name, base = ordered[0]
+        base_name, base = next((item for item in ordered if item[0] == baseline), ordered[0])
         metric = main_metric(base[0])
         a = [r["test"][metric]["value"] for r in base if r["test"][metric]["value"] is not None]
-        for name, runs in ordered[1:]:
+        for name, runs in (item for item in ordered if item[0] != base_name):
             b = [r["test"][metric]["value"] for r in runs if r["test"][metric]["value"] is not None]
             if len(a) < 2 or len(b) < 2:
                 continue
@@ -120,6 +149,8 @@ def seed_tests(records: list[dict]) -> list[dict]:
             out.append({"task": key[0], "dataset": base[0]["dataset"]["spec"], "label": key[2], "fraction": key[3],
                         "variant": key[4], "seed": "all", "test": "welch_t", "metric": metric,
                         "baseline": base_name, "backbone": name, "n_seeds": [len(a), len(b)],
+                        "arms": [arm(base[0]), arm(runs[0])], "resamples": None,
+                        "n_patients": min(r.get("n_test_patients") or 0 for r in base + runs) or None,
                         "delta": finite(float(np.mean(b) - np.mean(a))),
                         "relative_delta": finite(float((np.mean(b) - np.mean(a)) / np.mean(a))) if np.mean(a) else None,
                         "means": [finite(float(np.mean(a))), finite(float(np.mean(b)))], "lower": None, "upper": None,

@@ -180,3 +180,27 @@ def noise_curves(series: dict, path: str | Path, title: str, ylabel: str = "mean
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
     ax.set_xscale("log")
     return _finish_lines(fig, ax, "test-time Gaussian noise σ (normalised input)", ylabel, title, path)
+
+
+def forest(rows: list[tuple[str, float | None, float | None, float | None, bool]], path: str | Path, title: str,
+           xlabel: str) -> Path:
+    """A forest plot of differences: ``rows`` (label, difference, lower, upper, significant after adjustment), top
+    to bottom; each a point with its interval, the line of no difference at 0; significant rows filled."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.32 * max(1, len(rows))))
+    y = np.arange(len(rows))[::-1]
+    for yi, (_, delta, lower, upper, significant) in zip(y, rows):
+        if delta is None:
+            continue
+        if lower is not None and upper is not None:
+            ax.plot([lower, upper], [yi, yi], color="#33415c", linewidth=1.4)
+        ax.plot([delta], [yi], marker="o", markersize=5, color="#33415c",
+                markerfacecolor="#33415c" if significant else "white")
+    ax.axvline(0.0, color="#b23a48", linewidth=1, linestyle="--")
+    ax.set_yticks(y, [r[0] for r in rows], fontsize=7)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
+    return save(fig, path)

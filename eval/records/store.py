@@ -66,6 +66,12 @@ class RunStore:
         return [json.loads(p.read_text()) for p in sorted(self.folder.glob("*.json"))]
 
 
+def load_names(out: str | Path) -> dict[str, str]:
+    """OUT/names.json: readable names of backbone sources ({} when there is none)."""
+    path = Path(out) / "names.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def save_names(out: str | Path, sources: list[str], names: list[str] | None) -> None:
     """Readable names of backbone sources for the report, merged into OUT/names.json."""
     if not names:

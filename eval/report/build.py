@@ -58,8 +58,9 @@ def load_results(out: str | Path) -> Results:
                    file("names.json"))
 
 
-def build_report(results: Results) -> list[Block]:
-    """The report's blocks: the studies' sections, then the generic ones."""
+def build_report(results: Results, adjust: str = "holm") -> list[Block]:
+    """The report's blocks: the answer (CT-pretrained against the baseline), the studies' sections, then the
+    generic ones; p-values adjusted (``adjust``: holm or bh) over each table."""
     r, label = results, results.label
     study = r.sweep.get("study") or ""
     blocks: list[Block] = []
@@ -74,18 +75,23 @@ def build_report(results: Results) -> list[Block]:
     records = [x for x in r.records if x["task"] not in OWN_TASKS]
     comparisons = [c for c in r.comparisons if c["task"] not in OWN_TASKS]
     confounders = [] if study == "source_matters" else r.confounders      # laid out by the study's section
-    return [*blocks, *sections.downstream(records, label), *sections.paired(comparisons, label),
+    answer = sections.answer(records, comparisons, label, r.out, adjust)
+    return [*answer, *blocks, *sections.downstream(records, label), *sections.paired(comparisons, label, adjust),
             *sections.finetune_choices(records, label), *classification_noise(records, label, r.out),
-            *segmentation(records, label, r.out),
-            *sections.efficiency(records, label, r.out),
+            *segmentation(records, label, r.out), *sections.efficiency(records, label, r.out),
             *sections.similarity(r.similarity, label, r.out), *sections.gap(r.gaps, label),
-            *sections.confounders(confounders, label, r.out), *sections.provenance(r.records, r.gaps, r.names)]
+            *sections.confounders(confounders, label, r.out),
+            *sections.provenance(r.records, r.gaps, r.names, r.similarity)]
 
 
-def write_report(out: str | Path, title: str = TITLE) -> tuple[Path, Path]:
-    """Write OUT/report.html and OUT/report.md; returns their paths."""
+def write_report(out: str | Path, title: str = TITLE, adjust: str = "holm") -> tuple[Path, Path]:
+    """Write OUT/report.html and OUT/report.md; returns their paths. ``adjust``: holm or bh."""
+    from ctssl.eval.measures.multiplicity import METHODS
+
+    if adjust not in METHODS:
+        raise ValueError(f"Unknown multiplicity adjustment '{adjust}'. Valid adjustments are {list(METHODS)}.")
     results = load_results(out)
-    blocks = build_report(results)
+    blocks = build_report(results, adjust)
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = f"generated {now} by ctssl {__version__} (git {git_commit() or 'unknown'})"
     html_path, md_path = results.out / "report.html", results.out / "report.md"

@@ -54,6 +54,9 @@ class SweepConfig(EvalSpec):
     names: list[str] = field(default_factory=list)       # readable names of the backbones (report), optional
     tasks: list[str] = field(default_factory=lambda: ["knn", "probe", "finetune"])
     cache: str = ""                       # feature cache; default OUT/features
+    baseline: str = ""                    # compared with: a source or name; "": the first natural-image-
+                                          # pretrained backbone, else the first
+    adjust: str = "holm"                  # the report's p-values adjusted over each table: holm or bh
     knn: KNNSettings = field(default_factory=KNNSettings)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)

@@ -47,9 +47,11 @@ class Task:
 
 
 def job_spec(cfg: SweepConfig, job: dict) -> EvalSpec:
-    """The sweep's spec narrowed to one job's backbone, fraction and seed."""
+    """The sweep's spec narrowed to one job's backbone, fraction and seed; its input size is the sweep's
+    (``comparison``: every backbone of the sweep)."""
     return EvalSpec(data=cfg.data, label=cfg.label, backbones=[job["backbone"]], image_size=cfg.image_size,
-                    grey_window=cfg.grey_window, n_boot=cfg.n_boot, fractions=[job.get("fraction", 1.0)],
+                    own_size=cfg.own_size, grey_window=cfg.grey_window, n_boot=cfg.n_boot,
+                    comparison=cfg.comparison or list(cfg.backbones), fractions=[job.get("fraction", 1.0)],
                     seeds=[job.get("seed", 0)])
 
 

@@ -115,7 +115,7 @@ def test_a_named_option_wins_over_set_which_wins_over_the_file(tmp_path):
     assert main(["report", "--out", str(out), "--config", str(path), "--set", "title=from set",
                  "--title", "named"]) == 0
     written = yaml.safe_load((out / "report-config.yaml").read_text())
-    assert written == {"out": str(out), "title": "named", "n_boot": 7}
+    assert written == {"out": str(out), "title": "named", "n_boot": 7, "adjust": "holm", "baseline": ""}
     assert "# named" in (out / "report.md").read_text()
 
 

@@ -50,3 +50,38 @@ def test_the_label_does_not_split_the_cache(ct_shards, tmp_path):
     a = cached_features(SOURCE, open_dataset(str(ct_shards), "region"), ["test"], 32, tmp_path, workers=0)
     b = cached_features(SOURCE, open_dataset(str(ct_shards), "lesion"), ["test"], 32, tmp_path, workers=0)
     assert a["test"].provenance["cache"] == b["test"].provenance["cache"]
+
+
+def _export_raw(folder, model, card) -> str:
+    """A backbone file written as pretraining's export writes it, without its checks (a damaged file)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "backbone.safetensors"))
+    (folder / "backbone.json").write_text(json.dumps(card))
+    return str(folder / "backbone.safetensors")
+
+
+def test_non_finite_backbones_are_refused_by_name(ct_shards, tmp_path):
+    """NaN weights, or finite weights that overflow to non-finite features: one error naming the backbone,
+    never a chance-level result."""
+    import torch
+
+    from ctssl.pretrain.backbones import build_backbone
+
+    data = open_dataset(str(ct_shards), "region")
+    card = {"backbone": "resnet18", "in_chans": 3, "method": "simclr",
+            "data": {"kind": "ct", "windows": ["lung", "soft_tissue", "bone"], "image_size": 32}}
+    model, _ = build_backbone("resnet18", 3)
+    with torch.no_grad():
+        model.conv1.weight[0, 0, 0, 0] = float("nan")
+    nan = _export_raw(tmp_path / "nan", model, card)
+    with pytest.raises(ValueError, match=r"Backbone '.*nan/backbone.safetensors' has non-finite weights"):
+        cached_features(nan, data, ["test"], 32, tmp_path / "cache")
+    with torch.no_grad():
+        model.conv1.weight.fill_(3e38)          # finite, but the activations overflow
+    huge = _export_raw(tmp_path / "huge", model, card)
+    with pytest.raises(ValueError, match=r"Backbone '.*huge/backbone.safetensors' gives non-finite features") as err:
+        cached_features(huge, data, ["test"], 32, tmp_path / "cache", workers=0)
+    assert "cannot be evaluated" in str(err.value)
+    assert not list((tmp_path / "cache").rglob("test.npy"))       # nothing non-finite is cached

@@ -23,7 +23,7 @@ def test_the_job_list_is_each_tasks_dimensions_per_backbone(tmp_path):
         assert len(mine) == 2 * len(entry.dims(cfg)) and {j["backbone_order"] for j in mine} == {0, 1}
     counts = {t: len([j for j in listed if j["task"] == t]) for t in TASKS}
     assert counts == {"knn": 8, "probe": 8, "finetune": 8, "truncated": 2 * 4 * 4, "hidden": 2 * 5,
-                      "confounders": 2 * 3 * 2}
+                      "confounders": 2 * 3 * 2, "segment": 2 * 2 * 2 * 2}
 
 
 def test_done_follows_the_records_and_files(tmp_path):
