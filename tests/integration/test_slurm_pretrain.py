@@ -50,6 +50,9 @@ def test_requeued_job_checkpoints_and_resumes(slurm, ct_shards, tmp_path):
     deadline = time.time() + 120
     while slurm.states(job).get(job) != "PENDING" and time.time() < deadline:
         time.sleep(0.5)
+    # slurmd refuses a credential made in the second its job's previous one was revoked ("Job credential
+    # revoked"); a cluster's requeue waits longer than that before the job starts again, the test waits 3 s.
+    time.sleep(3)
     slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     states = slurm.wait(job, timeout=600)
     log = (out / "logs" / "rank0.log").read_text()
@@ -77,6 +80,7 @@ def test_time_limit_signal_checkpoints_first_then_requeues(slurm, ct_shards, tmp
     log = (out / "logs" / "rank0.log").read_text()
     assert "stop requested (stop file): checkpoint saved at step" in log, log[-2000:]
     assert "SIGTERM" not in log                       # it stopped on its own, before the requeue
+    time.sleep(3)                                     # the credential race, as above
     slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     states = slurm.wait(job, timeout=600)
     log = (out / "logs" / "rank0.log").read_text()

@@ -16,7 +16,7 @@ from ctssl.cli.main import main
 from ctssl.data.pseudonym import fixed_salt
 from ctssl.eval.inputs.segmentation import open_segmentation
 
-BACKBONES = ["random:resnet18:3", "random:resnet18:1"]
+BACKBONES = ["random:resnet18:3", "random:resnet18:3:1"]   # two random inits (seeds 0 and 1)
 
 
 @pytest.fixture(scope="module")
