@@ -176,18 +176,26 @@ def recalibrate(model: nn.Module, x: torch.Tensor, batch: int, device: str,
     update_bn(((x[order[i:i + batch]].float().to(device),) for i in range(0, len(x), batch)), model)
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, multilabel: bool, batch: int = 128, device: str = "cpu",
-            noise: float = 0.0, generator: torch.Generator | None = None) -> np.ndarray:
-    """Class probabilities; ``noise``: Gaussian noise of that standard deviation added to the (normalised) inputs
-    first (drawn on the CPU from ``generator``, so the same on every device)."""
-    model.eval()
-    out = []
+def inference_batches(x: torch.Tensor, batch: int, device: str, noise: float = 0.0,
+                 generator: torch.Generator | None = None):
+    """``x`` in float batches on ``device``; ``noise``: Gaussian noise of that standard deviation added to the
+    (normalised) inputs first, drawn on the CPU from ``generator`` so that it is the same on every device (the
+    RadNet-12M study's test-time robustness sweep)."""
     for start in range(0, len(x), batch):
         inputs = x[start:start + batch].float()
         if noise:
             inputs = inputs + noise * torch.randn(inputs.shape, generator=generator)
-        logits = model(inputs.to(device))
+        yield inputs.to(device)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, multilabel: bool, batch: int = 128, device: str = "cpu",
+            noise: float = 0.0, generator: torch.Generator | None = None) -> np.ndarray:
+    """Class probabilities of ``x``, with test-time ``noise`` (``inference_batches``)."""
+    model.eval()
+    out = []
+    for inputs in inference_batches(x, batch, device, noise, generator):
+        logits = model(inputs)
         out.append((logits.sigmoid() if multilabel else logits.softmax(-1)).float().cpu())
     return torch.cat(out).numpy()
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctssl.finetune.finetune import recalibrate
+from ctssl.finetune.finetune import recalibrate, inference_batches
 from ctssl.finetune.seg_loss import LITS_CLASS_WEIGHTS, ce_dice_loss, soft_dice_loss, weighted_cross_entropy
 from ctssl.finetune.unet import build_unet, decoder_parameters
 
@@ -104,15 +104,10 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, cfg: SegmentCo
 @torch.no_grad()
 def predict_masks(model: nn.Module, x: torch.Tensor, batch: int = 32, device: str = "cpu",
                   noise: float = 0.0, generator: torch.Generator | None = None) -> np.ndarray:
-    """Class ids (N, H, W) uint8; ``noise``: Gaussian noise of that standard deviation added to the (normalised)
-    inputs first, the RadNet-12M study's test-time robustness sweep."""
+    """Class ids (N, H, W) uint8, with test-time ``noise`` (finetune.finetune.inference_batches)."""
     model.eval()
-    out = []
-    for start in range(0, len(x), batch):
-        xb = x[start:start + batch].float()
-        if noise:
-            xb = xb + noise * torch.randn(xb.shape, generator=generator)
-        out.append(model(xb.to(device)).argmax(1).to(torch.uint8).cpu())
+    out = [model(inputs).argmax(1).to(torch.uint8).cpu()
+           for inputs in inference_batches(x, batch, device, noise, generator)]
     return torch.cat(out).numpy() if out else np.zeros((0, *x.shape[-2:]), np.uint8)
 
 
