@@ -15,6 +15,17 @@
   excluded) from its own domain, against the chance level for equal-size domains;
 - ``probe_gap``: a linear classifier trained on one domain, its accuracy on the same and on the other
   domain (the cross-domain "probe gap" of transfer studies).
+
+Too few samples (``too_few``): each measure has a smallest number of samples per domain below which it is not
+reported ("too few images" in the record and the report instead of a number):
+
+- the domain classifier: 10 per domain (5 folds of at least one sample per domain each, and a held-out accuracy
+  of 2 samples per fold moves in steps of 0.5);
+- MMD²: 10 per domain (the unbiased estimate's spread between two samples of one distribution is of the order
+  of the shifts it measures below that);
+- the Fréchet distance: more samples per domain than feature dimensions (the covariances are otherwise
+  rank-deficient and the distance depends on the sample size more than on the domains);
+- kNN purity: k + 1 per domain (each sample's k neighbours could otherwise never all be of its own domain).
 """
 
 from __future__ import annotations
@@ -131,3 +142,20 @@ def probe_gap(train_x: np.ndarray, train_y: np.ndarray, in_x: np.ndarray, in_y: 
     in_domain, cross = float(np.mean(clf.predict(in_x) == in_y)), float(np.mean(clf.predict(cross_x) == cross_y))
     return {"in_domain_accuracy": round(in_domain, 5), "cross_domain_accuracy": round(cross, 5),
             "gap": round(in_domain - cross, 5), "n_train": len(train_y), "n_in": len(in_y), "n_cross": len(cross_y)}
+
+
+MIN_PER_DOMAIN = {"domain_classifier": 10, "mmd2": 10}
+
+
+def too_few(measure: str, n_per_domain: int, dim: int = 0, k: int = 10) -> str | None:
+    """Why ``measure`` is not reported on ``n_per_domain`` samples per domain of ``dim`` features (module
+    docstring), or None."""
+    if measure == "frechet_distance":
+        minimum, why = dim + 1, f"more samples than its {dim} feature dimensions, for full-rank covariances"
+    elif measure == "knn_purity":
+        minimum, why = k + 1, f"k + 1 = {k + 1}, so that a sample's {k} neighbours can all be of its own domain"
+    else:
+        minimum, why = MIN_PER_DOMAIN[measure], "below it the measure moves more with the sample than the domains"
+    if n_per_domain >= minimum:
+        return None
+    return f"too few images (N = {n_per_domain} per domain; {measure.replace('_', ' ')} needs at least {minimum}: {why})"

@@ -13,6 +13,9 @@ inverse frequency when
 
 ``logreg_crosscheck`` fits scikit-learn's ``LogisticRegression`` (L-BFGS, C chosen on the same
 validation split) on the same standardised features: the probe should match it.
+
+Predictions are logits (``eval.measures.classification``: scores on a log scale), never probabilities: a
+softmax saturates in float32 and loses the order a rank metric needs.
 """
 
 from __future__ import annotations
@@ -141,7 +144,7 @@ def train_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val
     metric = selection_metric(cfg, multilabel, num_classes)
     with torch.no_grad():
         val_logits = heads.logits(torch.from_numpy(np.ascontiguousarray(val_x, dtype=np.float32)))
-    val_scores = [score(metric, val_y, _probabilities(v, multilabel), multilabel) for v in val_logits]
+    val_scores = [score(metric, val_y, v.numpy(), multilabel) for v in val_logits]
     if np.all(np.isnan(val_scores)):
         raise ValueError(f"The validation {metric} is undefined for every head of the grid (the validation split "
                          f"holds {len(np.unique(val_y, axis=0))} distinct target(s) in {len(val_y)} samples): "
@@ -153,21 +156,18 @@ def train_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val
             "select": metric, "weight": heads.weight[best].detach().clone(), "bias": heads.bias[best].detach().clone()}
 
 
-def _probabilities(logits: torch.Tensor, multilabel: bool) -> np.ndarray:
-    return (logits.sigmoid() if multilabel else logits.softmax(-1)).numpy()
-
-
-def predict(model: dict, x: np.ndarray, multilabel: bool = False) -> np.ndarray:
-    """Class probabilities (N, C) (or per-label probabilities) of the chosen head."""
+def predict(model: dict, x: np.ndarray) -> np.ndarray:
+    """Logits (N, C) of the chosen head (per-label logits for a multi-label task): log-scale scores
+    (``eval.measures.classification``)."""
     with torch.no_grad():
         logits = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) @ model["weight"] + model["bias"][0]
-    return _probabilities(logits, multilabel)
+    return logits.numpy()
 
 
 def logreg_crosscheck(train_x, train_y, val_x, val_y, test_x, num_classes: int, balanced: bool = True,
                       cs=(1e-3, 1e-2, 0.1, 1.0, 10.0), metric: str = "accuracy", seed: int = 0) -> dict:
     """scikit-learn LogisticRegression (multinomial, L-BFGS) with C chosen on validation;
-    test probabilities (N, num_classes) of the chosen C."""
+    test scores (N, num_classes) of the chosen C, on a log scale (``_full_logits``)."""
     from sklearn.linear_model import LogisticRegression
 
     best = None
@@ -175,14 +175,19 @@ def logreg_crosscheck(train_x, train_y, val_x, val_y, test_x, num_classes: int, 
         clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced" if balanced else None,
                                  random_state=seed)
         clf.fit(train_x, train_y)
-        val = score(metric, val_y, _full_proba(clf, val_x, num_classes), False)
+        val = score(metric, val_y, _full_logits(clf, val_x, num_classes), False)
         if best is None or val > best[0]:
             best = (val, c, clf)
     val, c, clf = best
-    return {"C": c, f"val_{metric}": float(val), "test_scores": _full_proba(clf, test_x, num_classes)}
+    return {"C": c, f"val_{metric}": float(val), "test_scores": _full_logits(clf, test_x, num_classes)}
 
 
-def _full_proba(clf, x, num_classes: int) -> np.ndarray:
-    out = np.zeros((len(x), num_classes))
-    out[:, clf.classes_] = clf.predict_proba(x)
+def _full_logits(clf, x, num_classes: int) -> np.ndarray:
+    """The fitted classifier's decision function as (N, num_classes) logits: a binary fit's one column is the
+    log-odds of its second class (the first class's logit 0); classes it never saw get -inf."""
+    decision = clf.decision_function(x)
+    if decision.ndim == 1:
+        decision = np.stack([np.zeros_like(decision), decision], axis=1)
+    out = np.full((len(x), num_classes), -np.inf)
+    out[:, clf.classes_] = decision
     return out

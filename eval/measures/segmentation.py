@@ -64,6 +64,7 @@ import numpy as np
 from scipy import ndimage
 
 from ctssl.eval.measures.classification import bootstrap_ci
+from ctssl.eval.measures.evidence import assess
 
 HD_PERCENTILE = 95.0
 
@@ -275,10 +276,11 @@ def case_table(cases: Iterable[tuple], num_classes: int, tolerance_mm: float,
 
 def bootstrap_mean_ci(values, patients=None, n: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict:
     """Mean of per-case ``values`` with a percentile-bootstrap CI, resampling ``patients`` (one id per
-    value; a patient's cases stay together) or cases when None (``eval.metrics.bootstrap_ci``).
+    value; a patient's cases stay together) or cases when None (``eval.measures.classification.bootstrap_ci``),
+    where the number of patients admits an interval (``eval.measures.evidence``; else ``lower``/``upper`` NaN).
 
     Undefined values (NaN) are left out first and counted. Returns ``{"value", "lower", "upper", "n",
-    "n_undefined"}``; all NaN when no value is defined.
+    "n_undefined", "evidence"}``; all NaN when no value is defined.
     """
     values = np.asarray(values, dtype=np.float64).ravel()
     if patients is not None:
@@ -287,9 +289,13 @@ def bootstrap_mean_ci(values, patients=None, n: int = 1000, alpha: float = 0.05,
             raise ValueError(f"patients must give one id per value, got {len(patients)} ids for {len(values)} values.")
     defined = ~np.isnan(values)
     out = {"n": int(defined.sum()), "n_undefined": int((~defined).sum())}
+    groups = np.arange(int(defined.sum())) if patients is None else patients[defined]
+    evidence = assess(groups)
+    out["evidence"] = evidence.to_dict(n)
     if not defined.any():
         return {"value": float("nan"), "lower": float("nan"), "upper": float("nan"), **out}
-    groups = None if patients is None else patients[defined]
+    if not evidence.enough:
+        return {"value": float(np.mean(values[defined])), "lower": float("nan"), "upper": float("nan"), **out}
     value, lower, upper = bootstrap_ci(lambda v, _: float(np.mean(v)), values[defined], values[defined], n=n,
                                        alpha=alpha, groups=groups, seed=seed)
     return {"value": value, "lower": lower, "upper": upper, **out}
@@ -349,11 +355,16 @@ def slice_pooled_dice(reference, prediction, num_classes: int) -> np.ndarray:
 def slice_pooled_dice_ci(intersections: np.ndarray, sizes: np.ndarray, patients, n: int = 1000,
                          alpha: float = 0.05, seed: int = 0) -> dict:
     """Slice-pooled Dice, mean over foreground classes, with a percentile-bootstrap CI over ``patients``
-    (one id per slice row of ``slice_counts``): ``{"value", "lower", "upper"}``."""
+    (one id per slice row of ``slice_counts``) where their number admits one (``eval.measures.evidence``):
+    ``{"value", "lower", "upper", "evidence"}``."""
     intersections, sizes = np.asarray(intersections), np.asarray(sizes)
     patients = np.asarray(patients).ravel()
     if len(patients) != len(intersections):
         raise ValueError(f"patients must give one id per slice, got {len(patients)} ids for {len(intersections)} slices.")
     statistic: Callable = lambda i, s: _nanmean(pooled_dice(i, s))  # noqa: E731
+    evidence = assess(patients)
+    if not evidence.enough:
+        return {"value": statistic(intersections, sizes), "lower": float("nan"), "upper": float("nan"),
+                "evidence": evidence.to_dict(n)}
     value, lower, upper = bootstrap_ci(statistic, intersections, sizes, n=n, alpha=alpha, groups=patients, seed=seed)
-    return {"value": value, "lower": lower, "upper": upper}
+    return {"value": value, "lower": lower, "upper": upper, "evidence": evidence.to_dict(n)}

@@ -21,6 +21,21 @@ All functions take ``x`` (N, p) and ``y`` (N, q) as numpy arrays (rows = example
 Every measure refuses, with a ValueError saying why, what makes it undefined: NaN or infinite
 activations, constant activations, too few examples (``check_pair``).
 
+Too few images (``MIN_IMAGES``, ``too_few``): each measure has a smallest number of images below which its value
+says more about the sample size than about the networks, and ``ctssl similarity`` reports "too few images"
+instead of a number:
+
+- linear and RBF CKA (biased HSIC): 50. With few images against many features the biased estimator reads close
+  to 1 for unrelated networks (2 images: exactly 1, by construction; independent Gaussian features of 64
+  dimensions read 0.87 at 10 images, 0.76 at 20, 0.57 at 50; of 512 dimensions 0.91 at 50). Above the minimum
+  the bias is still there, so every value is reported beside its chance level, the CKA of the same activations
+  with the images of one side shuffled (``chance_level``).
+- unbiased CKA: 20. Defined from 4 images (the U-statistic), but between independent features its standard
+  deviation is 0.75 at 4 images, 0.18 at 10, 0.08 at 20.
+- mean CCA, SVCCA, PWCCA: 50. CCA over nearly as many features as images finds perfect spurious correlations;
+  ``cca_features`` keeps at most N / 10 features, so 50 images allow 5.
+
+
 Activations of a convolutional layer (N, C, H, W) are reduced by ``reduce_activations``: average
 pooled to at most ``spatial`` x ``spatial`` positions and flattened, then a fixed random subset of
 at most ``max_features`` features is kept (the subsampling of spatial positions and channels used
@@ -284,3 +299,26 @@ MEASURES = {
     "svcca": lambda x, y: svcca(cca_features(x), cca_features(y)),
     "pwcca": lambda x, y: pwcca(cca_features(x), cca_features(y)),
 }
+
+MIN_IMAGES = {"linear_cka": 50, "rbf_cka": 50, "unbiased_cka": 20, "mean_cca": 50, "svcca": 50, "pwcca": 50}
+WHY = {"linear_cka": "the biased estimator reads near 1 for unrelated features on few images",
+       "rbf_cka": "the biased estimator reads near 1 for unrelated features on few images",
+       "unbiased_cka": "its spread between unrelated features is wider than the values it would compare",
+       "mean_cca": "CCA needs many more images than features (at most N/10 features are kept)",
+       "svcca": "CCA needs many more images than features (at most N/10 features are kept)",
+       "pwcca": "CCA needs many more images than features (at most N/10 features are kept)"}
+
+
+def too_few(measure: str, n_images: int) -> str | None:
+    """Why ``measure`` is not reported on ``n_images`` images (module docstring), or None."""
+    minimum = MIN_IMAGES.get(measure, 2)
+    if n_images >= minimum:
+        return None
+    return f"too few images (N = {n_images}; {measure.replace('_', ' ')} needs at least {minimum}: {WHY[measure]})"
+
+
+def chance_level(measure, x: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
+    """``measure`` between ``x`` and ``y`` with ``y``'s rows (images) shuffled: the value unrelated activations of
+    these shapes read, which a biased estimator's value should be compared with."""
+    order = np.random.default_rng(seed).permutation(len(y))
+    return float(measure(x, np.asarray(y)[order]))

@@ -75,7 +75,7 @@ def test_multilabel_probe_learns_each_label():
     y = np.stack([x[:, 0] > 0, x[:, 1] + x[:, 2] > 0.5, x[:, 3] < -0.5], 1).astype(np.int64)
     model = train_probe(x[:600], y[:600], x[600:750], y[600:750], ProbeConfig(epochs=30), 3, multilabel=True)
     assert model["select"] == "auroc"
-    assert macro_auroc(y[750:], predict(model, x[750:], multilabel=True)) > 0.95
+    assert macro_auroc(y[750:], predict(model, x[750:])) > 0.95
 
 
 def test_constant_training_features_cannot_blow_up():

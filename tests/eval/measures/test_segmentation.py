@@ -218,9 +218,12 @@ def test_slice_pooled_dice_by_hand_and_unlike_the_per_case_mean():
     np.testing.assert_array_equal(intersections[:, 0], [56, 56, 0, 0])
     np.testing.assert_array_equal(sizes[:, 0], [120, 120, 4, 0])
     assert np.isnan(slice_pooled_dice(np.zeros((3, 4, 4), int), np.zeros((3, 4, 4), int), 3)).all()
+    # Two patients: a bootstrap has three distinct resamples ({a, a}, {a, b}, {b, b}) and its "interval" would be
+    # 0 .. 0.93; the rule gives the value alone and says why.
     ci = slice_pooled_dice_ci(intersections, sizes, ["a", "a", "b", "b"], n=200)
-    assert ci["value"] == pytest.approx(pooled[0]) and ci["lower"] <= ci["value"] <= ci["upper"]
-    assert ci["lower"] == pytest.approx(0.0) and ci["upper"] == pytest.approx(2 * 112 / 240)   # {b}..{a} resamples
+    assert ci["value"] == pytest.approx(pooled[0]) and np.isnan(ci["lower"]) and np.isnan(ci["upper"])
+    assert ci["evidence"]["reason"].startswith("too few test patients to compare (n = 2;")
+    assert ci["evidence"]["distinct_resamples"] == 3
 
 
 def test_case_table_and_patient_bootstrap():
@@ -237,8 +240,12 @@ def test_case_table_and_patient_bootstrap():
                               for n in ("liver", "tumour"))}
     direct = case_metrics(cases[2][1], cases[2][2], 3, (2.0, 0.8, 0.8), 2.0)
     assert rows[2]["dice_tumour"] == direct["dice"][1] and rows[2]["hd95_mm_liver"] == direct["hd95_mm"][0]
-    patients = ["p0", "p0", "p1", "p2", "p2", "p3", "p3"]
+    few = summarise_table(rows, ["p0", "p0", "p1", "p2", "p2", "p3", "p3"], n=300)   # 4 patients: no interval
+    assert np.isnan(few["mean_dice"]["lower"]) and few["mean_dice"]["evidence"]["patients"] == 4
+    patients = ["p0", "p1", "p2", "p3", "p4", "p5", "p5"]           # the empty case (undefined) shares p5
     summary = summarise_table(rows, patients, n=300)
+    evidence = summary["mean_dice"]["evidence"]
+    assert evidence["enough"] and evidence["distinct_resamples"] == 462 and not evidence["coarse_interval"]  # 462 > 300
     assert summary["mean_dice"]["n"] == 6 and summary["mean_dice"]["n_undefined"] == 1
     values = np.array([r["mean_dice"] for r in rows[:6]])
     assert summary["mean_dice"]["value"] == pytest.approx(values.mean())
