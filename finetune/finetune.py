@@ -189,14 +189,15 @@ def inference_batches(x: torch.Tensor, batch: int, device: str, noise: float = 0
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, multilabel: bool, batch: int = 128, device: str = "cpu",
+def predict(model: nn.Module, x: torch.Tensor, batch: int = 128, device: str = "cpu",
             noise: float = 0.0, generator: torch.Generator | None = None) -> np.ndarray:
-    """Class probabilities of ``x``, with test-time ``noise`` (``inference_batches``)."""
+    """Logits of ``x`` (per-label logits for a multi-label task), with test-time ``noise``
+    (``inference_batches``): scores on a log scale, which keep the order a softmax loses once it saturates
+    (``eval.measures.classification``)."""
     model.eval()
     out = []
     for inputs in inference_batches(x, batch, device, noise, generator):
-        logits = model(inputs)
-        out.append((logits.sigmoid() if multilabel else logits.softmax(-1)).float().cpu())
+        out.append(model(inputs).float().cpu())
     return torch.cat(out).numpy()
 
 
@@ -253,7 +254,7 @@ def finetune(backbone: nn.Module, name: str, train_x: torch.Tensor, train_y: np.
             progress.update(1)
         if cfg.recalibrate_bn:
             recalibrate(model, train_x, cfg.batch_size, device, gen)
-        val = score(metric, val_y, predict(model, val_x, multilabel, device=device), multilabel)
+        val = score(metric, val_y, predict(model, val_x, device=device), multilabel)
         if not np.isfinite(val):
             progress.bar.close()
             raise ValueError(f"validation {metric} is undefined ({len(val_y)} validation samples, classes present: "

@@ -142,8 +142,11 @@ def restore(state: dict, model, optimizer, scaler) -> None:
         scaler.load_state_dict(state["scaler"])
 
 
-def export_backbone(model, out: str | Path, card: dict) -> Path:
-    """``backbone.safetensors`` (``model.export_backbone``: the backbone that is evaluated) and its card."""
+def export_backbone(model, out: str | Path, card: dict, patients: dict | None = None) -> Path:
+    """``backbone.safetensors`` (``model.export_backbone``: the backbone that is evaluated) and its card; with
+    ``patients`` (``{"salt_check", "split", "patients"}``: whom it was pretrained on) also
+    ``backbone.patients.json``, which the card references with its count, SHA-256 and the salt's check value
+    (``eval.inputs.overlap`` checks every evaluation against it)."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
@@ -152,6 +155,8 @@ def export_backbone(model, out: str | Path, card: dict) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.export_backbone.state_dict().items()}
     tmp = out / f"backbone{TMP_MARK}.safetensors"
     try:
+        if patients is not None:
+            card = {**card, "pretraining_patients": write_patients_record(out / PATIENTS_FILE, patients)}
         save_file(tensors, str(tmp), metadata={"format": "pt", "ctssl": "backbone"})
         os.replace(tmp, path)
         atomic_write_text(out / "backbone.json", json.dumps(card, indent=1, default=str) + "\n")
@@ -160,3 +165,17 @@ def export_backbone(model, out: str | Path, card: dict) -> Path:
             tmp.unlink()
         raise _write_failure(path, err) from None
     return path
+
+
+PATIENTS_FILE = "backbone.patients.json"
+
+
+def write_patients_record(path: Path, patients: dict) -> dict:
+    """The pretraining patients (sorted pseudonyms) at ``path``; the card's reference to them."""
+    import hashlib
+
+    body = json.dumps({"salt_check": patients["salt_check"], "split": patients["split"],
+                       "patients": sorted(patients["patients"])}, indent=0) + "\n"
+    atomic_write_text(path, body)
+    return {"file": path.name, "count": len(patients["patients"]), "split": patients["split"],
+            "salt_check": patients["salt_check"], "sha256": hashlib.sha256(body.encode()).hexdigest()}

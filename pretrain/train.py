@@ -51,6 +51,7 @@ from ctssl.pretrain.signals import StopSignal, agree, lock_output
 from ctssl.pretrain.step import forward_backward
 from ctssl.pretrain.syncbn import convert_sync_batchnorm, has_batchnorm
 from ctssl.pretrain.views import CTViewMaker, crop_specs, finish_natural, natural_views
+from ctssl.shards.patients import load_patients
 
 logger = logging.getLogger(__name__)
 
@@ -465,7 +466,7 @@ class Loop:
                   "stopped_by": stopped_by, "knn": self.history,
                   "checkpoint": str(r.out / "checkpoints" / "last.pt")}
         if r.main and stopped_by is None:
-            result["backbone"] = str(export_backbone(r.method, r.out, self.card()))
+            result["backbone"] = str(export_backbone(r.method, r.out, self.card(), self.patients()))
             atomic_write_text(r.out / "result.json", json.dumps(result, indent=1) + "\n")
         if self.writer:
             self.writer.close()
@@ -476,6 +477,21 @@ class Loop:
         a.wait_for_everyone()
         a.end_training()
         return result
+
+    def patients(self) -> dict | None:
+        """Whom a CT run pretrained on: the patients of its split, from the shard folder's record
+        (``shards.patients``), for the evaluation's overlap check; None for natural images or a folder that
+        records none (the card then says nothing, and evaluation reports the backbone as unchecked)."""
+        cfg = self.r.cfg
+        if self.r.kind != "ct":
+            return None
+        recorded = load_patients(cfg.data.shards)
+        if recorded is None:
+            logger.warning("%s records no patients (written before ctssl recorded them): the export cannot say whom "
+                           "it was pretrained on, and evaluations will report it as unchecked", cfg.data.shards)
+            return None
+        return {"salt_check": recorded["salt_check"], "split": cfg.data.split,
+                "patients": recorded["splits"].get(cfg.data.split, set())}
 
     def card(self) -> dict:
         r, cfg = self.r, self.r.cfg

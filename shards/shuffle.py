@@ -49,6 +49,7 @@ from ctssl.core.lock import OutputLock
 from ctssl.core.pool import fork_pool
 from ctssl.core.spill import PickleAppender, read_batches
 from ctssl.shards.manifest import MANIFEST_NAME, build_manifest, load_manifest, write_manifest
+from ctssl.shards.patients import load_patients, write_patients
 from ctssl.shards.reader import iter_shard
 from ctssl.shards.writer import ShardWriter
 
@@ -302,6 +303,10 @@ def merge(source: str | Path, out: str | Path, lock: bool = True) -> dict:
                                                                for s in plan["config"]["splits"]},
               "written": {s: e["samples"] for s, e in manifest["splits"].items()}, "skipped": dict(skipped)}
     atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=1) + "\n")
+    patients = load_patients(source)     # the same patients, in the splits shuffled
+    if patients is not None:
+        write_patients(out, patients["salt_check"], {s: patients["splits"].get(s, set())
+                                                     for s in plan["config"]["splits"]})
     write_manifest(out, manifest)
     shutil.rmtree(out / WORK / "parts", ignore_errors=True)
     return manifest

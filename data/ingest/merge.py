@@ -17,6 +17,7 @@ from ctssl.data.ingest.config import REPORT_NAME
 from ctssl.data.ingest.plan import PLAN_DIR, PLAN_REPORT_NAME, load_plan
 from ctssl.data.ingest.task import task_paths
 from ctssl.shards.manifest import build_manifest, write_manifest
+from ctssl.shards.patients import write_patients
 
 
 class IncompleteIngest(RuntimeError):
@@ -60,6 +61,11 @@ def merge(out: str | Path, lock: bool = True) -> dict:
         extra["segmentation"] = segmentation_summary(plan["segmentation"]["labels"], series)
     manifest = build_manifest(shards, plan["config"], __version__, extra)
     atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=1) + "\n")
+    patients: dict[str, set] = {}
+    for r in series:
+        if r["written"]:
+            patients.setdefault(r["split"], set()).add(r["patient"])
+    write_patients(out, plan["config"].get("salt_check"), patients)     # before the manifest completes the set
     write_manifest(out, manifest)
     # The task item files hold source paths (needed to read the sources); the set is complete.
     for task in plan["tasks"]:

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from ctssl.core.logs import setup_logging
     from ctssl.core.options import resolve
     from ctssl.eval.commands.options import prepare_record
-    from ctssl.eval.protocols.gap import run_gap
+    from ctssl.eval.protocols.gap import headline_values, run_gap
     from ctssl.eval.records.store import pair_name
 
     cfg = resolve(args)
@@ -53,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     for r in record["rows"]:
         transfer = r["probe_transfer"]["a_to_b"]
         gap = "n/a" if transfer is None else f"{transfer['gap']:+.3f}"
-        print(f"{r['backbone'][-48:]:<48} {r['domain_classifier']['proxy_a_distance']:7.3f} {r['mmd2']['value']:8.4f} "
-              f"{r['frechet_distance']:9.3f} {r['knn_purity']['purity']:7.3f} {gap:>15}")
+        v = headline_values(r)
+        print(f"{r['backbone'][-48:]:<48} {v['A-dist']:>7} {v['MMD2']:>8} {v['Frechet']:>9} {v['purity']:>7} {gap:>15}")
+        for measure, reason in r["too_few_images"].items():
+            print(f"  {measure}: {reason}")
     print(f"written: {record['json']}")
     return 0

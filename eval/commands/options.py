@@ -45,6 +45,13 @@ def add_target_options(settings: Settings) -> None:
                     help="HU window of CT inputs for backbones of grey or natural pictures (ImageNet, RadImageNet, "
                          "natural-image pretraining), replicated to their channels")
     settings.option("--n-boot", key="n_boot", type=int, help="bootstrap resamples for CIs")
+    add_overlap(settings)
+
+
+def add_overlap(settings: Settings) -> None:
+    settings.switch("--allow-pretraining-overlap", key="allow_pretraining_overlap", value=True,
+                    help="evaluate a CT backbone on validation or test patients it was pretrained on (refused "
+                         "otherwise); every record and the report then say so")
 
 
 def add_record_options(settings: Settings, folder: str, default: str) -> None:
@@ -134,15 +141,19 @@ def finish(cfg, records: list[dict]) -> int:
     adjusted = adjust([c["p_value"] for c in lines], "holm", [c.get("resamples") for c in lines])
     for c, (p_adj, bound) in zip(lines, adjusted):
         f = {k: ("n/a" if c[k] is None else f"{c[k]:+.3f}") for k in ("delta", "lower", "upper")}
-        print(f"paired {c['task']} {c.get('variant') or ''} fraction {c['fraction']:g} seed {c['seed']}: "
-              f"{_short(names.get(c['backbone']) or c['backbone'])} - "
-              f"{_short(names.get(c['baseline']) or c['baseline'])} {c['metric']} {f['delta']} "
-              f"[{f['lower']}, {f['upper']}] p={format_p(c['p_value'], c.get('resamples'))} "
+        who = (f"paired {c['task']} {c.get('variant') or ''} fraction {c['fraction']:g} seed {c['seed']}: "
+               f"{_short(names.get(c['backbone']) or c['backbone'])} - "
+               f"{_short(names.get(c['baseline']) or c['baseline'])} {c['metric']} {f['delta']}")
+        if c.get("insufficient"):
+            print(f"{who} ({c['insufficient']})")
+            continue
+        print(f"{who} [{f['lower']}, {f['upper']}] p={format_p(c['p_value'], c.get('resamples'))} "
               f"(Holm over these {len(lines)}: {format_p(p_adj, None, bound)})")
-    few = min((c.get("n_patients") or 10 ** 9 for c in lines), default=10 ** 9)
+    tested = [c for c in lines if not c.get("insufficient")]
+    few = min((c.get("n_patients") or 10 ** 9 for c in tested), default=10 ** 9)
     if few < SMALL_TEST:
-        print(f"caveat: {few} test patients; intervals and p-values from so few patients are coarse, and relative "
-              "changes unstable (ctssl report says more).")
+        print(f"caveat: {few} test patients; intervals and p-values from so few patients are coarse (the paired test "
+              f"cannot go below p = {2.0 ** (1 - few):.3g}), and relative changes unstable (ctssl report says more).")
     print(f"results: {results}\ncomparisons: {comparisons}")
     return 0
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 
 from ctssl.core.options import Settings
-from ctssl.eval.commands.options import add_baseline
+from ctssl.eval.commands.options import add_baseline, add_overlap
 
 SETTINGS = "ctssl.eval.commands.settings:SegmentCommand"
 
@@ -41,6 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.option("--grey-window", key="grey_window",
                     help="HU window of CT inputs for backbones of grey or natural pictures, replicated")
     settings.option("--n-boot", key="n_boot", type=int, help="bootstrap resamples for CIs")
+    add_overlap(settings)
     settings.option("--fraction", key="fractions", type=float, action="append",
                     help="fraction of the training patients with masks (repeatable)")
     settings.option("--seed", key="seeds", type=int, action="append", help="seed (repeatable)")

@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     result = run_similarity(cfg.data, cfg.a, cfg.b, cfg, cfg.out, name=name)
     for measure, matrix in result["matrices"].items():
+        if measure in result["too_few_images"]:
+            print(f"{measure}: {result['too_few_images'][measure]}")
+            continue
         print(f"{measure} (rows: A layers, columns: B layers)")
         print("          " + " ".join(f"{c:>8}" for c in result["layers_b"]))
         for layer, row in zip(result["layers_a"], matrix):

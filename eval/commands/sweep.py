@@ -40,6 +40,7 @@ import argparse
 import os
 
 from ctssl.core.options import Settings
+from ctssl.eval.commands.options import add_overlap
 
 PHASES = ("plan", "task", "run", "report")
 SETTINGS = "ctssl.eval.sweep.config:SweepConfig"
@@ -55,6 +56,7 @@ def _study_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                     help="backbone source (repeatable; the first is the baseline)")
     settings.option("--name", key="names", action="append", help="readable backbone name (repeatable)")
     settings.option("--out", key="out", help="output folder")
+    add_overlap(settings)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

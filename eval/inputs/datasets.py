@@ -90,6 +90,10 @@ class Dataset:
     damaged: dict[str, int] = field(default_factory=dict)
     label_names: list[str] = field(default_factory=list)   # the labels the samples carry, for messages
     intensity: str = ""             # how stored values became the images (CSV: 8-bit as stored, 16-bit as HU)
+    # Shard datasets: the salt's check value of their patient pseudonyms (shards.patients), which a backbone's
+    # pretraining patients are compared under (eval.inputs.overlap); "" for datasets with other patient IDs.
+    salt_check: str = ""
+    unlabelled: dict[str, int] = field(default_factory=dict)   # split -> samples left out for lacking the label
 
     def __post_init__(self):
         if self.unit_stream is None:           # in memory: blocks of rows
@@ -148,10 +152,16 @@ class Dataset:
     def groups(self, split: str) -> np.ndarray:
         return np.asarray([s.group for s in self.entries(split)])
 
+    def patients(self) -> dict[str, set]:
+        """The patients of each split (with the label)."""
+        return {s: {x.group for x in v} for s, v in self.samples.items()}
+
     def describe(self) -> dict:
         described = {"spec": self.spec, "label": self.label, "kind": self.kind, "fingerprint": self.fingerprint,
                      "classes": self.classes, "multilabel": self.multilabel,
                      "counts": {s: len(v) for s, v in self.samples.items()}}
+        if self.unlabelled:
+            described["unlabelled"] = dict(self.unlabelled)
         return {**described, "intensity": self.intensity} if self.intensity else described
 
 
@@ -201,6 +211,7 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
 
     from ctssl.shards.reader import decode_image
     from ctssl.shards.manifest import MANIFEST_NAME
+    from ctssl.shards.patients import salt_check_of
     from ctssl.shards.reader import expected_counts, iter_shard, shard_paths
 
     manifest = path / MANIFEST_NAME if path.is_dir() else path
@@ -211,9 +222,12 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
     names: set[str] = set()                       # the labels the samples carry, for a missing label's message
     matched = [0]                                 # samples that pass the filter
 
+    def passes(meta: dict) -> bool:
+        return str(meta.get(where[0], (meta.get("labels") or {}).get(where[0]))) == where[1]
+
     def target_of(meta: dict):
         """The sample's target, or None when it is filtered out or lacks the label."""
-        if where and str(meta.get(where[0], (meta.get("labels") or {}).get(where[0]))) != where[1]:
+        if where and not passes(meta):
             return None
         matched[0] += 1
         labels = {**(meta.get("labels") or {}), **({"class": meta["class"]} if "class" in meta else {})}
@@ -226,6 +240,7 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
         return None if value in (None, "") else str(value)
 
     damaged = {s: 0 for s in SPLITS}
+    unlabelled = {s: 0 for s in SPLITS}           # samples without the label (counted, logged, recorded)
 
     def skip(key, reason, split=None):   # a damaged sample, left out of both passes alike; counted when opened
         if split is not None and key is not None:
@@ -251,6 +266,8 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
                 if target is not None:
                     samples[split].append(Sample(None, target, str(meta.get("patient") or raw["key"]), raw["key"]))
                     count += 1
+                elif not where or passes(meta):
+                    unlabelled[split] += 1
             units[split].append(count)
 
     def unit_stream(split: str, unit: int) -> Iterator[tuple[str, object]]:
@@ -265,10 +282,15 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
         raise ValueError(f"No sample of '{spec}' has {where[0]} = {where[1]}.")
     if label != IMAGES_ONLY and not any(samples.values()):
         raise ValueError(missing_label(spec, label, sorted(names)))
+    if any(unlabelled.values()):
+        logger.info("%s: samples without label '%s' left out: %s", spec, label,
+                    ", ".join(f"{n} of {n + len(samples[s])} {s}" for s, n in unlabelled.items() if n))
     fingerprint = _hash_file(manifest) + (f"@{where[0]}={where[1]}" if where else "")
+    salt_check = salt_check_of(json.loads(manifest.read_text()).get("config")) or ""
     return Dataset(spec, label, kind or "ct", fingerprint, samples, classes=columns or [], multilabel=bool(columns),
                    units=units, unit_stream=unit_stream, damaged={s: n for s, n in damaged.items() if n},
-                   label_names=sorted(names))
+                   label_names=sorted(names), salt_check=salt_check,
+                   unlabelled={s: n for s, n in unlabelled.items() if n})
 
 
 def _load_image(path: Path):

@@ -1,17 +1,25 @@
 """What a protocol needs of a labelled dataset, checked before any feature is extracted or any network is
-trained: each split it reads holds samples, the test split at least two patients (a patient-bootstrap interval
-of one patient is a point), the training split two classes, and the splits that choose (validation) and report
-(test) a metric on which it is defined. Degenerate data is a one-line ``ValueError`` that says what the data
-lack and what to do, never a NaN, an ``n/a`` row or an error from inside numpy or torch.
+trained: each split it reads holds samples, the training split two classes, and the splits that choose
+(validation) and report (test) a metric on which it is defined. Degenerate data is a one-line ``ValueError`` that
+says what the data lack and what to do, never a NaN, an ``n/a`` row or an error from inside numpy or torch.
+
+A test split with fewer patients than ``eval.measures.evidence`` needs for an interval or a comparison is not
+refused: the protocol runs, its records carry point values with "too few test patients", and the command says so
+in one warning before it starts (``require_splits``).
 
 Messages name splits, counts and label values, never a patient or a sample (pseudonyms are identifiers too).
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ctssl.eval.inputs.datasets import SPLITS, Dataset
+from ctssl.eval.measures.evidence import MIN_PATIENTS, MIN_PATIENTS_PER_CLASS
+
+logger = logging.getLogger(__name__)
 
 MORE_PATIENTS = ("ingest more patients, or give the small splits a larger share (ctssl ingest --set "
                  "splits.train=0.6 --set splits.val=0.2 --set splits.test=0.2)")
@@ -40,16 +48,24 @@ def _both_values(data: Dataset, split: str) -> bool:
 
 
 def require_splits(data: Dataset, task: str, splits=SPLITS) -> None:
-    """Every split of ``splits`` holds samples with the label, and test at least 2 patients."""
+    """Every split of ``splits`` holds samples with the label; a test split with fewer than
+    ``eval.measures.evidence.MIN_PATIENTS`` patients is a warning (``warn_few``)."""
     what = f"label '{data.label}'" if data.label else "images"
     for split in splits:
         if not data.samples.get(split):
             raise ValueError(f"{task} needs patients with {what} in the {split} split, and '{data.spec}' has none "
                              f"there (patients per split: {_per_split(data)}): {MORE_PATIENTS}.")
-    if "test" in splits and patients(data, "test") < 2:
-        raise ValueError(f"{task} reports on the test split, and '{data.spec}' has {patients(data, 'test')} test "
-                         f"patient with {what} (patients per split: {_per_split(data)}); a patient-bootstrap "
-                         f"interval needs at least 2: {MORE_PATIENTS}.")
+    if "test" in splits:
+        warn_few(task, patients(data, "test"), f"'{data.spec}'")
+
+
+def warn_few(task: str, n_test: int, where: str) -> None:
+    """One warning where the test split has fewer patients than an interval or a comparison needs."""
+    if n_test < MIN_PATIENTS:
+        logger.warning("%s: the test split of %s has %d patient(s), too few to compare (at least %d, and %d per "
+                       "class for AUROC, are needed): its results get point values only, no intervals, p-values or "
+                       "verdicts. To compare, %s.", task, where, n_test, MIN_PATIENTS, MIN_PATIENTS_PER_CLASS,
+                       MORE_PATIENTS)
 
 
 def require_classes(data: Dataset, task: str, select: str | None = None, splits=SPLITS) -> None:

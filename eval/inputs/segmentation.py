@@ -46,10 +46,15 @@ class SegDataset:
     labels: list[str]              # class names by id, background first
     cases: dict[str, list[SegCase]]
     notes: list[str] = field(default_factory=list)
+    salt_check: str = ""           # the salt's check value of the patient pseudonyms (eval.inputs.overlap)
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    def patients(self) -> dict[str, set]:
+        """The patients of each split's annotated cases."""
+        return {s: {c.patient for c in cases} for s, cases in self.cases.items()}
 
     def describe(self) -> dict:
         return {"spec": self.spec, "fingerprint": self.fingerprint, "label": "segmentation", "kind": "ct",
@@ -117,7 +122,9 @@ def open_segmentation(spec: str, classes: list[str] | None = None) -> SegDataset
                                     np.stack([r[3] for r in rows]), [r[1] for r in rows], spacing))
     fingerprint = hashlib.sha256(json.dumps({"shards": [s.get("sha256") for s in manifest["shards"]],
                                              "labels": labels}, sort_keys=True).encode()).hexdigest()[:16]
-    return SegDataset(spec, fingerprint, labels, cases, sorted(notes))
+    from ctssl.shards.patients import salt_check_of
+
+    return SegDataset(spec, fingerprint, labels, cases, sorted(notes), salt_check_of(manifest.get("config")) or "")
 
 
 def check_splits(data: SegDataset) -> None:

@@ -28,10 +28,11 @@ from ctssl.eval.inputs.datasets import Sample, open_dataset
 from ctssl.eval.inputs.requirements import require_splits
 from ctssl.eval.inputs.sources import load_backbone
 from ctssl.eval.inputs.spec import input_spec, prepare
-from ctssl.eval.measures.classification import metrics_with_ci
+from ctssl.eval.measures.classification import metrics_with_ci, ovr_scores
 from ctssl.eval.measures.confounders import permutation_test
 from ctssl.eval.measures.probe import ProbeConfig, predict, standardise, train_probe
-from ctssl.eval.protocols.spec import EvalTarget, announce, backbone_orders, frozen_features, input_size
+from ctssl.eval.protocols.spec import (EvalTarget, announce, backbone_orders, frozen_features, input_size,
+                                       pretraining_overlap)
 from ctssl.eval.records.plots import confounder_curves
 from ctssl.eval.records.provenance import provenance
 from ctssl.eval.records.store import load_names, slug
@@ -39,6 +40,7 @@ from ctssl.finetune import finetune as finetuning
 
 logger = logging.getLogger(__name__)
 MODES = ("probe", "finetune")
+CLASSES = ["other", "positive"]         # the experiment's two classes: the --positive value, and the rest
 
 
 @dataclass
@@ -76,6 +78,8 @@ def run_confounders(target: EvalTarget, settings: ConfounderSettings, out: str |
                 f"--positive.")
     experiment = _Experiment(dataset, split, positive, kind, seed)
     rows, (size, why), names = [], input_size(target), load_names(out)
+    overlap = pretraining_overlap(logger, "confounders", target.backbones, dataset, target.allow_pretraining_overlap,
+                                  names)
     pairs = backbone_orders(target, orders)
     for index, (order, source) in enumerate(pairs):
         announce(logger, "confounders", source, index, len(pairs), names, confounder=kind, mode=settings.mode)
@@ -88,6 +92,7 @@ def run_confounders(target: EvalTarget, settings: ConfounderSettings, out: str |
             learn = experiment.finetune(model, card, spec, learner, f"confounders {names.get(source) or source}")
         for fraction in settings.fractions:
             row = experiment.row(learn, fraction, source, order, spec.rule, settings, target.n_boot)
+            row["pretraining_overlap"] = overlap[source]
             logger.info("confounder %s, %s, fraction %.2f: clean AUROC %s, anti-correlated AUROC %s", kind, source,
                         fraction, row["clean"]["auroc"]["value"], row["confounded"]["auroc"]["value"])
             rows.append(row)
@@ -174,8 +179,8 @@ class _Experiment:
                                               self.positive["val"].astype(np.int64), 2, settings, self.seed,
                                               device=device, desc=f"{desc}, confounded fraction {fraction:g}")
             best = result["best_val"]
-            return (chosen, finetuning.predict(best, tensor(self.split["test"]), False, device=device),
-                    finetuning.predict(best, tensor(self.anti_test), False, device=device))
+            return (chosen, finetuning.predict(best, tensor(self.split["test"]), device=device),
+                    finetuning.predict(best, tensor(self.anti_test), device=device))
 
         return learn
 
@@ -186,13 +191,14 @@ class _Experiment:
         y, groups = self.positive["test"].astype(np.int64), self.dataset.groups("test")
         row = {"backbone": source, "backbone_order": order, "input": rule, "fraction": fraction,
                "n_confounded_train": len(chosen["train"]), "n_positive_train": int(self.positive["train"].sum()),
-               "clean": metrics_with_ci(y, scores_clean, groups, False, n_boot, self.seed),
-               "confounded": metrics_with_ci(y, scores_anti, groups, False, n_boot, self.seed)}
+               "clean": metrics_with_ci(y, scores_clean, groups, False, n_boot, self.seed, CLASSES),
+               "confounded": metrics_with_ci(y, scores_anti, groups, False, n_boot, self.seed, CLASSES)}
         row["drop"] = {m: _diff(row["clean"][m]["value"], row["confounded"][m]["value"])
                        for m in ("accuracy", "balanced_accuracy", "auroc")}
         if settings.permutations:
-            row["permutation_test"] = permutation_test(self.positive["test"], scores_clean[:, 1], scores_anti[:, 1],
-                                                       settings.permutations, self.seed)
+            row["permutation_test"] = permutation_test(self.positive["test"], ovr_scores(scores_clean)[:, 0],
+                                                       ovr_scores(scores_anti)[:, 0], settings.permutations, self.seed,
+                                                       groups)
         return row
 
 

@@ -29,7 +29,7 @@ from ctssl.eval.inputs.sources import load_backbone
 from ctssl.eval.inputs.spec import InputSpec, input_spec, prepare
 from ctssl.eval.measures.classification import metrics_with_ci, selection_metric
 from ctssl.eval.measures.similarity import weight_similarity
-from ctssl.eval.protocols.spec import EvalSpec, announce, backbone_orders, input_size
+from ctssl.eval.protocols.spec import EvalSpec, announce, backbone_orders, input_size, pretraining_overlap
 from ctssl.eval.records.comparisons import headline, main_metric
 from ctssl.eval.records.provenance import provenance
 from ctssl.eval.records.store import RunStore, load_names, run_id
@@ -65,6 +65,7 @@ def run_finetune(spec: EvalSpec, settings: FinetuneConfig, out: str | Path, task
     data = open_dataset(spec.data, spec.label)
     require_classes(data, "fine-tuning", selection_metric(settings, data.multilabel, len(data.classes)))
     records, (size, why), names = [], input_size(spec), load_names(out)
+    overlap = pretraining_overlap(logger, task, spec.backbones, data, spec.allow_pretraining_overlap, names)
     pairs = backbone_orders(spec, orders)
     for index, (order, source) in enumerate(pairs):
         backbone, card = load_backbone(source)
@@ -87,7 +88,8 @@ def run_finetune(spec: EvalSpec, settings: FinetuneConfig, out: str | Path, task
                     _export(run["result"], card, source, data, fraction, seed, config, out / "models" / ids["best_val"])
                 base = {"task": task, "backbone": source, "backbone_order": order,
                         "backbone_card": {k: v for k, v in card.items() if k != "config"}, "dataset": data.describe(),
-                        "fraction": fraction, "seed": seed, "config": config, "input": inputs.to_dict()}
+                        "fraction": fraction, "seed": seed, "config": config, "input": inputs.to_dict(),
+                        "pretraining_overlap": overlap[source]}
                 for variant in VARIANTS:
                     record = _record(run, variant, prefix, ids[variant], base, settings, prepared, data, spec.n_boot,
                                      store)
@@ -132,13 +134,14 @@ def _record(run: dict, variant: str, prefix: str, rid: str, base: dict, settings
     """Variant ``variant``'s test predictions and record, saved to the store."""
     result, seed = run["result"], base["seed"]
     test, test_y, test_groups = data.split("test"), data.targets("test"), data.groups("test")
-    scores = predict(result[variant], prepared["test"], data.multilabel, device=default_device())
+    scores = predict(result[variant], prepared["test"], device=default_device())
     record = {"run_id": rid, "task": base["task"], "variant": prefix + variant,
-              **{k: base[k] for k in ("backbone", "backbone_order", "backbone_card", "dataset", "fraction", "seed")},
+              **{k: base[k] for k in ("backbone", "backbone_order", "backbone_card", "dataset", "fraction", "seed",
+                                      "pretraining_overlap")},
               "n_train": run["n_train"], "n_val": run["n_val"], "n_test": len(test),
               "n_test_patients": int(len(np.unique(test_groups))), "config": base["config"],
               "input": base["input"],
-              "test": metrics_with_ci(test_y, scores, test_groups, data.multilabel, n_boot, seed),
+              "test": metrics_with_ci(test_y, scores, test_groups, data.multilabel, n_boot, seed, data.classes),
               "history": result["history"], "best_epoch": result["best_epoch"], "epochs_run": result["epochs_run"],
               "select": result["select"], "chosen": {"lr": result["lr"], "weight_decay": result["weight_decay"]},
               "grid": result["grid"], "cut": settings.truncate, "parameters": run["parameters"],
@@ -157,8 +160,8 @@ def _noise_sweep(model, x, test_y, test_groups, data: Dataset, settings: Finetun
     points = []
     for sigma in settings.noise_sigmas:
         generator = torch.Generator().manual_seed(seed)
-        scores = predict(model, x, data.multilabel, device=default_device(), noise=sigma, generator=generator)
-        measured = metrics_with_ci(test_y, scores, test_groups, data.multilabel, n_boot, seed)
+        scores = predict(model, x, device=default_device(), noise=sigma, generator=generator)
+        measured = metrics_with_ci(test_y, scores, test_groups, data.multilabel, n_boot, seed, data.classes)
         metric = main_metric({"test": measured, "dataset": data.describe()})
         points.append({"sigma": sigma, "metric": metric, metric: measured[metric]})
     return points

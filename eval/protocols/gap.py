@@ -24,7 +24,8 @@ from ctssl.eval.features.cache import cached_features
 from ctssl.eval.inputs.datasets import IMAGES_ONLY, Dataset, open_dataset
 from ctssl.eval.inputs.sources import backbone_card
 from ctssl.eval.inputs.spec import comparison_size
-from ctssl.eval.measures.gap import balanced, domain_classifier, frechet_distance, knn_purity, mmd2, probe_gap
+from ctssl.eval.measures.gap import (balanced, domain_classifier, frechet_distance, knn_purity, mmd2, probe_gap,
+                                     too_few)
 from ctssl.eval.records.plots import embedding
 from ctssl.eval.records.provenance import provenance
 from ctssl.eval.records.store import pair_name, slug
@@ -76,9 +77,10 @@ def run_gap(a: str, b: str, backbones: list[str], settings: GapSettings, out: st
         if s.embed:
             row["figure"] = str(_embedding(fa[sa], fb[sb], data_a, data_b, source, s.seed,
                                            folder / f"{name}-{slug(source)}.png", min(s.max_samples, 400)))
-        logger.info("gap %s: proxy A-distance %.3f, MMD2 %.4f, Frechet %.2f, kNN purity %.3f", source,
-                    row["domain_classifier"]["proxy_a_distance"], row["mmd2"]["value"], row["frechet_distance"],
-                    row["knn_purity"]["purity"])
+        shown = headline_values(row)
+        logger.info("gap %s: proxy A-distance %s, MMD2 %s, Frechet %s, kNN purity %s%s", source, *shown.values(),
+                    f" ({len(row['too_few_images'])} measure(s) not reported: too few images)"
+                    if row["too_few_images"] else "")
         rows.append(row)
     record = {"name": name, "a": data_a.describe(), "b": data_b.describe(), "split": {"a": use[id(data_a)],
               "b": use[id(data_b)]}, "image_size": size,
@@ -90,18 +92,33 @@ def run_gap(a: str, b: str, backbones: list[str], settings: GapSettings, out: st
 
 
 def _row(source: str, features_a, features_b, s: GapSettings) -> dict:
-    """The gap measures on equal-size, L2-normalised samples of the two domains."""
+    """The gap measures on equal-size, L2-normalised samples of the two domains; a measure the sample size cannot
+    carry is None, with its reason in ``too_few_images`` (``eval.measures.gap.too_few``)."""
     x, y = balanced(features_a, features_b, s.max_samples, s.seed)
     # L2-normalised, so that distances compare across backbones whose feature scales differ.
     x, y = (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for v in (x, y))
-    value, sigma = mmd2(x, y)
-    return {"backbone": source, "n_per_domain": len(x), "feature_dim": int(x.shape[1]),
-            "domain_classifier": domain_classifier(x, y, seed=s.seed),
-            "mmd2": {"value": round(value, 6), "kernel": "gaussian", "sigma": round(sigma, 5),
-                     "bandwidth_rule": "median pairwise distance of the pooled sample"},
-            "frechet_distance": round(frechet_distance(x, y), 5), "knn_purity": knn_purity(x, y, s.k),
-            "frechet_note": (f"{len(x)} samples per domain < {x.shape[1]} dimensions: rank-deficient covariances, "
-                             "biased estimate; compare only at equal sample sizes") if len(x) <= x.shape[1] else ""}
+    n, dim = len(x), int(x.shape[1])
+    few = {m: r for m in ("domain_classifier", "mmd2", "frechet_distance", "knn_purity")
+           if (r := too_few(m, n, dim, s.k))}
+    row = {"backbone": source, "n_per_domain": n, "feature_dim": dim, "too_few_images": few,
+           "domain_classifier": None if "domain_classifier" in few else domain_classifier(x, y, seed=s.seed),
+           "mmd2": None, "frechet_distance": None if "frechet_distance" in few else round(frechet_distance(x, y), 5),
+           "knn_purity": None if "knn_purity" in few else knn_purity(x, y, s.k)}
+    if "mmd2" not in few:
+        value, sigma = mmd2(x, y)
+        row["mmd2"] = {"value": round(value, 6), "kernel": "gaussian", "sigma": round(sigma, 5),
+                       "bandwidth_rule": "median pairwise distance of the pooled sample"}
+    return row
+
+
+def headline_values(row: dict) -> dict[str, str]:
+    """A row's four headline numbers as text: proxy A-distance, MMD², Fréchet distance, kNN purity; "n/a (too
+    few images)" where the sample cannot carry one."""
+    out = {}
+    for name, value, field in (("A-dist", row["domain_classifier"], "proxy_a_distance"), ("MMD2", row["mmd2"], "value"),
+                               ("Frechet", row["frechet_distance"], None), ("purity", row["knn_purity"], "purity")):
+        out[name] = "n/a (too few images)" if value is None else f"{(value[field] if field else value):.4g}"
+    return out
 
 
 def _probe_transfer(src, dst, src_test, dst_test, data_src: Dataset, data_dst: Dataset) -> dict | None:

@@ -42,10 +42,10 @@ from ctssl.eval.inputs.sources import load_backbone
 from ctssl.eval.inputs.spec import input_spec, prepare_batch
 from ctssl.eval.measures.classification import metrics_with_ci
 from ctssl.eval.measures.similarity import spatial_cca
-from ctssl.eval.protocols.spec import EvalSpec, backbone_orders, input_size
+from ctssl.eval.protocols.spec import EvalSpec, backbone_orders, input_size, pretraining_overlap
 from ctssl.eval.records.comparisons import headline
 from ctssl.eval.records.provenance import provenance
-from ctssl.eval.records.store import RunStore, run_id
+from ctssl.eval.records.store import RunStore, load_names, run_id
 from ctssl.finetune.finetune import FinetuneConfig, finetune_grid, predict
 
 logger = logging.getLogger(__name__)
@@ -92,6 +92,9 @@ def run_hidden(spec: EvalSpec, settings: HiddenSettings, finetune: FinetuneConfi
     data = open_dataset(spec.data, spec.label)
     config = {"finetune": asdict(finetune), "hidden": asdict(settings)}
     records, (size, why) = [], input_size(spec)
+    # Every patient is a test patient of some fold.
+    overlap = pretraining_overlap(logger, "hidden", spec.backbones, data, spec.allow_pretraining_overlap,
+                                  load_names(out), {"test": set().union(*data.patients().values())})
     for order, source in backbone_orders(spec, orders):
         backbone, card = load_backbone(source)
         inputs = input_spec(card, data.kind, size, spec.grey_window, why)
@@ -110,7 +113,7 @@ def run_hidden(spec: EvalSpec, settings: HiddenSettings, finetune: FinetuneConfi
                       "backbone_order": order, "backbone_card": {k: v for k, v in card.items() if k != "config"},
                       "dataset": data.describe(), "fraction": 1.0, "seed": fold, "fold": fold,
                       "folds": settings.folds, **sizes, "config": config, "input": inputs.to_dict(), **results,
-                      "provenance": provenance()}
+                      "pretraining_overlap": overlap[source], "provenance": provenance()}
             samples, y, groups, _ = pooled
             store.save(record, [samples[i].key for i in test], groups[test], y[test], scores)
             logger.info("hidden %s fold %d: %s; mean CCA %s", source, fold, headline(record),
@@ -130,7 +133,7 @@ def _fold(backbone, card: dict, pooled, fold: int, settings: HiddenSettings, fin
                            y[idx["val"]], len(data.classes), finetune, fold, data.multilabel, device,
                            f"hidden {card.get('source')}, fold {fold}")
     test = idx["test"]
-    scores = predict(result["best_val"], x[test], data.multilabel, device=device)
+    scores = predict(result["best_val"], x[test], device=device)
     picks = test[np.linspace(0, len(test) - 1, min(settings.images, len(test))).round().astype(int)]
     before = spatial_activations(backbone, x[picks], settings.positions, fold, device=device)
     after = spatial_activations(result["best_val"].export_backbone, x[picks], settings.positions, fold, device=device)
@@ -142,7 +145,7 @@ def _fold(backbone, card: dict, pooled, fold: int, settings: HiddenSettings, fin
             layers[name] = {"mean_cca": None, "undefined": str(err)}
     sizes = {"n_train": int(len(idx["train"])), "n_val": int(len(idx["val"])), "n_test": int(len(test)),
              "patients": {s: int(len(np.unique(groups[i]))) for s, i in idx.items()}}
-    results = {"test": metrics_with_ci(y[test], scores, groups[test], data.multilabel, n_boot, fold),
+    results = {"test": metrics_with_ci(y[test], scores, groups[test], data.multilabel, n_boot, fold, data.classes),
                "chosen": {"lr": result["lr"], "weight_decay": result["weight_decay"]}, "grid": result["grid"],
                "best_epoch": result["best_epoch"], "cca_pretrained_vs_finetuned": layers, "cca_images": int(len(picks))}
     return sizes, results, test, scores

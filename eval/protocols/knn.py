@@ -2,7 +2,8 @@
 backbone x label fraction x seed x k: the bank is the (subsampled) training split, the queries the test split.
 
 ``run_knn(spec, settings, out)`` writes one record per run to ``OUT/runs/`` (variant ``k=K``) and returns them all;
-finished runs are loaded, not recomputed.
+finished runs are loaded, not recomputed. A run's scores are the log of each class's share of the weighted
+vote (scores on a log scale, ``eval.measures.classification``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from ctssl.eval.inputs.folds import subsample
 from ctssl.eval.inputs.requirements import require_classes
 from ctssl.eval.measures.classification import metrics_with_ci
 from ctssl.eval.measures.knn import faiss_knn_predict
-from ctssl.eval.protocols.spec import (EvalSpec, announce, backbone_orders, frozen_features, input_size, run_identity,
-                                       run_record)
+from ctssl.eval.protocols.spec import (EvalSpec, announce, backbone_orders, frozen_features, input_size,
+                                       pretraining_overlap, run_identity, run_record)
 from ctssl.eval.records.comparisons import headline
 from ctssl.eval.records.store import RunStore, load_names
 
@@ -43,6 +44,7 @@ def run_knn(spec: EvalSpec, settings: KNNSettings, out: str | Path, cache: str =
         raise ValueError("kNN voting needs single-label classes; use ctssl probe for multi-label tasks.")
     require_classes(data, "kNN", splits=("train", "test"))
     records, size, names = [], input_size(spec), load_names(out)
+    overlap = pretraining_overlap(logger, "knn", spec.backbones, data, spec.allow_pretraining_overlap, names)
     pairs = backbone_orders(spec, orders)
     for index, (order, source) in enumerate(pairs):
         announce(logger, "knn", source, index, len(pairs), names, size=f"{size[0] or 'own'} px")
@@ -67,10 +69,12 @@ def run_knn(spec: EvalSpec, settings: KNNSettings, out: str | Path, cache: str =
                                        len(idx), fraction, effective)
                     votes = faiss_knn_predict(te.features, bank, tr.targets[idx], len(data.classes), k,
                                               settings.temperature, index=settings.index).numpy()
-                    scores = votes / np.maximum(votes.sum(1, keepdims=True), 1e-30)
-                    metrics = metrics_with_ci(te.targets, scores, te.groups, False, spec.n_boot, seed)
+                    with np.errstate(divide="ignore"):     # a class without votes: log share -inf
+                        scores = np.log(votes / np.maximum(votes.sum(1, keepdims=True), 1e-30))
+                    metrics = metrics_with_ci(te.targets, scores, te.groups, False, spec.n_boot, seed, data.classes)
                     record = run_record("knn", source, order, feats, data, fraction, seed, config, len(idx), metrics,
-                                        rid, variant=f"k={k}", k_effective=effective)
+                                        rid, variant=f"k={k}", k_effective=effective,
+                                        pretraining_overlap=overlap[source])
                     store.save(record, te.keys, te.groups, te.targets, scores)
                     logger.info("knn %s k=%d%s fraction %g seed %d: %s", names.get(source) or source, k,
                                 f" (effective {effective})" if effective < k else "", fraction, seed,

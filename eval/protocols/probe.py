@@ -19,8 +19,8 @@ from ctssl.eval.inputs.folds import subsample
 from ctssl.eval.inputs.requirements import require_classes
 from ctssl.eval.measures.classification import metrics_with_ci, selection_metric
 from ctssl.eval.measures.probe import ProbeConfig, logreg_crosscheck, predict, standardise, train_probe
-from ctssl.eval.protocols.spec import (EvalSpec, announce, backbone_orders, frozen_features, input_size, run_identity,
-                                       run_record)
+from ctssl.eval.protocols.spec import (EvalSpec, announce, backbone_orders, frozen_features, input_size,
+                                       pretraining_overlap, run_identity, run_record)
 from ctssl.eval.records.comparisons import headline
 from ctssl.eval.records.store import RunStore, load_names
 
@@ -35,6 +35,7 @@ def run_probe(spec: EvalSpec, settings: ProbeConfig, out: str | Path, logreg: bo
     data = open_dataset(spec.data, spec.label)
     require_classes(data, "the linear probe", selection_metric(settings, data.multilabel, len(data.classes)))
     records, size, names = [], input_size(spec), load_names(out)
+    overlap = pretraining_overlap(logger, "probe", spec.backbones, data, spec.allow_pretraining_overlap, names)
     pairs = backbone_orders(spec, orders)
     for index, (order, source) in enumerate(pairs):
         feats = frozen_features(spec, data, source, cache or out / "features", size=size)
@@ -51,7 +52,7 @@ def run_probe(spec: EvalSpec, settings: ProbeConfig, out: str | Path, logreg: bo
                 n_train, metrics, extra, scores = _probe_run(feats, data, fraction, seed, settings, logreg, spec.n_boot,
                                                              desc)
                 record = run_record("probe", source, order, feats, data, fraction, seed, config, n_train, metrics, rid,
-                                    **extra)
+                                    pretraining_overlap=overlap[source], **extra)
                 te = feats["test"]
                 store.save(record, te.keys, te.groups, te.targets, scores)
                 logger.info("probe %s fraction %g seed %d: %s (lr %g, wd %g chosen on validation)",
@@ -74,13 +75,13 @@ def _probe_run(feats, data, fraction: float, seed: int, settings: ProbeConfig, l
     with Progress(settings.epochs, desc, unit="epoch", log=logger) as progress:
         model = train_probe(x_train, tr.targets[idx], x_val[val_keep], va.targets[val_keep], settings, num_classes,
                             data.multilabel, seed, on_epoch=progress.update)
-    scores = predict(model, x_test, data.multilabel)
-    metrics = metrics_with_ci(te.targets, scores, te.groups, data.multilabel, n_boot, seed)
+    scores = predict(model, x_test)
+    metrics = metrics_with_ci(te.targets, scores, te.groups, data.multilabel, n_boot, seed, data.classes)
     extra = {"selection": {"metric": model["select"], "best": model["best"], "grid": model["grid"]}}
     if logreg and not data.multilabel:
         metric = model["select"] if model["select"] != "auroc" else "accuracy"
         check = logreg_crosscheck(x_train, tr.targets[idx], x_val[val_keep], va.targets[val_keep], x_test, num_classes,
                                   settings.balanced, metric=metric, seed=seed)
         extra["logreg"] = {"C": check["C"], "test": metrics_with_ci(te.targets, check["test_scores"], te.groups, False,
-                                                                    n_boot, seed)}
+                                                                    n_boot, seed, data.classes)}
     return len(idx), metrics, extra, scores

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ctssl.eval.features.extract import default_device
+from ctssl.eval.inputs.requirements import warn_few
 from ctssl.eval.inputs.segmentation import SPLITS, SegCase, SegDataset, check_splits, open_segmentation, \
     subsample_cases
 from ctssl.eval.inputs.sources import load_backbone
@@ -43,7 +44,8 @@ from ctssl.eval.measures.classification import BOOTSTRAP_RESAMPLES, finite
 from ctssl.eval.measures.segmentation import case_table, pooled_dice, slice_counts, slice_pooled_dice_ci, \
     summarise_table
 from ctssl.eval.records.provenance import provenance
-from ctssl.eval.records.store import RunStore, run_id
+from ctssl.eval.protocols.spec import pretraining_overlap
+from ctssl.eval.records.store import RunStore, load_names, run_id
 from ctssl.finetune.segment import SegmentConfig, predict_masks, segment_grid, validate_config
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ class SegmentSpec:
     n_boot: int = BOOTSTRAP_RESAMPLES
     fractions: list[float] = field(default_factory=lambda: [1.0])
     seeds: list[int] = field(default_factory=lambda: [0])
+    allow_pretraining_overlap: bool = False   # evaluate on val/test patients a backbone was pretrained on
 
 
 def model_size(data: SegDataset, size: int) -> int:
@@ -98,6 +101,9 @@ def run_segment(spec: SegmentSpec, settings: SegmentConfig, out: str | Path, ord
     out, store = Path(out), RunStore(out)
     data = open_segmentation(spec.data, spec.classes)
     check_splits(data)
+    warn_few("segment", len({c.patient for c in data.cases["test"]}), f"'{spec.data}'")
+    overlap = pretraining_overlap(logger, "segment", spec.backbones, data, spec.allow_pretraining_overlap,
+                                  load_names(out))
     validate_config(settings, data.num_classes)
     size = model_size(data, spec.image_size)
     overlay = overlay_slices(data.cases["test"])
@@ -133,7 +139,8 @@ def run_segment(spec: SegmentSpec, settings: SegmentConfig, out: str | Path, ord
                             "dataset": data.describe(), "fraction": fraction, "seed": seed, "config": config,
                             "input": inputs.to_dict(), "protocol": protocol,
                             "n_train": len(train.x), "n_train_cases": len(train_cases),
-                            "n_train_patients": len({c.patient for c in train_cases})}
+                            "n_train_patients": len({c.patient for c in train_cases}),
+                            "pretraining_overlap": overlap[source]}
                     for variant in VARIANTS:
                         record = _evaluate(result, variant, ids[variant], base, data, prepared["test"], settings,
                                            spec.n_boot, seed, overlay, store, out if save_predictions else None)

@@ -1,7 +1,11 @@
 """Representation similarity of two backbones: activations of both on the same images (each prepared as its
 backbone was pretrained), every measure of ``eval.measures.similarity`` between every pair of layers, a JSON
 record (``OUT/similarity/<name>.json``) and heat maps; for two networks of one architecture (e.g. before and
-after fine-tuning), also RBF CKA of their convolutions' weights."""
+after fine-tuning), also RBF CKA of their convolutions' weights.
+
+A measure the number of images cannot carry (``eval.measures.similarity.MIN_IMAGES``) is not computed: its
+matrix is empty and ``too_few_images`` says why; the biased CKAs (linear, RBF) carry their chance level beside
+them (``chance_level``: the same layers with one side's images shuffled)."""
 
 from __future__ import annotations
 
@@ -21,10 +25,11 @@ from ctssl.eval.features.layers import collect, conv_weights
 from ctssl.eval.records.plots import heatmaps
 from ctssl.eval.records.provenance import provenance
 from ctssl.eval.records.store import pair_name
-from ctssl.eval.measures.similarity import MEASURES, reduce_activations, weight_similarity
+from ctssl.eval.measures.similarity import MEASURES, chance_level, reduce_activations, too_few, weight_similarity
 from ctssl.eval.inputs.sources import backbone_card, load_backbone
 
 logger = logging.getLogger(__name__)
+BIASED = ("linear_cka", "rbf_cka")        # biased HSIC: reported with their chance level
 
 
 @dataclass
@@ -65,21 +70,32 @@ def run_similarity(data: str, a: str, b: str, settings: SimilaritySettings, out:
         acts.append(collect(model, x, lambda v: reduce_activations(v, s.spatial, s.max_features), device=device))
         cards.append({k: v for k, v in card.items() if k != "config"})
     layers_a, layers_b = list(acts[0]), list(acts[1])
-    matrices, undefined = {}, {}
+    matrices, undefined, few, chance = {}, {}, {}, {}
     for measure in measures:
         fn = MEASURES[measure]
-        matrix = []
+        reason = too_few(measure, len(images))
+        if reason:                             # no number: the sample cannot carry this measure
+            few[measure] = reason
+            matrices[measure] = [[None] * len(layers_b) for _ in layers_a]
+            logger.warning("similarity %s: %s", measure, reason)
+            continue
+        matrix, levels = [], []
         for la in layers_a:
-            row = []
+            row, level = [], []
             for lb in layers_b:
                 try:
                     value = fn(acts[0][la], acts[1][lb])
+                    base = chance_level(fn, acts[0][la], acts[1][lb]) if measure in BIASED else None
                 except ValueError as err:      # undefined here (e.g. a constant layer): say so, keep the rest
                     undefined[f"{measure} {la} x {lb}"] = str(err)
-                    value = float("nan")
+                    value, base = float("nan"), None
                 row.append(None if not np.isfinite(value) else round(float(value), 5))
+                level.append(None if base is None or not np.isfinite(base) else round(float(base), 5))
             matrix.append(row)
+            levels.append(level)
         matrices[measure] = matrix
+        if measure in BIASED:
+            chance[measure] = levels
         logger.info("%s done", measure)
     name = name or pair_name(a, b)
     folder = Path(out) / "similarity"
@@ -91,7 +107,7 @@ def run_similarity(data: str, a: str, b: str, settings: SimilaritySettings, out:
               "max_features": s.max_features, "layers_a": layers_a, "layers_b": layers_b,
               "features_per_layer": {"a": {k: int(v.shape[1]) for k, v in acts[0].items()},
                                      "b": {k: int(v.shape[1]) for k, v in acts[1].items()}},
-              "matrices": matrices, "undefined": undefined, "weight_rbf_cka": weights, "provenance": provenance()}
+              "matrices": matrices, "undefined": undefined, "too_few_images": few, "chance_level": chance, "weight_rbf_cka": weights, "provenance": provenance()}
     path = folder / f"{name}.json"
     atomic_write_text(path, json.dumps(record, indent=1) + "\n")
     record["figure"] = str(heatmaps(record, folder / f"{name}.png"))

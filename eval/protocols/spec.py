@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ctssl.eval.features.cache import Features, cached_features
 from ctssl.eval.inputs.datasets import DEFAULT_LABEL, Dataset
+from ctssl.eval.inputs.overlap import check_overlap, describe
 from ctssl.eval.inputs.sources import backbone_card
 from ctssl.eval.inputs.spec import GREY_WINDOW, comparison_size
 from ctssl.eval.measures.classification import BOOTSTRAP_RESAMPLES
@@ -33,6 +34,8 @@ class EvalTarget:
     n_boot: int = BOOTSTRAP_RESAMPLES      # bootstrap resamples of each CI
     comparison: list[str] = field(default_factory=list)   # every backbone of the comparison these belong to
                                            # (a sweep job's one backbone: the sweep's); []: backbones. Sets the size
+    allow_pretraining_overlap: bool = False   # evaluate a backbone on val/test patients it was pretrained on
+                                           # (eval.inputs.overlap), saying so in every record and the report
 
 
 def input_size(target: EvalTarget) -> tuple[int, str]:
@@ -57,6 +60,20 @@ def frozen_features(spec: EvalSpec, data: Dataset, source: str, cache: str | Pat
     """Features of ``splits`` under ``source`` (cached in ``cache``) at the comparison's input ``size``."""
     size, why = size or input_size(spec)
     return cached_features(source, data, list(splits), size, cache, grey_window=spec.grey_window, size_rule=why)
+
+
+def pretraining_overlap(log, task: str, backbones: list[str], data, allow: bool, names: dict,
+                        patients: dict[str, set] | None = None) -> dict[str, dict]:
+    """Each backbone's pretraining patients against ``data``'s validation and test patients (or ``patients``:
+    split -> the patients it evaluates on) (``eval.inputs.overlap``), before anything is extracted: refused on an
+    overlap unless ``allow``; logged."""
+    status = check_overlap([(s, backbone_card(s)) for s in backbones], patients or data.patients(),
+                           data.salt_check or None, data.spec, allow, names)
+    for source, st in status.items():
+        level = log.warning if st.get("allowed") else log.info
+        level("%s: backbone %s, pretraining patients %s%s", task, names.get(source) or source, describe(st),
+              " (allowed: --allow-pretraining-overlap)" if st.get("allowed") else "")
+    return status
 
 
 def announce(log, task: str, source: str, index: int, count: int, names: dict, **where) -> None:

@@ -43,7 +43,8 @@ def heatmaps(record: dict, path: str | Path, label=_short) -> Path:
     for ax, measure in zip(axes.flat, measures):
         m = np.array([[np.nan if v is None else v for v in row] for row in record["matrices"][measure]], float)
         im = ax.imshow(m, vmin=0, vmax=1, cmap="magma", origin="lower")
-        ax.set_title(measure, fontsize=9)
+        few = (record.get("too_few_images") or {}).get(measure)
+        ax.set_title(measure + (" — too few images" if few else ""), fontsize=9)
         ax.set_xticks(range(len(record["layers_b"])), record["layers_b"], rotation=45, fontsize=7)
         ax.set_yticks(range(len(record["layers_a"])), record["layers_a"], fontsize=7)
         ax.set_xlabel("B", fontsize=8)

@@ -2,7 +2,8 @@
 written so that runs can happen in any order, on any machine, and be resumed.
 
 ``OUT/runs/<run_id>.json`` is the record and ``OUT/runs/<run_id>.npz`` its test predictions (keys, patients,
-targets, scores), both written atomically; ``run_id`` hashes what defines the run (task, backbone source and
+targets, scores: logits or other log-scale class scores, ``eval.measures.classification``), both written
+atomically; ``run_id`` hashes what defines the run (task, backbone source and
 weights hash, dataset fingerprint and label, fraction, seed, task config), so a rerun skips finished runs and a
 SLURM array task writes only its own files. ``OUT/names.json`` holds readable backbone names for the report;
 ``slug`` and ``pair_name`` name a record file after its sources.
@@ -31,8 +32,15 @@ def pair_name(a: str, b: str) -> str:
     return f"{slug(a)}_vs_{slug(b)}"
 
 
+# What a record and its predictions mean. 2: scores on a log scale (logits, log vote shares), intervals and
+# p-values only where the test patients admit them (eval.measures.evidence). Part of every run id, so a record
+# of an earlier format is computed again, never mixed into a comparison with records of this one.
+RECORD_FORMAT = 2
+
+
 def run_id(**identity) -> str:
-    """A short hash of what defines a run (its keyword arguments)."""
+    """A short hash of what defines a run (its keyword arguments and ``RECORD_FORMAT``)."""
+    identity = {**identity, "record_format": RECORD_FORMAT}
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

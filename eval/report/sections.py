@@ -18,8 +18,12 @@ output folder. Sections appear when their results exist:
    run (how its images were prepared, ``eval.inputs.spec``: a backbone may be seen at different sizes by
    different commands); every dataset's fingerprint.
 
-p-values from B resamples print as ``< 1/B`` where none of the resamples crossed zero; adjusted p-values
-derived from them as bounds (``eval.measures.multiplicity``).
+Every interval, p-value and verdict follows ``eval.measures.evidence``'s rule: with too few test patients (or too
+few per class, where the metric depends on classes) a cell shows the point value and "too few test patients",
+never an interval, a p-value or a direction; an interval resting on fewer distinct patient resamples than drawn
+is marked ‡; a verdict states a direction only where the adjusted p-value supports it, and says so where the
+test could not reach the level over its patients and tests. kNN is named by the k it voted with where that
+differs from the k asked.
 
 ``label(source, width)`` names a backbone readably in every section (``OUT/names.json``, else its shortened
 source).
@@ -33,14 +37,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ctssl.eval.inputs.overlap import describe as describe_overlap
 from ctssl.eval.inputs.sources import ARMS, pretraining_arm
+from ctssl.eval.measures.evidence import ALPHA, MIN_PATIENTS, MIN_PATIENTS_PER_CLASS
 from ctssl.eval.measures.multiplicity import METHODS, adjust, format_p
 from ctssl.eval.records.comparisons import main_metric
 from ctssl.eval.records.plots import confounder_curves, efficiency_curves, forest, heatmaps
 from ctssl.eval.report.document import Block, Figure, Heading, Note, Paragraph, Table, fmt
 
-ALPHA = 0.05            # the level at which an adjusted p-value counts as a detectable difference
 SMALL_TEST = 10         # test patients under which a comparison gets a small-sample caveat
+COARSE = "‡"            # an interval from fewer distinct patient resamples than drawn
 
 TASK_NAMES = {"knn": "kNN", "probe": "linear probe", "finetune": "fine-tuning", "truncated": "truncated fine-tuning",
               "hidden": "fine-tuning (cross-validated)", "segment": "segmentation"}
@@ -57,9 +63,26 @@ def _task_name(record: dict) -> str:
     return f"{record['task']} {variant}".strip()
 
 
+def effective_k(variant: str, k_effective) -> str:
+    """kNN's variant named by the k it voted with: 'k=38 of 200 asked' where the bank held fewer than k."""
+    if k_effective is None or not variant.startswith("k=") or variant == f"k={k_effective}":
+        return variant
+    return f"k={k_effective} of {variant[2:]} asked"
+
+
 def short(source: str, width: int = 42) -> str:
     """A source shortened to ``width`` characters (its end kept)."""
     return source if len(source) <= width else "…" + source[-(width - 1):]
+
+
+def interval_text(m: dict) -> str:
+    """A metric of a record as the report prints it: value [interval], ‡ for a coarse interval; the value and
+    "too few test patients (n = ...)" where the rule admits no interval."""
+    evidence = m.get("evidence") or {}
+    if evidence.get("reason"):
+        return f"{fmt(m['value'])} (too few test patients, n = {evidence['patients']})"
+    return f"{fmt(m['value'])} [{fmt(m['lower'])}, {fmt(m['upper'])}]" + (COARSE if evidence.get("coarse_interval")
+                                                                         else "")
 
 
 def _cell(records: list[dict], metric: str) -> tuple[str, float | None]:
@@ -68,7 +91,7 @@ def _cell(records: list[dict], metric: str) -> tuple[str, float | None]:
         return "n/a", None
     if len(records) == 1:
         m = records[0]["test"][metric]
-        return f"{fmt(m['value'])} [{fmt(m['lower'])}, {fmt(m['upper'])}]", m["value"]
+        return interval_text(m), m["value"]
     mean, sd = float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     return f"{mean:.3f} ± {sd:.3f} ({len(values)} seeds)", mean
 
@@ -86,7 +109,9 @@ def headline(records: list[dict]) -> dict:
             top[_task_name(r)] = max(top.get(_task_name(r), 0.0), r["fraction"])
         rs = [r for r in rs if r["fraction"] == top[_task_name(r)]]
         names = list(dict.fromkeys(_task_name(r) for r in sorted(rs, key=lambda r: (r["task"], r.get("variant", "")))))
-        columns = [f"{readable_task(n)}, fraction {top[n]:g}" for n in names]
+        k_used = {_task_name(r): r.get("k_effective") for r in rs}
+        columns = [f"{readable_task(effective_k(n, k_used.get(n)) if n.startswith('knn ') else n)}, "
+                   f"fraction {top[n]:g}" for n in names]
         backbones = list(dict.fromkeys(r["backbone"] for r in sorted(rs, key=lambda r: r["backbone_order"])))
         metric = main_metric(rs[0])
         rows = []
@@ -150,14 +175,26 @@ def downstream(records: list[dict], label) -> list[Block]:
         inputs = (f"every backbone at {sizes.pop()} px" if len(sizes) == 1 else
                   "input sizes differ between the backbones (Provenance)")
         caption = (f"{t['dataset']} — label '{t['label']}', {t['metric']} on the test split (one seed: "
-                   f"95% patient-bootstrap CI; several: mean ± SD over seeds); {inputs}; ★ best per column")
+                   f"95% patient-bootstrap CI, {COARSE} where it rests on fewer distinct patient resamples than drawn; "
+                   f"several: mean ± SD over seeds); {inputs}; ★ best per column")
         blocks += [Note(caption, emphasis=True),
                    Table(["backbone", *t["columns"]], [[label(b), *cells] for b, cells in t["rows"]])]
     return blocks
 
 
 def _task_of(c: dict) -> str:
-    return readable_task(f"{c['task']} {c.get('variant') or ''}".strip())
+    variant = effective_k(c.get("variant") or "", c.get("k_effective")) if c["task"] == "knn" else \
+        c.get("variant") or ""
+    return readable_task(f"{c['task']} {variant}".strip())
+
+
+def difference_text(c: dict) -> str:
+    """A comparison's difference as the tables print it: Δ [95% CI] (‡ coarse), or Δ alone where the rule
+    admits no interval."""
+    if c.get("insufficient"):
+        return f"{fmt(c['delta'], '+.3f')} (too few test patients, n = {c.get('n_patients')})"
+    text = f"{fmt(c['delta'], '+.3f')} [{fmt(c['lower'], '+.3f')}, {fmt(c['upper'], '+.3f')}]"
+    return text + (COARSE if c.get("coarse_interval") else "")
 
 
 def families(comparisons: list[dict]) -> dict[tuple[str, str], list[dict]]:
@@ -178,7 +215,7 @@ def _p(c: dict) -> str:
 
 
 def _test_name(c: dict) -> str:
-    return "Welch t over seeds" if c.get("test") == "welch_t" else "paired bootstrap"
+    return "Welch t over seeds" if c.get("test") == "welch_t" else c.get("test") or "paired patient swap"
 
 
 def paired(comparisons: list[dict], label, method: str = "holm") -> list[Block]:
@@ -187,18 +224,19 @@ def paired(comparisons: list[dict], label, method: str = "holm") -> list[Block]:
     if not comparisons:
         return []
     blocks = [Heading("Paired comparisons"),
-              Note("Per seed: paired patient-bootstrap on the same test samples (difference = backbone − baseline); "
-                   "over seeds (seed 'all'): Welch's t-test of the per-seed metrics. p: the test's own; adjusted p: "
-                   f"{METHODS[method]} over every test of the table (one family); a bootstrap p of 0 from B resamples "
-                   "is shown as < 1/B. Error consistency κ: 0 = independent errors, 1 = the same samples right and "
-                   "wrong.")]
+              Note("Per seed: on the same test samples, difference = backbone − baseline with its 95% paired "
+                   "patient-bootstrap interval and the p-value of the paired patient swap test (exact where its "
+                   "patterns can be enumerated; never below 2^(1-n) for n patients); over seeds (seed 'all'): Welch's "
+                   f"t-test of the per-seed metrics. Adjusted p: {METHODS[method]} over every test of the table (one "
+                   f"family). Fewer than {MIN_PATIENTS} test patients ({MIN_PATIENTS_PER_CLASS} per class for AUROC): "
+                   "the difference alone, no interval, no p-value. Error consistency κ: 0 = independent errors, "
+                   "1 = the same samples right and wrong.")]
     header = ["task", "fraction", "seed", "backbone", "vs baseline", "test", "metric", "Δ [95% CI]", "relative Δ",
               "p", f"p ({METHODS[method]})", "test patients", "error consistency κ"]
     for (spec, target), rows in families(comparisons).items():
         adjusted = _adjusted(rows, method)
         table = [[_task_of(c), f"{c['fraction']:g}", c["seed"], label(c["backbone"], 32), label(c["baseline"], 24),
-                  _test_name(c), c["metric"],
-                  f"{fmt(c['delta'], '+.3f')} [{fmt(c['lower'], '+.3f')}, {fmt(c['upper'], '+.3f')}]",
+                  _test_name(c), c["metric"], difference_text(c),
                   fmt(c.get("relative_delta"), "+.1%") + (" †" if (c.get("n_patients") or SMALL_TEST) < SMALL_TEST
                                                          else ""),
                   _p(c), format_p(a, None, bound), str(c.get("n_patients") or "n/a"),
@@ -224,12 +262,23 @@ def _question(rows: list[dict]) -> tuple[list[dict], bool]:
             (c["task"], c.get("variant") or "", c["fraction"], c["backbone"]) not in pooled], bool(ct)
 
 
-def verdict(c: dict, p_adj: float | None, subject: str, baseline: str) -> str:
-    """The comparison in words, at ``ALPHA`` after adjustment."""
+UNDEFINED = "undefined (the metric is undefined on these test samples)"
+TOO_FEW = "too few test patients to compare"
+NO_DIFFERENCE = "no detectable difference"
+UNREACHABLE = "no detectable difference (this test cannot reach the level here)"
+
+
+def verdict(c: dict, p_adj: float | None, subject: str, baseline: str, family: int = 1) -> str:
+    """The comparison in words, at ``ALPHA`` after adjustment over a ``family`` of tests: a direction only where
+    the adjusted p-value supports it; too few test patients where the rule admits no test; where the test's
+    smallest p times the family (Holm's smallest adjusted p) cannot reach ``ALPHA``, that it could not."""
+    if c.get("insufficient"):
+        return f"{TOO_FEW} (n = {c.get('n_patients')})"
     if c["delta"] is None or p_adj is None:
-        return "undefined (the metric is undefined on these test samples)"
+        return UNDEFINED
     if p_adj >= ALPHA or c["delta"] == 0:
-        return "no detectable difference"
+        smallest = c.get("smallest_p")
+        return UNREACHABLE if smallest is not None and smallest * family >= ALPHA else NO_DIFFERENCE
     return f"{subject} better than {baseline}" if c["delta"] > 0 else f"{subject} worse than {baseline}"
 
 
@@ -262,46 +311,86 @@ def answer(records: list[dict], comparisons: list[dict], label, out: Path, metho
         adjusted = _adjusted(rows, method)
         metric = rows[0]["metric"]
         table, points, words = [], [], defaultdict(int)
+        # Holm's smallest adjusted p is the family's size times the smallest p; Benjamini-Hochberg's can be the
+        # smallest p itself (every test at it).
+        floor = sum(1 for r in rows if r.get("p_value") is not None) if method == "holm" else 1
         for c, (p_adj, bound) in zip(rows, adjusted):
             subject = "CT-pretrained" if ct else label(c["backbone"], 32)
-            said = verdict(c, p_adj, subject, "the baseline")
-            words[said.replace(subject, "X")] += 1
+            said = verdict(c, p_adj, subject, "the baseline", floor)
+            words["too few" if said.startswith(TOO_FEW) else said.replace(subject, "X")] += 1
             scope = "over seeds" if c["seed"] == "all" else f"seed {c['seed']}"
-            table.append([_task_of(c), f"{c['fraction']:g}", scope, label(c["backbone"], 32),
-                          f"{fmt(c['delta'], '+.3f')} [{fmt(c['lower'], '+.3f')}, {fmt(c['upper'], '+.3f')}]",
+            table.append([_task_of(c), f"{c['fraction']:g}", scope, label(c["backbone"], 32), difference_text(c),
                           _p(c), format_p(p_adj, None, bound), said])
-            points.append((f"{_task_of(c)}, {c['fraction']:g}, {label(c['backbone'], 24)}"
-                           + ("" if c["seed"] == "all" else f", seed {c['seed']}"), c["delta"], c["lower"], c["upper"],
-                           p_adj is not None and p_adj < ALPHA))
-        detectable = len(rows) - words["no detectable difference"] - words["undefined (the metric is undefined on "
-                                                                             "these test samples)"]
+            if not c.get("insufficient"):
+                points.append((f"{_task_of(c)}, {c['fraction']:g}, {label(c['backbone'], 24)}"
+                               + ("" if c["seed"] == "all" else f", seed {c['seed']}"), c["delta"], c["lower"],
+                               c["upper"], p_adj is not None and p_adj < ALPHA))
+        better, worse = words["X better than the baseline"], words["X worse than the baseline"]
         subject = "CT-pretrained backbones" if ct else "the backbones"
-        summary = (f"No detectable difference between {subject} and {base} in any of the {len(rows)} comparisons."
-                   if detectable == 0 else
-                   f"{detectable} of {len(rows)} comparisons show a detectable difference "
-                   f"({words['X better than the baseline']} better, {words['X worse than the baseline']} worse); "
-                   f"the other {len(rows) - detectable} show none.")
+        testable = len(rows) - words["too few"]
+        if testable == 0:
+            few = min((c.get("n_patients") or 0) for c in rows)
+            summary = (f"Too few test patients to compare {subject} with {base} (n = {few}; at least {MIN_PATIENTS}, "
+                       f"and {MIN_PATIENTS_PER_CLASS} per class for AUROC, are needed): no interval, p-value or "
+                       "direction is given. Ingest more patients, or give the test split a larger share.")
+        elif better + worse == 0:
+            summary = (f"No detectable difference between {subject} and {base} in any of the {testable} comparisons "
+                       "that the test patients allow"
+                       + (f" ({words[UNREACHABLE]} of them could not reach adjusted p < {ALPHA:g} with so few "
+                          "patients)" if words[UNREACHABLE] else "")
+                       + (f"; {words['too few']} more have too few test patients." if words["too few"] else "."))
+        else:
+            summary = (f"{better + worse} of {testable} comparisons show a detectable difference ({better} better, "
+                       f"{worse} worse); the other {testable - better - worse} show none"
+                       + (f"; {words['too few']} more have too few test patients." if words["too few"] else "."))
         blocks += [Heading(f"{target} ({metric}) — {spec}", 3), Paragraph(summary),
                    Table(["task", "fraction", "seeds", "backbone", f"Δ {metric} [95% CI]", "p",
                           f"p ({METHODS[method]}, {len(rows)} tests)", "in words"], table)]
-        path = forest(points, out / "figures" / f"answer-{i}.png",
-                      f"{target}: backbone − {base}", f"difference in test {metric} (95% interval)")
-        blocks.append(Figure(path, "forest plot of the differences", f"figures/{path.name}"))
+        if points:
+            path = forest(points, out / "figures" / f"answer-{i}.png",
+                          f"{target}: backbone − {base}", f"difference in test {metric} (95% interval)")
+            blocks.append(Figure(path, "forest plot of the differences", f"figures/{path.name}"))
         blocks += caveats(rows, _sizes(records, spec, target), label)
+        blocks += overlap_notes([r for r in records if r["dataset"]["spec"] == spec and r["dataset"]["label"] == target],
+                                label)
     return blocks
+
+
+def overlap_status(records: list[dict]) -> dict[str, dict]:
+    """Each backbone's pretraining-patient check (``eval.inputs.overlap``) as its records hold it."""
+    out = {}
+    for r in records:
+        if r.get("pretraining_overlap"):
+            out.setdefault(r["backbone"], r["pretraining_overlap"])
+    return out
+
+
+def overlap_notes(records: list[dict], label) -> list[Block]:
+    """Beside an answer: backbones evaluated on patients they were pretrained on (allowed by the user), and CT
+    backbones whose pretraining patients could not be checked."""
+    notes = []
+    for source, status in overlap_status(records).items():
+        if status["status"] == "overlap":
+            notes.append(Note(f"Caveat: {label(source, 32)} was {describe_overlap(status)} (evaluated with "
+                              "--allow-pretraining-overlap): its numbers are biased in its favour.", emphasis=True))
+        elif status["status"] == "unchecked":
+            notes.append(Note(f"Not checked whether {label(source, 32)} was pretrained on these test patients: "
+                              f"{status['why']}."))
+    return notes
 
 
 def caveats(rows: list[dict], sizes: dict[str, set[int]], label) -> list[Block]:
     """Notes a reader needs beside an answer table: few test patients; input sizes that differ between the
     backbones of the comparison."""
     notes = []
-    few = min((c.get("n_patients") or 10 ** 9 for c in rows), default=10 ** 9)
-    resamples = max((c.get("resamples") or 0 for c in rows), default=0)
+    tested = [c for c in rows if not c.get("insufficient")]
+    few = min((c.get("n_patients") or 10 ** 9 for c in tested), default=10 ** 9)
     if few < SMALL_TEST:
-        notes.append(Note(f"Caveat: {few} test patients. A patient bootstrap over so few patients has few distinct "
-                          "resamples, so intervals are coarse and can miss the truth; p-values cannot go below 1/B "
-                          f"(B = {resamples} resamples here); relative changes on so few patients swing widely. Treat "
-                          "these numbers as a check that the pipeline runs, not as evidence."))
+        smallest = min((c.get("smallest_p") or 1.0 for c in tested), default=1.0)
+        notes.append(Note(f"Caveat: {few} test patients. The paired swap test over so few patients cannot give a "
+                          f"p-value below {smallest:.3g}, and a patient bootstrap has few distinct resamples "
+                          f"({COARSE}: fewer than drawn), so intervals are coarse; relative changes on so few patients "
+                          "swing widely."))
     every = {size for v in sizes.values() for size in v}
     if len(every) > 1:
         listed = "; ".join(f"{label(b, 32)} {', '.join(f'{x} px' for x in sorted(v, key=str))}"
@@ -354,8 +443,15 @@ def similarity(items: list[dict], label, out: Path) -> list[Block]:
             if "linear_cka" in s["matrices"] else []
         blocks.append(Note(f"A = {label(s['a'])} · B = {label(s['b'])} · {s['n_images']} images of "
                            f"{s['dataset']['spec']} ({s['split']})"))
-        if diag:
-            blocks.append(Table(["layer", *layers[:len(diag)]], [["linear CKA (same layer)", *[fmt(v) for v in diag]]]))
+        for measure, reason in (s.get("too_few_images") or {}).items():
+            blocks.append(Note(f"{measure.replace('_', ' ')}: {reason}.", emphasis=True))
+        chance = (s.get("chance_level") or {}).get("linear_cka")
+        if diag and any(v is not None for v in diag):
+            rows = [["linear CKA (same layer)", *[fmt(v) for v in diag]]]
+            if chance:
+                rows.append(["chance level (images of B shuffled)",
+                             *[fmt(chance[i][i]) for i in range(len(diag))]])
+            blocks.append(Table(["layer", *layers[:len(diag)]], rows))
         path = heatmaps(s, out / "figures" / f"similarity-{s['name']}.png", label)
         blocks.append(Figure(path, "CKA heat maps", f"figures/{path.name}"))
     return blocks
@@ -372,13 +468,18 @@ def gap(items: list[dict], label) -> list[Block]:
         rows = []
         for r in g["rows"]:
             t = r["probe_transfer"]["a_to_b"]
-            rows.append([label(r["backbone"]), fmt(r["domain_classifier"]["accuracy"]),
-                         fmt(r["domain_classifier"]["proxy_a_distance"]),
-                         f"{r['mmd2']['value']:.4f} ({r['mmd2']['sigma']:.2f})", f"{r['frechet_distance']:.3f}",
-                         f"{r['knn_purity']['purity']:.3f} ({r['knn_purity']['chance']:.3f})",
+            few = "too few images"
+            clf, mmd, knn = r["domain_classifier"], r["mmd2"], r["knn_purity"]
+            rows.append([label(r["backbone"]), fmt(clf["accuracy"]) if clf else few,
+                         fmt(clf["proxy_a_distance"]) if clf else few,
+                         f"{mmd['value']:.4f} ({mmd['sigma']:.2f})" if mmd else few,
+                         few if r["frechet_distance"] is None else f"{r['frechet_distance']:.3f}",
+                         f"{knn['purity']:.3f} ({knn['chance']:.3f})" if knn else few,
                          "n/a (no shared classes)" if t is None else
                          f"{t['gap']:+.3f} ({t['in_domain_accuracy']:.3f} → {t['cross_domain_accuracy']:.3f})"])
         blocks += [Note(f"A = {g['a']['spec']} · B = {g['b']['spec']}"), Table(header, rows)]
+        reasons = sorted({reason for r in g["rows"] for reason in (r.get("too_few_images") or {}).values()})
+        blocks += [Note(reason) for reason in reasons]
         blocks += [Figure(Path(r["figure"]), "t-SNE", "gap/" + Path(r["figure"]).name)
                    for r in g["rows"] if r.get("figure") and Path(r["figure"]).exists()]
     return blocks
@@ -392,15 +493,23 @@ def confounders(items: list[dict], label, out: Path) -> list[Block]:
     header = ["backbone", "fraction", "clean AUROC", "anti-correlated AUROC", "drop", "permutation p"]
     for c in items:
         kind, mode = c["config"]["confounder"], c["config"]["mode"]
-        rows = [[label(r["backbone"]), f"{r['fraction']:g}", fmt(r["clean"]["auroc"]["value"]),
-                 fmt(r["confounded"]["auroc"]["value"]), fmt(r["drop"]["auroc"], "+.3f"),
-                 fmt((r.get("permutation_test") or {}).get("p_value"))] for r in c["rows"]]
+        rows = [[label(r["backbone"]), f"{r['fraction']:g}", interval_text(r["clean"]["auroc"]),
+                 interval_text(r["confounded"]["auroc"]), fmt(r["drop"]["auroc"], "+.3f"), _confounder_p(r)]
+                for r in c["rows"]]
         blocks += [Note(f"confounder '{kind}' in a fraction of the positive ({c['label']} = {c['positive']}) training "
                         f"images and in every negative test image; {mode}"), Table(header, rows)]
         path = confounder_curves(c["rows"], "auroc", out / "figures" / f"confounders-{c['name']}.png",
                                  f"Confounder '{kind}' on {c['label']} = {c['positive']}", label)
         blocks.append(Figure(path, "confounders", f"figures/{path.name}"))
     return blocks
+
+
+def _confounder_p(row: dict) -> str:
+    """The confounder drop's p-value, or why there is none (too few test patients: no test)."""
+    reason = ((row["clean"]["auroc"].get("evidence") or {}).get("reason"))
+    if reason:
+        return "n/a (too few test patients)"
+    return fmt((row.get("permutation_test") or {}).get("p_value"))
 
 
 def provenance(records: list[dict], gaps: list[dict], names: dict, similarity: list[dict] | None = None
@@ -415,10 +524,13 @@ def provenance(records: list[dict], gaps: list[dict], names: dict, similarity: l
             cards.setdefault(r["backbone"], {})
     if not (cards or records):
         return []
-    header = ["backbone", "source", "arm", "method", "architecture", "pretraining data", "steps", "weights SHA-256"]
+    header = ["backbone", "source", "arm", "method", "architecture", "pretraining data", "steps", "weights SHA-256",
+              "pretraining patients vs evaluation patients"]
+    checked = overlap_status(records)
     rows = [[names.get(b, ""), b, ARMS.get(pretraining_arm(c), "") if c else "", c.get("method", ""),
              f"{c.get('backbone', '')} ({c.get('in_chans', '')} ch)", (c.get("data") or {}).get("shards") or "",
-             c.get("steps", ""), (c.get("weights_sha256") or "")[:16]]
+             c.get("steps", ""), (c.get("weights_sha256") or "")[:16],
+             describe_overlap(checked[b]) if b in checked else ""]
             for b, c in cards.items()]
     uses = defaultdict(list)        # (backbone, size, rule) -> the runs that saw that input
     for r in records:

@@ -52,7 +52,7 @@ def job_spec(cfg: SweepConfig, job: dict) -> EvalSpec:
     return EvalSpec(data=cfg.data, label=cfg.label, backbones=[job["backbone"]], image_size=cfg.image_size,
                     own_size=cfg.own_size, grey_window=cfg.grey_window, n_boot=cfg.n_boot,
                     comparison=cfg.comparison or list(cfg.backbones), fractions=[job.get("fraction", 1.0)],
-                    seeds=[job.get("seed", 0)])
+                    seeds=[job.get("seed", 0)], allow_pretraining_overlap=cfg.allow_pretraining_overlap)
 
 
 def segment_job(cfg: SweepConfig, job: dict) -> list[dict]:
@@ -60,7 +60,8 @@ def segment_job(cfg: SweepConfig, job: dict) -> list[dict]:
     seg = cfg.segment
     spec = SegmentSpec(data=seg.data or cfg.data, classes=list(seg.classes), backbones=[job["backbone"]],
                        image_size=cfg.image_size, grey_window=cfg.grey_window, n_boot=cfg.n_boot,
-                       fractions=[job["fraction"]], seeds=[job["seed"]])
+                       fractions=[job["fraction"]], seeds=[job["seed"]],
+                       allow_pretraining_overlap=cfg.allow_pretraining_overlap)
     settings = replace(seg, protocols=[job["protocol"]])
     return run_segment(spec, settings, cfg.out, orders=[job["backbone_order"]])
 

@@ -53,7 +53,7 @@ def test_finetune_learns_and_reports_best_and_final():
                       y[64:].numpy(), 2, cfg, seed=0)
     assert 1 <= result["best_epoch"] <= result["epochs_run"] <= 4
     for variant in ("best_val", "final"):
-        accuracy = np.mean(predict(result[variant], x[64:], False).argmax(1) == y[64:].numpy())
+        accuracy = np.mean(predict(result[variant], x[64:]).argmax(1) == y[64:].numpy())
         assert accuracy > 0.9
 
 

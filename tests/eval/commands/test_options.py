@@ -40,7 +40,9 @@ def test_knn_probe_and_finetune_commands(eval_shards, exported, tmp_path, capsys
                                                                                                        (1, 1.0)}
     for r in records:
         acc = r["test"]["accuracy"]
-        assert acc["lower"] <= acc["value"] <= acc["upper"] and 0 <= acc["value"] <= 1
+        # Two test patients: a point value, no interval (eval.measures.evidence), and the record says why.
+        assert acc["lower"] is None is acc["upper"] and 0 <= acc["value"] <= 1
+        assert acc["evidence"]["reason"] == "too few test patients to compare (n = 2; at least 6 needed)"
         assert r["provenance"]["ctssl"] and r["backbone_card"]["source"] == r["backbone"]
         assert r["dataset"]["fingerprint"] and r["input"]["size"] == 32
     probe = next(r for r in records if r["task"] == "probe")
