@@ -34,7 +34,7 @@ import pydicom
 
 from ctssl.data.dicom_headers import SECONDARY_CAPTURE, FrameRecord
 from ctssl.data.guard import DataError, is_data_failure
-from ctssl.data.hounsfield import Rescale, padding_mask, rescale_or_fallback, to_hu
+from ctssl.data.hounsfield import Rescale, ValueStats, padding_mask, rescale_or_fallback, to_hu
 
 POSITION_TOL_MM = 0.01
 # "US" (unspecified) is what some toolkits (gdcm) write by default; a CT image whose Rescale Type
@@ -257,7 +257,7 @@ class FrameLoader:
         self._cache: np.ndarray | None = None
         self.fallback_used = 0
         self.duplicates_used = 0
-        self.value_range = (np.inf, -np.inf)   # lowest and highest HU before clipping, padding aside (loaded frames)
+        self.stats = ValueStats()   # HU before clipping, padding aside, of the loaded frames (data.hounsfield)
 
     def _decode(self, path: str, frame: int | None, rec: FrameRecord) -> np.ndarray:
         if frame is not None and self._cache_key == (path,):
@@ -308,12 +308,7 @@ class FrameLoader:
         rescale = self.rescale(rec)
         self.fallback_used += rescale.fallback
         pad = padding_mask(stored, rec.padding_value, rec.padding_limit)
-        values = stored if pad is None else stored[~pad]
-        if values.size:
-            ends = sorted((float(values.min()) * rescale.slope + rescale.intercept,
-                           float(values.max()) * rescale.slope + rescale.intercept))
-            self.value_range = (min(self.value_range[0], ends[0]), max(self.value_range[1], ends[1]))
-        hu = to_hu(stored, rescale, pad, self.hu_min, self.hu_max)
+        hu = to_hu(stored, rescale, pad, self.hu_min, self.hu_max, self.stats)
         if series.transpose:
             hu = hu.T
         if series.flip_rows:

@@ -7,19 +7,19 @@ the same number in both) and returned as [slice (inferior first), row (posterior
 (patient left)], the same display convention as the DICOM path, so the same anatomy gives the
 same slices whatever the file's affine. Only 3-D volumes are accepted (a trailing axis of length
 1 is dropped); 4-D data (a time series or several channels: not a CT volume) and non-finite data are
-reported, not guessed at. The value range before clipping is kept (``value_range``), so the caller can
-tell data that is not in HU (data.hounsfield.not_hounsfield).
+reported, not guessed at. The values before clipping are summarised (``stats``), so the caller can tell data
+that is not in HU (data.hounsfield.not_hounsfield).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
-from ctssl.data.hounsfield import HU_CEILING, HU_FLOOR
+from ctssl.data.hounsfield import HU_CEILING, HU_FLOOR, ValueStats
 
 
 MAX_VOXELS = 2048 * 1024 * 1024 // 4     # 2 GB of float32: more is a corrupt header, not a CT volume
@@ -37,7 +37,7 @@ class CanonicalVolume:
     slice_spacing: float
     oblique_deg: float        # angle between the voxel axes and the nearest world axes
     affine: np.ndarray | None = None   # (4, 4) LPS world of voxel (c, r, k) of ``hu[k, r, c]`` (data.mask_placement)
-    value_range: tuple[float, float] = (HU_FLOOR, HU_CEILING)   # lowest and highest value before clipping
+    stats: ValueStats = field(default_factory=ValueStats)   # the values before clipping (data.hounsfield)
 
 
 def load_nifti(path, hu_min: float = HU_FLOOR, hu_max: float = HU_CEILING) -> CanonicalVolume:
@@ -69,8 +69,9 @@ def load_nifti(path, hu_min: float = HU_FLOOR, hu_max: float = HU_CEILING) -> Ca
     cosines = np.abs(np.diag(axes)) / sizes
     oblique = float(np.degrees(np.arccos(np.clip(cosines.min(), -1, 1))))
     volume = np.ascontiguousarray(data.transpose(2, 1, 0))   # [z, y, x]
-    value_range = (float(volume.min()), float(volume.max())) if volume.size else (hu_min, hu_max)
+    stats = ValueStats()
+    stats.add(volume)
     np.clip(volume, hu_min, hu_max, out=volume)
     z = lps_affine[2, 3] + lps_affine[2, 2] * np.arange(volume.shape[0])
     return CanonicalVolume(volume, z, (float(sizes[1]), float(sizes[0])), float(sizes[2]), oblique, lps_affine,
-                           value_range)
+                           stats)

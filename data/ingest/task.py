@@ -143,11 +143,11 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
                  "oblique_deg": round(volume.oblique_deg, 3)}
         n_source = len(volume.z)
         grid = nifti_grid(volume.affine, n_source, volume.hu.shape[1:])
-    value_range = loader.value_range if item.kind == "dicom" else volume.value_range
-    not_hu = not_hounsfield(*value_range) if slices else None
+    stats = loader.stats if item.kind == "dicom" else volume.stats
+    not_hu = not_hounsfield(stats) if slices else None
     if not_hu and not cfg.allow_non_hu:
         report = _report(item, 0, n_source, skipped, f"{not_hu} (allow_non_hu=true ingests it)")
-        report["value_range"] = [round(v, 1) for v in value_range]
+        report["value_range"], report["value_stats"] = [round(v, 1) for v in stats.value_range], stats.as_report()
         return ItemResult(item.series_id, [], report)
 
     masks, mask_entry = _load_mask(item.mask, grid, cfg)
@@ -179,7 +179,7 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
         samples.append((key, _ordered(members)))
     report = _report(item, len(samples), n_source, skipped, None)
     if not_hu:
-        report["value_range"] = [round(v, 1) for v in value_range]
+        report["value_range"], report["value_stats"] = [round(v, 1) for v in stats.value_range], stats.as_report()
         report["slice_notes"] = {**report.get("slice_notes", {}), "values not in Hounsfield units, ingested as allow_non_hu asks (kept)": len(samples)}
     if item.labels and item.labels.slice_rows() > len(label_rows_used):
         # Per-slice label rows of this series that no written slice took (no slice at that z or index, or the
