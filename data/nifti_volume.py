@@ -40,6 +40,20 @@ class CanonicalVolume:
     stats: ValueStats = field(default_factory=ValueStats)   # the values before clipping (data.hounsfield)
 
 
+def slice_count(shape, affine) -> int:
+    """How many axial slices ``load_nifti`` makes of a volume of ``shape`` with (RAS) ``affine``: the length of the
+    voxel axis closest to the world's superior-inferior axis (not the longest axis: a single 512 x 512 slice is one
+    slice). 0 for less than 3-D or an unusable affine."""
+    if len(shape) < 3 or affine is None or not np.all(np.isfinite(affine)):
+        return 0
+    try:
+        ornt = io_orientation(np.asarray(affine, dtype=np.float64))
+    except Exception:  # noqa: BLE001 - a degenerate affine: the task reports it when it loads the file
+        return 0
+    axis = [i for i in range(3) if ornt[i, 0] == 2]
+    return int(shape[axis[0]]) if axis else 0
+
+
 def load_nifti(path, hu_min: float = HU_FLOOR, hu_max: float = HU_CEILING) -> CanonicalVolume:
     img = nib.load(str(path))
     shape = img.shape

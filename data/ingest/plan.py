@@ -123,16 +123,19 @@ class Planner:
 
 
 def _nifti_depth(path: Path) -> int:
-    """The number of slices, for progress only (reading problems surface, counted, when the task loads it)."""
+    """The number of axial slices ingest will make of the file (data.nifti_volume.slice_count: along the voxel axis
+    nearest the world's superior-inferior axis), read from its header; it balances the tasks (``assign_tasks``)
+    and sizes the progress bars. Reading problems surface, counted, when the task loads it."""
     try:
         import nibabel as nib
 
         from ctssl.data.guard import LibraryMessages
+        from ctssl.data.nifti_volume import slice_count
 
         with LibraryMessages().capture():
-            shape = nib.load(str(path)).shape
-        return int(max(shape[:3])) if len(shape) >= 3 else 0
-    except Exception:  # noqa: BLE001 - only a progress estimate
+            img = nib.load(str(path))
+            return slice_count(img.shape, img.affine)
+    except Exception:  # noqa: BLE001 - only an estimate: the task reads the file, counted, either way
         return 0
 
 
