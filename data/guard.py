@@ -38,6 +38,11 @@ class DataError(ValueError):
     """A file or series ctssl will not ingest; the message is the report's reason (no header values)."""
 
 
+class VolumeError(ValueError):
+    """A volume file (NIfTI, NRRD, MetaImage) ctssl will not ingest; the message is the report's reason (a rule's
+    skip such as a 4-D image, or a fixed text for an unreadable file: never a library's message)."""
+
+
 class _Counting(logging.Handler):
     def __init__(self, counts: Counter):
         super().__init__(logging.DEBUG)
@@ -117,9 +122,8 @@ def describe(err: BaseException) -> str:
     if isinstance(err, (DataError, BudgetExceeded)):
         return str(err)
     from ctssl.data.mask_placement import MaskError
-    from ctssl.data.nifti_volume import NiftiError
 
-    if isinstance(err, (NiftiError, MaskError)):
+    if isinstance(err, (VolumeError, MaskError)):
         return str(err)
     return type(err).__name__
 

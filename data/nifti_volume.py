@@ -1,4 +1,5 @@
-"""Load a NIfTI CT volume in HU and bring it to ctssl's canonical frame.
+"""Load a CT volume file (NIfTI; NRRD and MetaImage through data.itk_volume) in HU and bring it to ctssl's
+canonical frame (``load_volume``).
 
 nibabel's ``get_fdata`` applies scl_slope / scl_inter (the loaded header shows them as NaN; the
 values live on ``img.dataobj``). Orientation comes from the affine, never from the array order:
@@ -19,14 +20,21 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 
+from ctssl.data.guard import VolumeError
 from ctssl.data.hounsfield import HU_CEILING, HU_FLOOR, ValueStats
 
 
 MAX_VOXELS = 2048 * 1024 * 1024 // 4     # 2 GB of float32: more is a corrupt header, not a CT volume
 
 
-class NiftiError(ValueError):
-    """A NIfTI file ctssl will not ingest; the message is the report's reason."""
+NiftiError = VolumeError      # the name it had when NIfTI was the only volume format (data.guard.VolumeError)
+
+
+def volume_kind(name: str) -> str:
+    """"nifti", "nrrd" or "metaimage": the format of a volume file by its name."""
+    from ctssl.data.itk_volume import itk_kind
+
+    return itk_kind(str(name)) or "nifti"
 
 
 @dataclass
@@ -54,6 +62,28 @@ def slice_count(shape, affine) -> int:
     return int(shape[axis[0]]) if axis else 0
 
 
+def volume_header(path) -> tuple[tuple[int, ...], np.ndarray]:
+    """(shape, voxel -> RAS affine) of a volume file from its header alone (nibabel, or SimpleITK for NRRD and
+    MetaImage). Raises on an unreadable header."""
+    if volume_kind(path) != "nifti":
+        from ctssl.data.itk_volume import itk_header
+
+        size, affine, _ = itk_header(path)
+        return size, affine
+    img = nib.load(str(path))
+    return tuple(img.shape), img.affine
+
+
+def load_volume(path, hu_min: float = HU_FLOOR, hu_max: float = HU_CEILING) -> CanonicalVolume:
+    """A NIfTI, NRRD or MetaImage CT volume, canonical (module docstring)."""
+    if volume_kind(path) == "nifti":
+        return load_nifti(path, hu_min, hu_max)
+    from ctssl.data.itk_volume import read_itk
+
+    data, affine = read_itk(path, MAX_VOXELS)
+    return canonical(np.asarray(data, dtype=np.float32), affine, hu_min, hu_max)
+
+
 def load_nifti(path, hu_min: float = HU_FLOOR, hu_max: float = HU_CEILING) -> CanonicalVolume:
     img = nib.load(str(path))
     shape = img.shape
@@ -68,9 +98,15 @@ def load_nifti(path, hu_min: float = HU_FLOOR, hu_max: float = HU_CEILING) -> Ca
         raise NiftiError(f"{len(shape)}-D image (a single slice or less); only 3-D volumes are ingested")
     # The array proxy applies scl_slope / scl_inter on read.
     data = np.asarray(img.dataobj, dtype=np.float32).reshape(shape)
+    return canonical(data, img.affine, hu_min, hu_max)
+
+
+def canonical(data: np.ndarray, affine: np.ndarray | None, hu_min: float = HU_FLOOR,
+              hu_max: float = HU_CEILING) -> CanonicalVolume:
+    """``data`` [i, j, k] (float32) with its voxel -> RAS ``affine`` as a CanonicalVolume (module docstring)."""
+    shape = data.shape
     if not np.all(np.isfinite(data)):
         raise NiftiError(f"non-finite values ({int((~np.isfinite(data)).sum())} voxels NaN or inf)")
-    affine = img.affine
     if affine is None or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise NiftiError("invalid affine (not finite, or voxel axes of zero size)")
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine          # RAS -> LPS world

@@ -44,7 +44,7 @@ from ctssl.data.ingest.pairs import MaskRef
 from ctssl.data.ingest.plan import Item, load_plan, task_items
 from ctssl.data.label_volume import load_label_volume
 from ctssl.data.mask_placement import MaskError, SliceGrid, dicom_grid, nifti_grid, place_frames, place_volume
-from ctssl.data.nifti_volume import NiftiError, load_nifti
+from ctssl.data.nifti_volume import VolumeError, load_volume
 from ctssl.data.slicing import air_fraction, resize_mask, resize_slice, thin_positions
 from ctssl.shards.encoding import encode_hu, encode_seg
 from ctssl.shards.writer import ShardWriter
@@ -77,7 +77,7 @@ def process_item(item: Item) -> ItemResult:
         if not is_data_failure(err):
             raise
         # ctssl's own reasons as they are (a 4-D NIfTI is not a CT volume, not an unreadable one); a library's by type.
-        reason = describe(err) if isinstance(err, NiftiError) else f"unreadable series ({describe(err)})"
+        reason = describe(err) if isinstance(err, VolumeError) else f"unreadable series ({describe(err)})"
         if cfg.strict and is_problem(reason):
             raise DataError(f"{item.source_id}: {reason}") from err
         result = ItemResult(item.series_id, [], _report(item, 0, 0, Counter(), reason))
@@ -133,7 +133,7 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
             series.transpose, series.flip_rows, series.flip_cols)
     else:
         with time_budget(cfg.file_seconds):
-            volume = load_nifti(item.nifti_path, cfg.hu_min, cfg.hu_max)
+            volume = load_volume(item.volume_path, cfg.hu_min, cfg.hu_max)
         keep = thin_positions(volume.z, cfg.min_slice_spacing)
         if len(keep) < len(volume.z):
             skipped["thinned (closer than min_slice_spacing)"] += len(volume.z) - len(keep)
