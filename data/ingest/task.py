@@ -3,7 +3,9 @@
 For each series of the task, in a fixed order: load HU slices, thin, drop air, resize, encode; per-split
 shards close at series boundaries once they reach the target size. A series with a mask
 (data.ingest.pairs) has it read and placed on its slices by world coordinates (data.mask_placement), each
-slice's mask resized exactly as the slice is (nearest neighbour) and stored beside it (``KEY.seg``); a mask
+slice's mask resized exactly as the slice is (nearest neighbour) and stored beside it (``KEY.seg``). Every slice
+records where its stored pixels lie in the world (``affine_lps``, data.stored_geometry), so predictions can be
+written in the source series' geometry; a mask
 that cannot be read or placed is a counted skip with its reason, and its series is written without a mask.
 Every series is processed in isolation: whatever goes wrong with it or any of its slices (undecodable or
 absurd pixel data, a codestream that does not match its transfer syntax, a slice that takes longer than
@@ -46,6 +48,7 @@ from ctssl.data.label_volume import load_label_volume
 from ctssl.data.mask_placement import MaskError, SliceGrid, dicom_grid, nifti_grid, place_frames, place_volume
 from ctssl.data.nifti_volume import VolumeError, load_volume
 from ctssl.data.slicing import air_fraction, resize_mask, resize_slice, thin_positions
+from ctssl.data.stored_geometry import slice_affine
 from ctssl.shards.encoding import encode_hu, encode_seg
 from ctssl.shards.writer import ShardWriter
 
@@ -128,9 +131,9 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
         if loader.duplicates_used:
             skipped["duplicate copy used (the first copy did not decode) (kept)"] += loader.duplicates_used
         n_source = len(series.frames)
-        grid = None if item.mask is None else dicom_grid(
-            first.iop, first.pixel_spacing, [f.ipp for f in series.frames], (first.rows, first.cols),
-            series.transpose, series.flip_rows, series.flip_cols)
+        grid = dicom_grid(first.iop, first.pixel_spacing, [f.ipp for f in series.frames], (first.rows, first.cols),
+                          series.transpose, series.flip_rows, series.flip_cols)
+        thickness = first.slice_thickness
     else:
         with time_budget(cfg.file_seconds):
             volume = load_volume(item.volume_path, cfg.hu_min, cfg.hu_max)
@@ -143,6 +146,7 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
                  "oblique_deg": round(volume.oblique_deg, 3)}
         n_source = len(volume.z)
         grid = nifti_grid(volume.affine, n_source, volume.hu.shape[1:])
+        thickness = volume.slice_spacing
     stats = loader.stats if item.kind == "dicom" else volume.stats
     not_hu = not_hounsfield(stats) if slices else None
     if not_hu and not cfg.allow_non_hu:
@@ -165,7 +169,8 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
                 "source_slices": n_source, "z_mm": round(z, 3),
                 "pixel_spacing_mm": [round(v, 5) for v in out_spacing],
                 "source_pixel_spacing_mm": [round(v, 5) for v in spacing],
-                "source_shape": list(hu.shape), "shape": list(out.shape), **extra}
+                "source_shape": list(hu.shape), "shape": list(out.shape),
+                "affine_lps": _rounded(slice_affine(grid, source_index, spacing, cfg.image_size, thickness)), **extra}
         if item.labels:
             meta["labels"] = item.labels.for_slice(source_index, z, tolerance, label_rows_used)
         members = {"hu": encode_hu(out)}
@@ -190,6 +195,11 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
             mask_entry["pixels"] = {str(c): n for c, n in sorted(mask_entry["pixels"].items())}
         report["mask"] = mask_entry
     return ItemResult(item.series_id, samples, report)
+
+
+def _rounded(affine: np.ndarray) -> list[list[float]]:
+    """A (4, 4) affine as JSON: rows, 6 decimals (a micrometre)."""
+    return [[round(float(v), 6) + 0.0 for v in row] for row in affine]
 
 
 def _ordered(members: dict[str, bytes]) -> dict[str, bytes]:
