@@ -99,35 +99,38 @@ def to_hu(stored: np.ndarray, rescale: Rescale, padding: np.ndarray | None = Non
 
 class ValueStats:
     """A series' or volume's values before clipping (padding aside), summarised for ``not_hounsfield``: exact
-    counts below -50, above 1000 and at or above 3071, the lowest and highest value, and a bounded random
-    sample (deterministic, at most ``CAP`` values) for the percentiles. ``add`` costs about 0.2 ms on a 512 x 512
-    slice."""
+    counts below -50, above 1000 and at or above 3071, the lowest and highest value, and a bounded sample for the
+    percentiles (every value of a small volume; of a large one every 61st, a prime stride, so no column of a
+    power-of-two matrix is favoured, thinned by half whenever it passes ``CAP`` values). ``add`` costs about 0.2 ms
+    on a 512 x 512 slice (0.4 ms on a loaded 2-core machine, against 0.3 ms for the HU conversion itself)."""
 
     CAP = 1 << 18
+    STRIDE = 61
 
     def __init__(self):
         self.count = self.fat = self.high = self.clip = 0
         self.lowest, self.highest = np.inf, -np.inf
         self._sample: list[np.ndarray] = []
         self._sampled = 0
-        self._rng = np.random.default_rng(0)
 
     def add(self, values: np.ndarray, exclude: np.ndarray | None = None) -> None:
         """Count ``values`` (any shape), leaving out those where ``exclude`` is True (padding)."""
         flat = (values if exclude is None else values[~exclude]).ravel()
         if not flat.size:
             return
+        offset = self.count % self.STRIDE
         self.count += flat.size
         self.fat += int(np.count_nonzero(flat < NOT_HU_FAT))
         self.high += int(np.count_nonzero(flat > NOT_HU_HIGH))
         self.clip += int(np.count_nonzero(flat >= HU_CEILING))
         self.lowest, self.highest = min(self.lowest, float(flat.min())), max(self.highest, float(flat.max()))
-        take = min(flat.size, max(1024, flat.size // 64))
-        self._sample.append(flat[self._rng.integers(0, flat.size, take)].astype(np.float32))
-        self._sampled += take
+        part = flat if flat.size <= 1024 * self.STRIDE else flat[offset::self.STRIDE]
+        self._sample.append(part.astype(np.float32))
+        self._sampled += part.size
         if self._sampled > self.CAP:
             pool = np.concatenate(self._sample)
-            pool = pool[self._rng.permutation(pool.size)[: self.CAP // 2]]
+            while pool.size > self.CAP:
+                pool = pool[::2]
             self._sample, self._sampled = [pool], pool.size
 
     @property
