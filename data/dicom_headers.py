@@ -76,6 +76,12 @@ class FrameRecord:
     alternates: list[tuple[str, int | None]] = field(default_factory=list)  # other copies of this SOP instance
     patient_id_folded: str = ""       # the Patient ID case-folded, keyed: only to say when a label row's ID
                                       # differs from it in case alone (data.labels)
+    pixel_presentation: str = ""      # Pixel Presentation (enhanced CT: per frame): COLOR/MIXED carry a supplemental
+                                      # palette, some values colour codes
+    content_qualification: str = ""   # Content Qualification (enhanced CT): PRODUCT, RESEARCH or SERVICE
+    real_world_units: str = ""        # Real World Value Mapping: "" none (or no units), "HU" if one maps to HU,
+                                      # "other" if its units are all something else (a parametric map)
+    modality_lut: bool = False        # a Modality LUT Sequence (values through a LUT, not the rescale)
 
 
 def _num(value, cast=float):
@@ -124,6 +130,31 @@ def _rescale(owner) -> tuple[float | None, float | None, bool]:
     invalid = (raw_slope not in (None, "") and (slope is None or slope == 0)) or \
               (raw_intercept not in (None, "") and intercept is None)
     return slope, intercept, invalid
+
+
+HU_UNITS = ("[hnsf'U]", "HU")          # UCUM's code for Hounsfield units (and what some writers put instead)
+
+
+def _real_world_units(items) -> str:
+    """What Real World Value Mapping items say the pixel values are: "HU" when one maps them to Hounsfield units,
+    "other" when every stated unit is something else, "" without items or units (a damaged mapping decides
+    nothing). Only coded values are compared; no text of the mapping (LUT Explanation, LUT Label) is kept."""
+    units = []
+    for item in items or []:
+        for code in item.get("MeasurementUnitsCodeSequence", []) or []:
+            value = str(code.get("CodeValue", "")).strip()
+            meaning = str(code.get("CodeMeaning", "")).strip().lower()
+            units.append(value in HU_UNITS or meaning in ("hounsfield unit", "hounsfield units"))
+    return "" if not units else "HU" if any(units) else "other"
+
+
+def _functional_items(ds: Dataset, frame: int, sequence: str) -> list:
+    """All items of a functional-group sequence: per-frame first, then shared."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and frame < len(per_frame) and per_frame[frame].get(sequence):
+        return list(per_frame[frame].get(sequence))
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    return list(shared[0].get(sequence) or []) if shared else []
 
 
 def _first(seq_owner: Dataset | None, sequence: str) -> Dataset | None:
@@ -219,6 +250,8 @@ def read_records(path: Path, keyer: Keyer = lambda kind, value: value, max_frame
         photometric=_str(ds, "PhotometricInterpretation").upper() or "MONOCHROME2",
         bits_allocated=_num(ds.get("BitsAllocated"), int) or 16,
         bits_stored=_num(ds.get("BitsStored"), int) or _num(ds.get("BitsAllocated"), int) or 16, file_size=size,
+        content_qualification=_str(ds, "ContentQualification").upper(),
+        modality_lut="ModalityLUTSequence" in ds,
     )
     image_type = tuple(str(v).strip().upper() for v in ds.get("ImageType", []) or [])
     n_frames = _frame_count(ds, size, max_frames)
@@ -231,7 +264,8 @@ def read_records(path: Path, keyer: Keyer = lambda kind, value: value, max_frame
             frame=None, image_type=image_type, iop=_orientation(_floats(ds, "ImageOrientationPatient", 6)),
             ipp=_floats(ds, "ImagePositionPatient", 3), pixel_spacing=_spacing(_floats(ds, "PixelSpacing", 2)),
             slope=slope, intercept=intercept, rescale_invalid=invalid, rescale_type=_str(ds, "RescaleType").upper(),
-            slice_thickness=_num(ds.get("SliceThickness")), **base)]
+            slice_thickness=_num(ds.get("SliceThickness")), pixel_presentation=_str(ds, "PixelPresentation").upper(),
+            real_world_units=_real_world_units(ds.get("RealWorldValueMappingSequence")), **base)]
     records = []
     for frame in range(n_frames):
         position = _functional(ds, frame, "PlanePositionSequence")
@@ -240,6 +274,9 @@ def read_records(path: Path, keyer: Keyer = lambda kind, value: value, max_frame
         transform = _functional(ds, frame, "PixelValueTransformationSequence")
         frame_type = _functional(ds, frame, "CTImageFrameTypeSequence")
         ftype = tuple(str(v).strip().upper() for v in (frame_type.get("FrameType", []) if frame_type else [])) or image_type
+        presentation = (_str(frame_type, "PixelPresentation") if frame_type else "") or _str(ds, "PixelPresentation")
+        mappings = _functional_items(ds, frame, "RealWorldValueMappingSequence") or \
+            list(ds.get("RealWorldValueMappingSequence") or [])
         slope, intercept, invalid = _rescale(transform)
         records.append(FrameRecord(
             frame=frame, image_type=ftype, iop=_orientation(_floats(orientation, "ImageOrientationPatient", 6)),
@@ -247,5 +284,6 @@ def read_records(path: Path, keyer: Keyer = lambda kind, value: value, max_frame
             pixel_spacing=_spacing(_floats(measures, "PixelSpacing", 2)),
             slope=slope, intercept=intercept, rescale_invalid=invalid,
             rescale_type=(_str(transform, "RescaleType") if transform else "").upper(),
-            slice_thickness=_num(measures.get("SliceThickness")) if measures else None, **base))
+            slice_thickness=_num(measures.get("SliceThickness")) if measures else None,
+            pixel_presentation=presentation.upper(), real_world_units=_real_world_units(mappings), **base))
     return records

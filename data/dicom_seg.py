@@ -8,7 +8,8 @@ the segment's coded property type (Segmented Property Type Code Sequence, Code M
 ``[a-z0-9_]`` (``"Liver"`` -> ``liver``); the free-text Segment Label and descriptions are never used, as free
 text may identify. A segment without a coded type is ``segment_N``.
 
-Load (``load_seg_frames``, read with highdicom): every frame's class ids and its plane (Image Position and
+Load (``load_seg_frames``, read with highdicom; a SEG highdicom refuses is a ``MaskError`` giving highdicom's own
+message with every possible header value taken out, data.guard.library_text): every frame's class ids and its plane (Image Position and
 Orientation (Patient), Pixel Spacing from the per-frame or shared functional groups), placed on the image by
 world coordinates in data.mask_placement, never by the references alone. BINARY frames carry their segment
 (``lut[segment]`` where set), FRACTIONAL ones where the fraction is at least one half, LABELMAP ones segment
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ctssl.data.guard import DataError
+from ctssl.data.guard import BudgetExceeded, DataError, is_data_failure, library_text
 from ctssl.data.mask_placement import MaskError, MaskFrame
 
 SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4",     # Segmentation Storage
@@ -156,9 +157,14 @@ def load_seg_frames(path: str, lut: dict[int, int]) -> list[MaskFrame]:
     number. Raises MaskError (or a library's exception) when the SEG cannot be read."""
     import highdicom as hd
 
-    seg = hd.seg.segread(path)
-    kind = str(seg.SegmentationType).upper()
-    pixels = np.asarray(seg.pixel_array)
+    try:
+        seg = hd.seg.segread(path)
+        kind = str(seg.SegmentationType).upper()
+        pixels = np.asarray(seg.pixel_array)
+    except BaseException as err:  # noqa: BLE001 - highdicom's refusal is the reason, its values taken out
+        if not is_data_failure(err) or isinstance(err, BudgetExceeded):
+            raise
+        raise MaskError(f"highdicom cannot read this SEG ({type(err).__name__}: {library_text(err)})") from err
     frames = int(seg.get("NumberOfFrames", 1) or 1)
     if pixels.ndim == 2:
         pixels = pixels[None]

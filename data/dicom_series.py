@@ -5,8 +5,11 @@ Rules (each skip is counted with its own reason in the ingest report; docs/inges
 - keep CT images (Modality CT) that are monochrome slices in Hounsfield units. Skipped: localizers
   (Image Type LOCALIZER), secondary captures (SOP class), derived secondary images (Image Type
   DERIVED\\SECONDARY: reformats, MIPs, captures; DERIVED\\PRIMARY reconstructions are kept), colour
-  images (Samples per Pixel > 1: screenshots and dose reports labelled CT), images whose Rescale Type
-  is not HU (an unspecified "US" is accepted), invalid rescale, missing or invalid geometry or spacing;
+  images (Samples per Pixel > 1: screenshots and dose reports labelled CT), images whose values are not
+  attenuation in HU as the standard marks them (a derived parametric map or pixel arithmetic by its Image Type
+  terms, a Rescale Type other than HU, US on a derived image, a Real World Value Mapping to other units, a
+  Modality LUT, a supplemental colour palette), service images (Content Qualification SERVICE), invalid
+  rescale, missing or invalid geometry or spacing;
 - group by SeriesInstanceUID, then by geometry (orientation, matrix, pixel spacing): a folder may hold
   several series and a series may hold a localizer. The largest group is the series; other groups of two
   or more images are sub-series of their own; a single image whose geometry differs from the rest of its
@@ -34,12 +37,34 @@ import pydicom
 
 from ctssl.data.dicom_headers import SECONDARY_CAPTURE, FrameRecord
 from ctssl.data.guard import DataError, is_data_failure
-from ctssl.data.hounsfield import Rescale, padding_mask, rescale_or_fallback, to_hu
+from ctssl.data.hounsfield import Rescale, ValueStats, padding_mask, rescale_or_fallback, to_hu
 
 POSITION_TOL_MM = 0.01
-# "US" (unspecified) is what some toolkits (gdcm) write by default; a CT image whose Rescale Type
-# says nothing else is taken as HU. Derived maps say what they are (e.g. MGML, PCT) and are skipped.
+# "US" (unspecified) is what some toolkits (gdcm) write by default; an ORIGINAL CT image whose Rescale Type
+# says nothing else is taken as HU. On a DERIVED image US means what the standard says: the units are not HU
+# (the Enhanced CT Pixel Value Transformation requires HU for ORIGINAL frames). Derived maps say what they are
+# (e.g. MGML, PCT) and are skipped.
 ACCEPTED_RESCALE_TYPES = ("", "HU", "US")
+# Rescale Types named in a skip reason as they are; any other value is "another value" (Rescale Type is a Long
+# String, which could hold free text).
+KNOWN_RESCALE_TYPES = ("US", "OD", "MGML", "PCT", "CPS", "NONE", "CM", "CM2", "MM", "PIXELS", "ZEFF", "ED", "EDW",
+                       "HU_MOD", "10^-2HU", "MG/ML", "10^-3CM^-1")
+# Image Type (Frame Type) values from the third on that name a map of something other than attenuation
+# (PS3.3 C.8.16.1 Enhanced CT Image Type values 3-4, C.8.2.1.1.1 multi-energy CT Image Type value 4): perfusion
+# parameters (CBF, CBV, MTT, TTP, Tmax, permeability), multi-energy material and property maps, and pixel
+# arithmetic whose values are no absolute attenuation (subtraction, division, multiplication, standard deviation).
+# Kept: VMI (virtual monoenergetic, HU), MAT_REMOVED (virtual non-contrast, HU), ADDITION, MEAN, MAXIMUM,
+# MINIMUM, FILTERED, RESAMPLED, MASKED: still attenuation.
+PARAMETRIC_MAPS = ("RCBF", "RCBV", "CBF", "CBV", "MTT", "TTP", "TMAX", "TTD", "PERMEABILITY", "MAT_SPECIFIC",
+                   "MAT_FRACTIONAL", "EFF_ATOMIC_NUM", "ELECTRON_DENSITY", "VALUE_BASED")
+ARITHMETIC = ("SUBTRACTION", "DIVISION", "MULTIPLICATION", "STD_DEVIATION")
+# Modalities named in a skip reason as they are (PS3.3 C.7.3.1.1.1); any other value is "another modality".
+KNOWN_MODALITIES = ("AR", "ASMT", "AU", "BDUS", "BI", "BMD", "CR", "CT", "CTPROTOCOL", "DG", "DMS", "DOC", "DX",
+                    "ECG", "EEG", "EMG", "EOG", "EPS", "ES", "FID", "GM", "HC", "HD", "IO", "IOL", "IVOCT", "IVUS",
+                    "KER", "KO", "LEN", "LS", "MG", "MR", "M3D", "NM", "OAM", "OCT", "OP", "OPM", "OPT", "OPTBSV",
+                    "OPTENF", "OPV", "OSS", "OT", "PLAN", "PR", "PT", "PX", "REG", "RESP", "RF", "RG", "RTDOSE",
+                    "RTIMAGE", "RTINTENT", "RTPLAN", "RTRAD", "RTRECORD", "RTSEGANN", "RTSTRUCT", "RWV", "SEG", "SM",
+                    "SMR", "SR", "SRF", "STAIN", "TEXTUREMAP", "TG", "US", "VA", "XA", "XAPROTOCOL", "XC")
 STRAY = "geometry differs from the rest of its series (a localizer or a stray reformat?)"
 DUPLICATE = "duplicate SOP Instance UID (another copy is read; this one is its fallback)"
 
@@ -77,6 +102,7 @@ def _rounded_geometry(iop, rows, cols, spacing):
 # Skips that are the rules working (the image is not an axial CT slice, or is one twice); every other skip
 # reason means a damaged or absurd input, which --strict stops at.
 BY_DESIGN = ("not CT", "not a CT volume", "secondary capture", "colour image", "localizer", "derived secondary", "not Hounsfield",
+             "not attenuation", "service image",
              "geometry differs", "duplicate", "non-axial", "repeated acquisitions", "series of fewer",
              "thinned", "mostly air", "link to a folder", "rescale tags missing")
 
@@ -87,8 +113,11 @@ def is_problem(reason: str) -> bool:
 
 
 def frame_skip_reason(rec: FrameRecord) -> str | None:
+    """Why an image is not an axial CT slice in HU, or None. A reason names coded values only where they come from a
+    fixed list (a modality, an Image Type term, a Rescale Type): no header text reaches it."""
     if rec.modality != "CT":
-        return f"not CT (modality {rec.modality[:16] or 'missing'})"
+        shown = rec.modality if rec.modality in KNOWN_MODALITIES else ("another modality" if rec.modality else "missing")
+        return f"not CT (modality {shown})"
     if rec.sop_class in SECONDARY_CAPTURE:
         return "secondary capture (a picture, not a CT slice)"
     if rec.samples_per_pixel != 1 or rec.photometric not in ("MONOCHROME1", "MONOCHROME2"):
@@ -97,8 +126,38 @@ def frame_skip_reason(rec: FrameRecord) -> str | None:
         return "localizer"
     if rec.image_type[:2] == ("DERIVED", "SECONDARY"):
         return "derived secondary image (a reformat, MIP or capture)"
+    return _value_skip_reason(rec) or _header_skip_reason(rec)
+
+
+def _value_skip_reason(rec: FrameRecord) -> str | None:
+    """Why a CT image's pixel values are not attenuation in HU (the standard's marks, docs/ingest.md), or None."""
+    derived = rec.image_type[:1] == ("DERIVED",)
+    terms = rec.image_type[2:]
+    maps = [t for t in terms if t in PARAMETRIC_MAPS]
+    if maps or (derived and "PERFUSION" in terms):
+        return f"not attenuation: a derived parametric map (Image Type {' '.join(maps) or 'PERFUSION'})"
+    arithmetic = [t for t in terms if t in ARITHMETIC] if derived else []
+    if arithmetic:
+        return f"not attenuation: pixel arithmetic, no absolute HU (Image Type {arithmetic[0]})"
     if rec.rescale_type not in ACCEPTED_RESCALE_TYPES:
-        return f"not Hounsfield units (Rescale Type {rec.rescale_type[:16]})"
+        shown = rec.rescale_type if rec.rescale_type in KNOWN_RESCALE_TYPES else "another value"
+        return f"not Hounsfield units (Rescale Type {shown})"
+    if rec.rescale_type == "US" and derived:
+        return "not Hounsfield units (Rescale Type US, unspecified units, on a derived image)"
+    if rec.real_world_units == "other":
+        return "not Hounsfield units (its Real World Value Mapping gives units other than HU: a parametric map)"
+    if rec.modality_lut:
+        return "not Hounsfield units (a Modality LUT Sequence instead of Rescale Slope and Intercept)"
+    if rec.pixel_presentation in ("COLOR", "MIXED"):
+        return (f"not Hounsfield units (Pixel Presentation {rec.pixel_presentation}: a supplemental palette makes "
+                "part of the values colour codes)")
+    if rec.content_qualification == "SERVICE":
+        return "service image (Content Qualification SERVICE: calibration or quality control, not a patient scan)"
+    return None
+
+
+def _header_skip_reason(rec: FrameRecord) -> str | None:
+    """Why a CT image's rescale or geometry cannot be used, or None."""
     if rec.rescale_invalid:
         return "invalid Rescale Slope or Intercept (not a number, not finite, or a zero slope)"
     if rec.iop is None or rec.ipp is None:
@@ -257,7 +316,7 @@ class FrameLoader:
         self._cache: np.ndarray | None = None
         self.fallback_used = 0
         self.duplicates_used = 0
-        self.value_range = (np.inf, -np.inf)   # lowest and highest HU before clipping, padding aside (loaded frames)
+        self.stats = ValueStats()   # HU before clipping, padding aside, of the loaded frames (data.hounsfield)
 
     def _decode(self, path: str, frame: int | None, rec: FrameRecord) -> np.ndarray:
         if frame is not None and self._cache_key == (path,):
@@ -308,12 +367,7 @@ class FrameLoader:
         rescale = self.rescale(rec)
         self.fallback_used += rescale.fallback
         pad = padding_mask(stored, rec.padding_value, rec.padding_limit)
-        values = stored if pad is None else stored[~pad]
-        if values.size:
-            ends = sorted((float(values.min()) * rescale.slope + rescale.intercept,
-                           float(values.max()) * rescale.slope + rescale.intercept))
-            self.value_range = (min(self.value_range[0], ends[0]), max(self.value_range[1], ends[1]))
-        hu = to_hu(stored, rescale, pad, self.hu_min, self.hu_max)
+        hu = to_hu(stored, rescale, pad, self.hu_min, self.hu_max, self.stats)
         if series.transpose:
             hu = hu.T
         if series.flip_rows:

@@ -9,12 +9,18 @@
   (e.g. 50,000,000 frames read one by one) becomes a counted skip instead of a hung task.
 - ``describe(err)``: an exception as a report reason: its type and, for ctssl's own errors only, its
   message (library messages may quote header values).
+- ``library_text(err)``: a library's message where its words are the reason (highdicom's refusal of a SEG),
+  with everything that could be a header value taken out (``...`` in its place): quoted text that is not a DICOM
+  keyword, UIDs, dates and times, long numbers, person names (``^``), and every word that is neither lower-case
+  prose, a DICOM keyword nor part of an attribute name's words; one line, at most 200 characters.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import re
 import signal
 import threading
 import warnings
@@ -30,6 +36,11 @@ class BudgetExceeded(RuntimeError):
 
 class DataError(ValueError):
     """A file or series ctssl will not ingest; the message is the report's reason (no header values)."""
+
+
+class VolumeError(ValueError):
+    """A volume file (NIfTI, NRRD, MetaImage) ctssl will not ingest; the message is the report's reason (a rule's
+    skip such as a 4-D image, or a fixed text for an unreadable file: never a library's message)."""
 
 
 class _Counting(logging.Handler):
@@ -111,8 +122,68 @@ def describe(err: BaseException) -> str:
     if isinstance(err, (DataError, BudgetExceeded)):
         return str(err)
     from ctssl.data.mask_placement import MaskError
-    from ctssl.data.nifti_volume import NiftiError
 
-    if isinstance(err, (NiftiError, MaskError)):
+    if isinstance(err, (VolumeError, MaskError)):
         return str(err)
     return type(err).__name__
+
+
+@functools.lru_cache(maxsize=1)
+def _dicom_vocabulary() -> tuple[frozenset[str], str]:
+    """(the DICOM dictionary's keywords, all its attribute names joined by newlines)."""
+    from pydicom.datadict import DicomDictionary
+
+    entries = list(DicomDictionary.values())
+    return frozenset(e[4] for e in entries if e[4]), "\n" + "\n".join(e[2] for e in entries) + "\n"
+
+
+def _in_a_name(words: list[str], names: str) -> bool:
+    """True when ``words`` (capitalised) stand in some attribute name as a run of whole words."""
+    return re.search(r"(?<![A-Za-z])" + r"\s+".join(map(re.escape, words)) + r"(?![A-Za-z])", names) is not None
+
+
+_TOKEN = re.compile(r"'[^']*'|\"[^\"]*\"|[A-Za-z_][A-Za-z0-9_]*|\d[\d.:/-]*|\S")
+
+
+def library_text(err: BaseException, limit: int = 200) -> str:
+    """``err``'s message with anything that could be a header value replaced by ``...`` (module docstring): a word
+    stays when it is lower-case prose, a DICOM keyword (``SliceThickness``), or one of a run of capitalised words
+    that is part of an attribute name ("Pixel Measures Sequence"; the message's first word alone suffices)."""
+    if not str(err).strip():
+        return type(err).__name__
+    text = str(err).strip().splitlines()[0]
+    keywords, names = _dicom_vocabulary()
+    tokens = _TOKEN.findall(text)
+    keep = [False] * len(tokens)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token[0] in "'\"":
+            keep[i] = token[1:-1] in keywords
+        elif token[0].isalpha() or token[0] == "_":
+            if token in keywords or (token.isalpha() and token.islower()) or token == "SEG":
+                keep[i] = True
+            elif token.isalpha() and token[0].isupper():
+                j = i
+                while j < len(tokens) and tokens[j].isalpha() and tokens[j][0].isupper():
+                    j += 1
+                run = tokens[i:j]
+                ok = _in_a_name(run, names) and (len(run) > 1 or i == 0)
+                for k in range(i, j):
+                    keep[k] = ok or (k == 0 and _in_a_name([tokens[0]], names))
+                i = j
+                continue
+        elif token[0].isdigit():
+            keep[i] = re.fullmatch(r"\d{1,4}(\.\d{1,4})?", token) is not None
+        else:
+            keep[i] = token not in "^="
+        i += 1
+    out: list[str] = []
+    for token, kept in zip(tokens, keep):
+        piece = token if kept else "..."
+        if piece == "..." and out and out[-1] == "...":
+            continue
+        out.append(piece)
+    line = re.sub(r"\s+([,;:)\]]|\.(?!\.))", r"\1", " ".join(out))
+    line = re.sub(r"([(\[])\s+", r"\1", line)
+    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."

@@ -1,9 +1,11 @@
-"""Read a NIfTI label volume (a segmentation mask) for placement on its image (data.mask_placement).
+"""Read a label volume (a segmentation mask: NIfTI, NRRD or MetaImage) for placement on its image
+(data.mask_placement).
 
 A label volume must be a 3-D (or 3-D with a trailing axis of length 1) map of integer class values 0..255,
 with a finite, non-degenerate affine; values are read through nibabel's array proxy (scl_slope/scl_inter
 applied, as for images) and must be integers (within 1e-3: float storage of integers). The affine is
-nibabel's (sform, else qform), turned from RAS into the LPS world the rest of ingest uses. Anything else
+nibabel's (sform, else qform), or SimpleITK's geometry for NRRD and MetaImage (data.itk_volume), turned from RAS
+into the LPS world the rest of ingest uses. Anything else
 raises ``MaskError`` with its reason: an empty file, an unreadable one (nibabel's exception type), a 4-D map,
 non-integer, negative or too large values.
 """
@@ -16,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from ctssl.data.mask_placement import MaskError
-from ctssl.data.nifti_volume import MAX_VOXELS
+from ctssl.data.nifti_volume import MAX_VOXELS, VolumeError, volume_kind
 
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -25,6 +27,14 @@ def load_label_volume(path) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 labels (I, J, K) as stored, (4, 4) voxel index -> LPS world affine)."""
     if os.path.getsize(path) == 0:
         raise MaskError("empty mask file (0 bytes)")
+    if volume_kind(path) != "nifti":
+        from ctssl.data.itk_volume import read_itk
+
+        try:
+            data, affine = read_itk(path, MAX_VOXELS)
+        except VolumeError as err:
+            raise MaskError(f"the mask file: {err}") from None
+        return as_labels(data), RAS_TO_LPS @ affine
     img = nib.load(str(path))
     shape = tuple(int(v) for v in img.shape)
     if len(shape) == 4 and shape[3] == 1:

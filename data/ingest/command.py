@@ -1,6 +1,6 @@
-"""Ingest DICOM / NIfTI CT volumes into WebDataset shards of lossless int16 HU axial slices.
+"""Ingest DICOM / NIfTI / NRRD / MetaImage CT volumes into WebDataset shards of lossless int16 HU axial slices.
 
-Walks the sources, recognises DICOM by content and NIfTI by name, keeps axial CT series
+Walks the sources, recognises DICOM by content and NIfTI, NRRD and MetaImage by name, keeps axial CT series
 (ordered by position, localizers and duplicates dropped, rescale and padding applied),
 pseudonymises every identifier with a secret salt, assigns patient-level splits, and writes
 per-split shards with a manifest (DIR/manifest.json) and a report of every source's outcome

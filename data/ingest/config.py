@@ -42,7 +42,7 @@ class IngestConfig:
     splits: SplitFractions = field(default_factory=SplitFractions)
     labels: list[str] = field(default_factory=list)          # label CSV files (data.labels)
     label_columns: list[str] = field(default_factory=list)   # empty: all non-key columns
-    nifti_patient_pattern: str = r"^(.*?)(\.nii(\.gz)?)?$"  # regex on the file name; group 1
+    nifti_patient_pattern: str = r"^(.*?)(\.nii(\.gz)?|\.nrrd|\.nhdr|\.mha|\.mhd)?$"  # regex on a volume file's name; group 1
     masks: list[str] = field(default_factory=list)           # mask CSVs: image, mask[, patient] (data.ingest.pairs)
     mask_labels: dict[int, str] = field(default_factory=dict)  # class id -> name of the --masks CSVs' label values
     mask_tolerance: float = 0.1       # voxel: how far a mask voxel may lie off its image pixel (data.mask_placement)

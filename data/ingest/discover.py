@@ -1,7 +1,10 @@
 """Find CT sources (second module of the ingest: uses only ``config``).
 
 Discovery recognises DICOM by content, with or without the 128-byte preamble and file meta, whatever
-the file name; NIfTI by its ``.nii`` / ``.nii.gz`` name. Everything else is counted as ignored, per folder.
+the file name; volume files by their names: NIfTI (``.nii`` / ``.nii.gz``), NRRD (``.nrrd`` / ``.nhdr``) and
+MetaImage (``.mha`` / ``.mhd``; data.itk_volume). A detached data file beside its header (``CASE.raw`` or
+``.zraw`` beside ``CASE.mhd``, ``CASE.raw.gz`` beside ``CASE.nhdr``) is read with it, not counted. Everything
+else is counted as ignored, per folder.
 Every entry of every folder the walk can list is accounted for: what cannot be walked or opened is a
 counted skip with its reason, never a crash and never silence: a folder that cannot be listed (no
 permission; its files cannot be named, so the folder is), a folder whose listing fails part-way (the
@@ -26,6 +29,8 @@ from pathlib import Path
 from ctssl.data.guard import BudgetExceeded, DataError, LibraryMessages, describe, is_data_failure, time_budget
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_HEADER_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_HEADER_SUFFIXES
 # Groups a DICOM data set without preamble can plausibly start with.
 _FIRST_GROUPS = {0x0002, 0x0008}
 
@@ -33,7 +38,7 @@ _FIRST_GROUPS = {0x0002, 0x0008}
 @dataclass
 class Sources:
     dicom: list[Path]
-    nifti: list[tuple[Path, Path]]             # (file, the SRC root it was found under)
+    volumes: list[tuple[Path, Path]]           # NIfTI, NRRD, MetaImage files: (file, the SRC root it was found under)
     ignored: int = 0                           # files that are neither DICOM nor NIfTI
     skipped: list[tuple[Path, str]] = field(default_factory=list)   # (path, reason): could not be read
     ignored_in: dict[Path, int] = field(default_factory=dict)       # folder -> its ignored files
@@ -56,6 +61,23 @@ def looks_like_dicom(path: Path) -> bool:
         return True
     (length,) = struct.unpack("<I", head[4:8])
     return length < 1 << 16
+
+
+def is_volume_file(name: str) -> bool:
+    """True for the name of a NIfTI, NRRD or MetaImage file (by its suffix, any case for the ITK formats)."""
+    return name.endswith(NIFTI_SUFFIXES) or name.lower().endswith(ITK_HEADER_SUFFIXES)
+
+
+def _detached_data(path: Path) -> bool:
+    """True for a MetaImage's or NRRD's detached pixel data beside its header (module docstring)."""
+    from ctssl.data.itk_volume import DETACHED_DATA
+
+    lower = path.name.lower()
+    suffix = next((s for s in DETACHED_DATA if lower.endswith(s)), None)
+    if suffix is None:
+        return False
+    stem = path.name[: -len(suffix)]
+    return any((path.parent / (stem + header)).is_file() for header in (".mhd", ".MHD", ".nhdr", ".NHDR"))
 
 
 def _unreadable(err: OSError) -> str:
@@ -125,8 +147,10 @@ def _classify(path: Path, base: Path, found: Sources) -> None:
     if not stat.S_ISREG(info.st_mode):
         found.skipped.append((path, "not a regular file"))
         return
-    if path.name.endswith(NIFTI_SUFFIXES):
-        found.nifti.append((path, base))
+    if is_volume_file(path.name):
+        found.volumes.append((path, base))
+        return
+    if _detached_data(path):
         return
     try:
         dicom = looks_like_dicom(path)

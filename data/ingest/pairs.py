@@ -1,25 +1,27 @@
 """Segmentation masks among the sources (third module of the ingest: uses ``config`` and ``discover``).
 
-Which NIfTI files are label volumes, which image each belongs to, and one class table for the whole ingest:
+Which volume files (NIfTI, NRRD, MetaImage) are label volumes, which image each belongs to, and one class table
+for the whole ingest:
 
 - nnU-Net / Medical Segmentation Decathlon raw datasets: a folder holding ``dataset.json``, ``imagesTr/``,
   ``labelsTr/`` and ``imagesTs/`` (sometimes ``labelsTs/``). ``labels`` is name -> id (nnU-Net v2) or
   id -> name (MSD); an image ``CASE_XXXX<file_ending>`` (channel XXXX of ``channel_names``, or of MSD's
   ``modality``) pairs with ``labelsTr/CASE<file_ending>`` (``labelsTs`` for ``imagesTs``), an MSD image
-  ``CASE<file_ending>`` as MSD's ``training`` list says or with the label of the same name. Only channels
+  ``CASE<file_ending>`` as MSD's ``training`` list says or with the label of the same name. ``file_ending`` may
+  be ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha`` or ``.mhd`` (nnU-Net's SimpleITK reader takes the ITK ones); Only channels
   named CT are ingested (others are counted skips); the patient is the case identifier;
 - LiTS: ``segmentation-N.nii[.gz]`` beside ``volume-N.nii[.gz]`` (0 background, 1 liver, 2 liver_tumor);
 - a CSV given with ``--masks``: columns ``image`` and ``mask``, optionally ``patient`` (the patient key of a
   NIfTI image); relative paths are relative to the CSV's folder. An image is a NIfTI file or a DICOM file or
   folder of a series (paired with every series found there; those it does not fit are counted skips).
 
-A label volume is never ingested as an image: every NIfTI file in a ``labelsTr``/``labelsTs`` folder, named
+A label volume is never ingested as an image: every volume file in a ``labelsTr``/``labelsTs`` folder, named
 like a LiTS segmentation, or named in a mask CSV is a mask, whatever folder the ingest was pointed at. A
 mask whose image is not among the sources, or whose labels are unknown (no usable ``dataset.json``), is a
 counted skip with its reason. DICOM SEG objects are recognised by their header (data.dicom_seg) and matched
 to their series in ``plan``.
 
-Two NIfTI images with the same bytes (a copy or a link of an image, as an nnU-Net raw folder often holds
+Two NIfTI, NRRD or MetaImage (``.mha``) images with the same bytes (a copy or a link of an image, as an nnU-Net raw folder often holds
 beside the original) are read once: the first found keeps its name (pseudonyms, label join), and it takes the
 mask of any of its copies; the others are counted skips.
 
@@ -41,7 +43,8 @@ from pathlib import Path
 
 from ctssl.core.config import ConfigError
 from ctssl.data.dicom_seg import class_name
-from ctssl.data.ingest.discover import NIFTI_SUFFIXES, Sources
+from ctssl.data.ingest.discover import NIFTI_SUFFIXES, VOLUME_SUFFIXES, Sources, is_volume_file
+from ctssl.data.nifti_volume import volume_kind
 
 LABEL_FOLDERS = {"labelsTr": "imagesTr", "labelsTs": "imagesTs"}
 IMAGE_FOLDERS = {v: k for k, v in LABEL_FOLDERS.items()}
@@ -54,7 +57,7 @@ CHANNEL = re.compile(r"^(.+)_(\d{4})$")
 class MaskRef:
     """A mask as the plan hands it to a task."""
 
-    kind: str                     # "nifti" (a label volume) or "seg" (a DICOM SEG)
+    kind: str                     # "nifti", "nrrd" or "metaimage" (a label volume), or "seg" (a DICOM SEG)
     path: str                     # the file, which the task reads (never written anywhere)
     source_id: str                # how the report names it (pseudonym of its relative path)
     lut: dict[int, int] | None    # stored value (SEG: segment number) -> class id; None: values are ids (unnamed CSV)
@@ -204,11 +207,11 @@ def read_dataset(folder: Path) -> NnunetDataset:
 # --------------------------------------------------------------------------- pairing
 
 
-def _strip_nifti(name: str) -> str:
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+def _volume_suffix(name: str) -> str:
+    """The volume-file suffix ``name`` ends with (``.nii.gz`` before ``.nii``; ITK suffixes in any case)."""
+    lower = name.lower()
+    return next((name[len(name) - len(s):] for s in VOLUME_SUFFIXES if lower.endswith(s) and
+                 (s in NIFTI_SUFFIXES) <= name.endswith(s)), "")
 
 
 def _mask_kind(path: Path, csv_masks: set[str]) -> str | None:
@@ -249,12 +252,13 @@ class _Pairer:
             dataset = self.dataset(path.parent.parent)
             if dataset.problem:
                 return dataset.problem
-            return MaskRef("nifti", str(path), self.name_of(path), self.lut(dataset.folder, dataset.labels),
+            return MaskRef(volume_kind(path), str(path), self.name_of(path), self.lut(dataset.folder, dataset.labels),
                            "dataset.json")
         if kind == "lits":
-            return MaskRef("nifti", str(path), self.name_of(path), self.lut("lits", LITS_LABELS), "the LiTS labels")
+            return MaskRef(volume_kind(path), str(path), self.name_of(path), self.lut("lits", LITS_LABELS),
+                           "the LiTS labels")
         lut = self.lut("csv", self.csv_names) if self.csv_names else None
-        return MaskRef("nifti", str(path), self.name_of(path), lut, "mask_labels")
+        return MaskRef(volume_kind(path), str(path), self.name_of(path), lut, "mask_labels")
 
     def image_info(self, path: Path) -> tuple[list[str], str | None, str | None]:
         """(candidate mask paths, patient key, skip reason) of a NIfTI image from its dataset layout."""
@@ -264,7 +268,7 @@ class _Pairer:
         if path.parent.name not in IMAGE_FOLDERS:
             return [], None, None
         dataset = self.dataset(path.parent.parent)        # without a usable dataset.json: its masks are skips
-        ending = next((e for e in (dataset.file_ending, ".nii.gz", ".nii") if path.name.endswith(e)), ".nii")
+        ending = dataset.file_ending if path.name.endswith(dataset.file_ending) else _volume_suffix(path.name)
         stem = path.name[: -len(ending)]
         match = CHANNEL.match(stem)
         case = match.group(1) if match else stem
@@ -321,9 +325,12 @@ def _same_bytes(paths: list[Path]) -> dict[str, str]:
 
 
 def _duplicates(images: list[tuple[Path, Path]]) -> dict[str, str]:
-    """abspath of a NIfTI image -> abspath of the first image with the same bytes (sizes compared first)."""
+    """abspath of an image -> abspath of the first image with the same bytes (sizes compared first). Headers of
+    detached data (``.mhd``, ``.nhdr``) are left out: equal headers may name different data files."""
     by_size: dict[int, list[Path]] = defaultdict(list)
     for path, _root in images:
+        if path.name.lower().endswith((".mhd", ".nhdr")):
+            continue
         try:
             by_size[os.path.getsize(path)].append(path)
         except OSError:
@@ -376,9 +383,9 @@ def pair_masks(found: Sources, cfg, table: ClassTable, name_of) -> Pairing:
             out.dicom_masks.setdefault(image, []).append(out.masks.pop(image))
     for mask, (path, _kind) in sorted(masks.items()):
         if isinstance(refs.get(mask), str):
-            out.mask_skips.append((str(path), "nifti", refs[mask]))
+            out.mask_skips.append((str(path), volume_kind(path), refs[mask]))
         elif mask not in used:
-            out.mask_skips.append((str(path), "nifti", blocked.get(mask, "its image is not among the sources "
+            out.mask_skips.append((str(path), volume_kind(path), blocked.get(mask, "its image is not among the sources "
                                                                           "(missing image)")))
     return out
 
@@ -394,7 +401,7 @@ def _sort_nifti(found: Sources, rows: list[CsvRow], pairer: _Pairer, out: Pairin
     """(masks {abspath: (path, kind)}, images [(path, root)]) of the discovered NIfTI files and the CSVs' masks."""
     masks: dict[str, tuple[Path, str]] = {}
     images: list[tuple[Path, Path]] = []
-    for path, root in found.nifti:
+    for path, root in found.volumes:
         kind = _mask_kind(path, pairer.csv_masks)
         if kind is None:
             images.append((path, root))
@@ -403,11 +410,12 @@ def _sort_nifti(found: Sources, rows: list[CsvRow], pairer: _Pairer, out: Pairin
     for row in rows:       # a CSV's masks need not lie under a source
         if row.mask in masks:
             continue
-        if not row.mask.endswith(NIFTI_SUFFIXES):
-            out.mask_skips.append((row.mask, "nifti", "a CSV mask must be a NIfTI label volume (a DICOM SEG is "
+        if not is_volume_file(os.path.basename(row.mask)):
+            out.mask_skips.append((row.mask, "nifti", "a CSV mask must be a label volume: NIfTI, NRRD or MetaImage "
+                                                      "(a DICOM SEG is "
                                                       "matched to its image by its references)"))
         elif not os.path.isfile(row.mask):
-            out.mask_skips.append((row.mask, "nifti", "the mask file named in the CSV does not exist"))
+            out.mask_skips.append((row.mask, volume_kind(row.mask), "the mask file named in the CSV does not exist"))
         else:
             masks[row.mask] = (Path(row.mask), "csv")
     out.mask_files = len(masks) + len(out.mask_skips)
@@ -428,7 +436,7 @@ def _keep_one_copy(out: Pairing) -> None:
         if mask is not None and first not in out.masks:
             out.masks[first] = mask
         elif mask is not None:
-            out.mask_skips.append((mask.path, "nifti", "its image is a copy of another image, which has a mask "
+            out.mask_skips.append((mask.path, mask.kind, "its image is a copy of another image, which has a mask "
                                                        "already"))
         out.patients.pop(here, None)
         out.skipped_images.append((path, "duplicate NIfTI file (the same bytes as another source file; read once)"))

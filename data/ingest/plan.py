@@ -53,6 +53,7 @@ from ctssl.data.ingest.config import IngestConfig, config_dict, settings_changes
 from ctssl.data.ingest.discover import Sources, discover, read_header
 from ctssl.data.ingest.pairs import ClassTable, MaskRef, check_names, pair_masks
 from ctssl.data.labels import LabelTable, SeriesLabels
+from ctssl.data.nifti_volume import volume_kind
 from ctssl.data.pseudonym import Keyer, assign_splits, load_salt, pseudonym
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,9 @@ ITEM_BATCH = 8         # work items (a series each, ~100s of records) per pickle
 
 @dataclass
 class Item:
-    """One series to ingest (a DICOM series or a NIfTI volume), with its pseudonyms."""
+    """One series to ingest (a DICOM series or a volume file: NIfTI, NRRD, MetaImage), with its pseudonyms."""
 
-    kind: str                     # "dicom" or "nifti"
+    kind: str                     # "dicom", or a volume file's format: "nifti", "nrrd", "metaimage"
     series_id: str                # pseudonyms (16 hex digits)
     study_id: str
     patient_id: str
@@ -77,7 +78,7 @@ class Item:
     source_id: str                # pseudonym (or relative path with report_paths) for the report
     labels: SeriesLabels
     dicom: DicomSeries | None = None
-    nifti_path: str | None = None
+    volume_path: str | None = None
     n_frames: int = 0
     mask: MaskRef | None = None   # its segmentation mask (data.ingest.pairs), placed by the task
 
@@ -107,7 +108,7 @@ class Planner:
         item.dicom = series
         return item
 
-    def nifti_item(self, path: Path, root: Path, roots, patient: str | None = None) -> Item:
+    def volume_item(self, path: Path, root: Path, roots, patient: str | None = None) -> Item:
         """``patient``: the patient key a dataset layout gives (nnU-Net case, CSV column), else from the name."""
         rel = path.relative_to(root).as_posix()
         match = self.pattern.match(path.name)
@@ -116,23 +117,24 @@ class Planner:
         if self.labels:
             labels = self.labels.lookup(nifti_path=rel)
             self.labels.see_folded("nifti_path", self.labels.fold("nifti_path", rel))
-        return Item("nifti", pseudonym(self.salt, "series", "nifti:" + rel),
+        return Item(volume_kind(path), pseudonym(self.salt, "series", "nifti:" + rel),
                     pseudonym(self.salt, "study", "nifti:" + rel), pseudonym(self.salt, "patient", "nifti:" + patient_key),
                     "", self.source_id(str(path), roots), labels,
-                    nifti_path=str(path), n_frames=_nifti_depth(path))
+                    volume_path=str(path), n_frames=_volume_depth(path))
 
 
-def _nifti_depth(path: Path) -> int:
-    """The number of slices, for progress only (reading problems surface, counted, when the task loads it)."""
+def _volume_depth(path: Path) -> int:
+    """The number of axial slices ingest will make of a volume file (data.nifti_volume.slice_count: along the voxel
+    axis nearest the world's superior-inferior axis), read from its header; it balances the tasks
+    (``assign_tasks``) and sizes the progress bars. Reading problems surface, counted, when the task loads it."""
     try:
-        import nibabel as nib
-
         from ctssl.data.guard import LibraryMessages
+        from ctssl.data.nifti_volume import slice_count, volume_header
 
         with LibraryMessages().capture():
-            shape = nib.load(str(path)).shape
-        return int(max(shape[:3])) if len(shape) >= 3 else 0
-    except Exception:  # noqa: BLE001 - only a progress estimate
+            shape, affine = volume_header(path)
+            return slice_count(shape, affine)
+    except Exception:  # noqa: BLE001 - only an estimate: the task reads the file, counted, either way
         return 0
 
 
@@ -337,7 +339,8 @@ def _build(cfg: IngestConfig, num_tasks: int, salt: bytes, config: dict, work: P
     planner = Planner(cfg, salt, labels)
     table = ClassTable()
     pairing = pair_masks(found, cfg, table, lambda path: planner.source_id(str(path), roots))   # bad CSVs: fail first
-    logger.info("found %d DICOM file(s), %d NIfTI image(s), %d NIfTI mask(s), %d other file(s) (ignored), "
+    logger.info("found %d DICOM file(s), %d volume image(s) (NIfTI, NRRD, MetaImage), %d volume mask(s), %d other "
+                "file(s) (ignored), "
                 "%d unreadable", len(found.dicom), len(pairing.images) + len(pairing.skipped_images),
                 pairing.mask_files, found.ignored, len(found.skipped))
     if cfg.strict and found.skipped:
@@ -361,7 +364,7 @@ def _build(cfg: IngestConfig, num_tasks: int, salt: bytes, config: dict, work: P
     appender = PickleAppender([work / "grouped" / "nifti.items"], ITEM_BATCH)
     for path, root in pairing.images:
         here = os.path.abspath(path)
-        item = planner.nifti_item(path, root, roots, pairing.patients.get(here))
+        item = planner.volume_item(path, root, roots, pairing.patients.get(here))
         item.mask = pairing.masks.get(here)
         appender.add(0, item)
         summaries.append((item.series_id, item.n_frames, "nifti.items", item.patient_id))
@@ -385,13 +388,15 @@ def _build(cfg: IngestConfig, num_tasks: int, salt: bytes, config: dict, work: P
               for path, reason in failures]
     for (path, reason), count in sorted(frame_skips.items()):
         files.append({"source": name(path), "kind": "dicom", "outcome": "skipped", "reason": reason, "images": count})
-    files += [{"source": name(path), "kind": "nifti", "outcome": "skipped", "reason": reason}
+    files += [{"source": name(path), "kind": volume_kind(path), "outcome": "skipped", "reason": reason}
               for path, reason in pairing.skipped_images]
+    kinds = Counter(volume_kind(path) for path, _ in [*pairing.images, *pairing.skipped_images])
     masks = [{"source": name(path), "kind": kind, "outcome": "skipped", "reason": reason}
              for path, kind, reason in mask_skips]
     mask_files = pairing.mask_files + len(segs)
     atomic_write_text(work / PLAN_REPORT_NAME, json.dumps(
-        {"found": {"dicom_files": len(found.dicom), "nifti_files": len(pairing.images) + len(pairing.skipped_images),
+        {"found": {"dicom_files": len(found.dicom), "nifti_files": kinds["nifti"], "nrrd_files": kinds["nrrd"],
+                   "metaimage_files": kinds["metaimage"],
                    "mask_files": mask_files, "ignored_files": found.ignored, "unreadable_paths": len(found.skipped)},
          "skipped_files": files, "masks": masks, "library_messages": dict(sorted(messages.items())),
          "ignored": [{"source": name(folder), "kind": "folder", "files": n,
@@ -420,7 +425,7 @@ def match_dicom_masks(matcher: MaskMatcher, table: ClassTable, name_of) -> tuple
         hits = matcher.hits.get(("csv", place))
         for ref in refs:
             if not hits:
-                skips.append((ref.path, "nifti", missing))
+                skips.append((ref.path, ref.kind, missing))
             for series_id in sorted(hits or ()):
                 by_series.setdefault(series_id, ref)
     for i, rec in enumerate(matcher.segs):

@@ -3,7 +3,9 @@
 For each series of the task, in a fixed order: load HU slices, thin, drop air, resize, encode; per-split
 shards close at series boundaries once they reach the target size. A series with a mask
 (data.ingest.pairs) has it read and placed on its slices by world coordinates (data.mask_placement), each
-slice's mask resized exactly as the slice is (nearest neighbour) and stored beside it (``KEY.seg``); a mask
+slice's mask resized exactly as the slice is (nearest neighbour) and stored beside it (``KEY.seg``). Every slice
+records where its stored pixels lie in the world (``affine_lps``, data.stored_geometry), so predictions can be
+written in the source series' geometry; a mask
 that cannot be read or placed is a counted skip with its reason, and its series is written without a mask.
 Every series is processed in isolation: whatever goes wrong with it or any of its slices (undecodable or
 absurd pixel data, a codestream that does not match its transfer syntax, a slice that takes longer than
@@ -44,8 +46,9 @@ from ctssl.data.ingest.pairs import MaskRef
 from ctssl.data.ingest.plan import Item, load_plan, task_items
 from ctssl.data.label_volume import load_label_volume
 from ctssl.data.mask_placement import MaskError, SliceGrid, dicom_grid, nifti_grid, place_frames, place_volume
-from ctssl.data.nifti_volume import NiftiError, load_nifti
+from ctssl.data.nifti_volume import VolumeError, load_volume
 from ctssl.data.slicing import air_fraction, resize_mask, resize_slice, thin_positions
+from ctssl.data.stored_geometry import slice_affine
 from ctssl.shards.encoding import encode_hu, encode_seg
 from ctssl.shards.writer import ShardWriter
 
@@ -77,7 +80,7 @@ def process_item(item: Item) -> ItemResult:
         if not is_data_failure(err):
             raise
         # ctssl's own reasons as they are (a 4-D NIfTI is not a CT volume, not an unreadable one); a library's by type.
-        reason = describe(err) if isinstance(err, NiftiError) else f"unreadable series ({describe(err)})"
+        reason = describe(err) if isinstance(err, VolumeError) else f"unreadable series ({describe(err)})"
         if cfg.strict and is_problem(reason):
             raise DataError(f"{item.source_id}: {reason}") from err
         result = ItemResult(item.series_id, [], _report(item, 0, 0, Counter(), reason))
@@ -128,12 +131,12 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
         if loader.duplicates_used:
             skipped["duplicate copy used (the first copy did not decode) (kept)"] += loader.duplicates_used
         n_source = len(series.frames)
-        grid = None if item.mask is None else dicom_grid(
-            first.iop, first.pixel_spacing, [f.ipp for f in series.frames], (first.rows, first.cols),
-            series.transpose, series.flip_rows, series.flip_cols)
+        grid = dicom_grid(first.iop, first.pixel_spacing, [f.ipp for f in series.frames], (first.rows, first.cols),
+                          series.transpose, series.flip_rows, series.flip_cols)
+        thickness = first.slice_thickness
     else:
         with time_budget(cfg.file_seconds):
-            volume = load_nifti(item.nifti_path, cfg.hu_min, cfg.hu_max)
+            volume = load_volume(item.volume_path, cfg.hu_min, cfg.hu_max)
         keep = thin_positions(volume.z, cfg.min_slice_spacing)
         if len(keep) < len(volume.z):
             skipped["thinned (closer than min_slice_spacing)"] += len(volume.z) - len(keep)
@@ -143,11 +146,12 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
                  "oblique_deg": round(volume.oblique_deg, 3)}
         n_source = len(volume.z)
         grid = nifti_grid(volume.affine, n_source, volume.hu.shape[1:])
-    value_range = loader.value_range if item.kind == "dicom" else volume.value_range
-    not_hu = not_hounsfield(*value_range) if slices else None
+        thickness = volume.slice_spacing
+    stats = loader.stats if item.kind == "dicom" else volume.stats
+    not_hu = not_hounsfield(stats) if slices else None
     if not_hu and not cfg.allow_non_hu:
         report = _report(item, 0, n_source, skipped, f"{not_hu} (allow_non_hu=true ingests it)")
-        report["value_range"] = [round(v, 1) for v in value_range]
+        report["value_range"], report["value_stats"] = [round(v, 1) for v in stats.value_range], stats.as_report()
         return ItemResult(item.series_id, [], report)
 
     masks, mask_entry = _load_mask(item.mask, grid, cfg)
@@ -165,7 +169,8 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
                 "source_slices": n_source, "z_mm": round(z, 3),
                 "pixel_spacing_mm": [round(v, 5) for v in out_spacing],
                 "source_pixel_spacing_mm": [round(v, 5) for v in spacing],
-                "source_shape": list(hu.shape), "shape": list(out.shape), **extra}
+                "source_shape": list(hu.shape), "shape": list(out.shape),
+                "affine_lps": _rounded(slice_affine(grid, source_index, spacing, cfg.image_size, thickness)), **extra}
         if item.labels:
             meta["labels"] = item.labels.for_slice(source_index, z, tolerance, label_rows_used)
         members = {"hu": encode_hu(out)}
@@ -179,7 +184,7 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
         samples.append((key, _ordered(members)))
     report = _report(item, len(samples), n_source, skipped, None)
     if not_hu:
-        report["value_range"] = [round(v, 1) for v in value_range]
+        report["value_range"], report["value_stats"] = [round(v, 1) for v in stats.value_range], stats.as_report()
         report["slice_notes"] = {**report.get("slice_notes", {}), "values not in Hounsfield units, ingested as allow_non_hu asks (kept)": len(samples)}
     if item.labels and item.labels.slice_rows() > len(label_rows_used):
         # Per-slice label rows of this series that no written slice took (no slice at that z or index, or the
@@ -190,6 +195,11 @@ def _process(item: Item, cfg: IngestConfig) -> ItemResult:
             mask_entry["pixels"] = {str(c): n for c, n in sorted(mask_entry["pixels"].items())}
         report["mask"] = mask_entry
     return ItemResult(item.series_id, samples, report)
+
+
+def _rounded(affine: np.ndarray) -> list[list[float]]:
+    """A (4, 4) affine as JSON: rows, 6 decimals (a micrometre)."""
+    return [[round(float(v), 6) + 0.0 for v in row] for row in affine]
 
 
 def _ordered(members: dict[str, bytes]) -> dict[str, bytes]:

@@ -6,6 +6,9 @@
 - ``classes`` picks and orders the foreground classes by name (from the manifest's ``segmentation.labels``);
   every other class becomes background (e.g. ``[liver, liver_lesion]`` for a LiTS-style task). Empty: every
   class of the manifest.
+- Geometry: each stored slice's ``affine_lps`` (ingest records it, data.stored_geometry) places the case in the
+  source series' world, so ``SegCase.nifti_volume`` writes a mask that overlays the original CT (3D Slicer,
+  ITK-SNAP); shards written before ingest recorded it get a diagonal affine from the spacing.
 - Spacing: (slice spacing, row spacing, column spacing) of the stored slices: ``slice_spacing_mm`` (the
   series' median distance between slice positions; the slice thickness when ingest could not measure it,
   1 mm when neither is known, which the dataset's notes say) and ``pixel_spacing_mm``.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,6 +42,27 @@ class SegCase:
     masks: np.ndarray              # (Z, H, W) uint8 class ids (after ``classes``)
     slice_keys: list[str]
     spacing: tuple[float, float, float]   # (slice, row, column) mm
+    source_indices: list[int] = field(default_factory=list)   # each slice's index in its source series
+    affines: list = field(default_factory=list)               # each slice's affine_lps (4 x 4), [] if not recorded
+
+    def nifti_volume(self, volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(uint8 voxels [column, row, slice], voxel -> RAS mm affine) of ``volume`` (Z, H, W), this case's stored
+        slices (a prediction or the reference), in the source series' geometry: one slice per source-slice lattice
+        point (data.stored_geometry.series_affine; slices ingest did not write are background). Without recorded
+        geometry: the diagonal RAS affine from the spacing (columns right to left, rows anterior to posterior)."""
+        if len(self.affines) != len(volume) or not self.affines:
+            z, row, col = self.spacing
+            return np.ascontiguousarray(np.transpose(volume, (2, 1, 0))).astype(np.uint8), \
+                np.diag([-col, -row, z, 1.0])
+        from ctssl.data.stored_geometry import RAS_FROM_LPS, series_affine
+
+        slots, affine, off = series_affine(self.source_indices, [np.asarray(a) for a in self.affines])
+        if off > 0.1:
+            logger.warning("case %s: its slices are not evenly spaced (up to %.2f mm off one lattice); its NIfTI uses "
+                           "their mean spacing", self.key, off)
+        out = np.zeros((int(slots[-1]) + 1, *volume.shape[1:]), dtype=np.uint8)
+        out[slots] = volume
+        return np.ascontiguousarray(np.transpose(out, (2, 1, 0))), RAS_FROM_LPS @ affine
 
 
 @dataclass
@@ -110,7 +136,8 @@ def open_segmentation(spec: str, classes: list[str] | None = None) -> SegDataset
             continue
         meta = sample["meta"]
         series = meta["series"]
-        grouped[series].append((meta.get("slice_index", 0), sample["key"], sample["hu"], table[sample["mask"]]))
+        grouped[series].append((meta.get("slice_index", 0), sample["key"], sample["hu"], table[sample["mask"]],
+                                meta.get("source_slice_index"), meta.get("affine_lps")))
         info.setdefault(series, (meta.get("patient", series), meta.get("split", "train"), _spacing(meta, notes)))
     cases: dict[str, list[SegCase]] = {s: [] for s in SPLITS}
     for series in sorted(grouped):
@@ -118,8 +145,10 @@ def open_segmentation(spec: str, classes: list[str] | None = None) -> SegDataset
         patient, split, spacing = info[series]
         if split not in cases:
             continue
+        geometry = all(r[4] is not None and r[5] is not None for r in rows)
         cases[split].append(SegCase(series, patient, split, np.stack([r[2] for r in rows]),
-                                    np.stack([r[3] for r in rows]), [r[1] for r in rows], spacing))
+                                    np.stack([r[3] for r in rows]), [r[1] for r in rows], spacing,
+                                    [r[4] for r in rows] if geometry else [], [r[5] for r in rows] if geometry else []))
     fingerprint = hashlib.sha256(json.dumps({"shards": [s.get("sha256") for s in manifest["shards"]],
                                              "labels": labels}, sort_keys=True).encode()).hexdigest()[:16]
     from ctssl.shards.patients import salt_check_of

@@ -16,9 +16,9 @@ also tested with Gaussian noise of each standard deviation added to its (normali
 test-time robustness sweep. The record's predictions file holds per-case mean Dice (one row per case, its
 patient), which ``eval.records.comparisons`` compares between backbones patient by patient.
 
-``save_predictions`` writes each test case's predicted and reference masks as NIfTI (RAS affine from the
-stored slices' spacing: columns run right to left, rows anterior to posterior, slices inferior to superior)
-and a per-case metrics CSV, under ``OUT/predictions/<run_id>/``; every record keeps a few test slices with
+``save_predictions`` writes each test case's predicted and reference masks as NIfTI in the source series'
+geometry (the affine ingest recorded for the stored slices, eval.inputs.segmentation.SegCase.nifti_volume: they
+overlay the original CT in 3D Slicer or ITK-SNAP) and a per-case metrics CSV, under ``OUT/predictions/<run_id>/``; every record keeps a few test slices with
 reference and prediction for the report's overlays (the same slices for every backbone).
 """
 
@@ -273,10 +273,8 @@ def _save_predictions(folder: Path, predicted: np.ndarray, data: SegDataset, row
     folder.mkdir(parents=True, exist_ok=True)
     cases = data.cases["test"]
     for case, stored in zip(cases, _stored_predictions(predicted, cases)):
-        z, row, col = case.spacing
-        affine = np.diag([-col, -row, z, 1.0])      # voxel (column, row, slice) -> RAS mm (module docstring)
         for name, volume in (("prediction", stored), ("reference", case.masks)):
-            image = nib.Nifti1Image(np.ascontiguousarray(np.transpose(volume, (2, 1, 0))).astype(np.uint8), affine)
+            image = nib.Nifti1Image(*case.nifti_volume(volume))      # the source series' geometry (module docstring)
             image.header.set_xyzt_units("mm")
             with atomic_open(folder / f"{case.key}_{name}.nii.gz") as f:
                 f.write(gzip.compress(image.to_bytes(), mtime=0))

@@ -32,3 +32,19 @@ def test_library_messages_are_counted_without_their_text(caplog):
     counts = messages.take()
     assert sum(counts.values()) == 2 and not any("SECRET" in k for k in counts)
     assert "SECRET" not in caplog.text
+
+
+def test_library_text_keeps_the_words_and_drops_what_could_be_a_header_value():
+    from ctssl.data.guard import library_text
+
+    assert library_text(AttributeError("Sequence does not have the required attributes for a Pixel Measures "
+                                       "Sequence.")) == \
+        "Sequence does not have the required attributes for a Pixel Measures Sequence."
+    planted = ("Referenced instance '1.2.840.113619.2.55.3.6046' of DOE^JANE (Test Hospital) on 20200202 at "
+               "101010.123: 'SliceThickness' missing")
+    text = library_text(ValueError(planted))
+    for value in ("1.2.840", "DOE", "JANE", "Test", "Hospital", "20200202", "101010"):
+        assert value not in text, (value, text)
+    assert text.startswith("Referenced instance ... of ...") and "SliceThickness" in text
+    assert library_text(KeyError()) == "KeyError"
+    assert len(library_text(ValueError("word " * 100))) == 200

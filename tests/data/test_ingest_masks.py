@@ -546,6 +546,32 @@ def test_seg_misfits_and_orphans_are_counted(tmp_path):
     assert any(r.startswith("its image series is not among the sources") for r in reasons), reasons
 
 
+def test_a_seg_highdicom_cannot_read_gives_highdicoms_reason_without_header_values(tmp_path):
+    """A SEG over a CT without Slice Thickness (the SEG's Pixel Measures lack it too, as a writer that copies the
+    source's geometry leaves it): highdicom refuses to read it, and the skip says why in highdicom's words, not
+    "unreadable mask (AttributeError)"; the CT is kept without its mask."""
+    import pydicom
+
+    src = tmp_path / "src"
+    cts = _ct_series(src / "ct", "1.2.3.40", (1, 0, 0, 0, 1, 0), marks={"patient_name": "DOE^JANE"})
+    path = _make_seg(cts, src / "seg" / "s.dcm", sop="1.2.3.940", series="1.2.3.941")
+    for ct in (src / "ct").iterdir():                       # the CT without Slice Thickness ...
+        ds = pydicom.dcmread(ct)
+        del ds.SliceThickness
+        ds.save_as(ct)
+    seg = pydicom.dcmread(path)                             # ... and the SEG's Pixel Measures without it
+    del seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness
+    seg.save_as(path)
+    report = run_ingest(IngestConfig(sources=[str(src)], out=str(tmp_path / "out"), image_size=0))
+    summary = report["summary"]
+    assert summary["series_written"] == 1 and summary["masks_placed"] == 0
+    assert summary["mask_skip_reasons"] == {
+        "highdicom cannot read this SEG (AttributeError: Sequence does not have the required attributes for a Pixel "
+        "Measures Sequence.)": 1}
+    raw = (tmp_path / "out" / "ingest-report.json").read_text()
+    assert "1.2.3.94" not in raw and "DOE" not in raw and "unreadable mask" not in raw
+
+
 def test_label_volumes_are_never_ingested_as_images(tmp_path):
     """Whatever folder ingest is pointed at: labelsTr alone, a LiTS segmentation, a CSV's mask, a SEG."""
     ds = tmp_path / "Dataset011_Only"
