@@ -223,7 +223,7 @@ def _segmentation(out: Path, size: DemoSize, backbones: dict, evaluation: Path) 
 def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, quick: bool, html: Path) -> Path:
     """OUT/summary.md: the headline tables (lesion presence, then body region) with readable backbone names,
     each backbone's chosen fine-tuning lr, and where the report is."""
-    from ctssl.eval.report.sections import headline, load_jsonl
+    from ctssl.eval.report.sections import headline, interval_text, load_jsonl
 
     records = load_jsonl(evaluation / "results.jsonl")
     lines = ["# ctssl demo" + (" (--quick)" if quick else ""), "",
@@ -274,8 +274,8 @@ def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, qui
                                                  sorted(segmented, key=lambda r: (r["variant"], r["backbone_order"]))):
             mine = {r["fraction"]: r["test"]["mean_dice"] for r in segmented
                     if r["backbone"] == backbone and r["variant"] == variant}
-            cells = [f"{mine[f]['value']:.3f} [{mine[f]['lower']:.3f}, {mine[f]['upper']:.3f}]"
-                     if f in mine and mine[f]["value"] is not None else "n/a" for f in fractions]
+            cells = [interval_text(mine[f]) if f in mine and mine[f]["value"] is not None else "n/a"
+                     for f in fractions]
             lines.append(f"| {names.get(backbone, backbone)} | {variant.split()[0]} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += [f"Report (tables, paired tests, data-efficiency curves, CKA heat maps, domain gap, confounders, "

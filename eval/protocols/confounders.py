@@ -195,7 +195,10 @@ class _Experiment:
                "confounded": metrics_with_ci(y, scores_anti, groups, False, n_boot, self.seed, CLASSES)}
         row["drop"] = {m: _diff(row["clean"][m]["value"], row["confounded"][m]["value"])
                        for m in ("accuracy", "balanced_accuracy", "auroc")}
-        if settings.permutations:
+        reason = (row["clean"]["auroc"].get("evidence") or {}).get("reason")
+        if settings.permutations and reason:      # no test where the test patients cannot carry one
+            row["permutation_test"] = {"drop": row["drop"]["auroc"], "p_value": None, "insufficient": reason}
+        elif settings.permutations:
             row["permutation_test"] = permutation_test(self.positive["test"], ovr_scores(scores_clean)[:, 0],
                                                        ovr_scores(scores_anti)[:, 0], settings.permutations, self.seed,
                                                        groups)

@@ -14,12 +14,13 @@ import numpy as np
 
 from ctssl.eval.records import plots
 from ctssl.eval.report.document import Block, Figure, Heading, Note, Table, fmt
+from ctssl.eval.report.sections import interval_text
 
 
 def _ci(m: dict | None) -> str:
     if not m or m.get("value") is None:
         return "n/a"
-    return f"{fmt(m['value'])} [{fmt(m.get('lower'))}, {fmt(m.get('upper'))}]"
+    return interval_text({"lower": None, "upper": None, **m})
 
 
 def _groups(records: list[dict]) -> dict:

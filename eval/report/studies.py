@@ -72,7 +72,9 @@ def radnet12m(out: Path, records, comparisons, confounders, label) -> list[Block
                 text = _cell([r["test"][metric]["value"] for r in mine if r["backbone"] == b])
                 test = welch.get((task, fraction, b))
                 if test and b != backbones[0]:
-                    text += f"; Δ {fmt(test.get('relative_delta'), '+.1%')} (p {fmt(test.get('p_value'))})"
+                    text += f"; Δ {fmt(test.get('relative_delta'), '+.1%')} " + (
+                        "(too few test patients to compare)" if test.get("insufficient") else
+                        f"(p {fmt(test.get('p_value'))})")
                 cells.append(text)
             rows.append([f"{'fine-tuning' if task == 'finetune' else 'linear probe'} ({metric})", f"{fraction:g}",
                          *cells])

@@ -74,7 +74,9 @@ def test_segment_learns_and_records_both_models_of_every_run(segmented, seg_shar
         test = r["test"]
         assert test["n"] == 3 and test["n_patients"] == 3
         assert test["mean_dice"]["value"] > max(0.5, 2 * chance), (r["backbone"], r["variant"], test["mean_dice"])
-        assert test["mean_dice"]["lower"] <= test["mean_dice"]["value"] <= test["mean_dice"]["upper"]
+        # Three test patients: the mean alone, no interval (eval.measures.evidence), and why.
+        assert test["mean_dice"]["lower"] is None is test["mean_dice"]["upper"]
+        assert test["mean_dice"]["evidence"]["reason"].startswith("too few test patients to compare (n = 3;")
         assert set(test["per_class"]) == {"lung", "brain"}
         assert test["mean_hd95_mm"]["value"] > 0 and 0 < test["mean_nsd"]["value"] <= 1
         assert "RadNet-12M" in test["slice_pooled_dice_radnet12m"]["note"]
@@ -96,6 +98,7 @@ def test_backbones_are_compared_case_by_case_on_mean_dice(segmented):
         other = next(r for r in _records(out) if r["backbone"] == BACKBONES[1] and r["variant"] == row["variant"])
         assert row["delta"] == pytest.approx(other["test"]["mean_dice"]["value"] - base["test"]["mean_dice"]["value"],
                                              abs=2e-5)
+        assert row["insufficient"].startswith("too few test patients") and row["p_value"] is None   # 3 patients
 
 
 def test_predictions_are_nifti_of_the_stored_masks_and_overlays_share_slices(segmented, seg_shards):
