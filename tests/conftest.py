@@ -25,6 +25,15 @@ def small_config(out, **changes) -> SynthConfig:
     return SynthConfig(out=str(out), **settings)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test in tests/integration/ and every test on the real SLURM is an ``integration`` test, so the
+    developer's fast lane (``pytest -m "not slow and not integration"``) leaves them out."""
+    integration = Path(__file__).parent / "integration"
+    for item in items:
+        if integration in Path(str(item.fspath)).parents or "slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """(config, summary) of a small corpus generated once for the session."""
