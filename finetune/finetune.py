@@ -18,7 +18,7 @@
 - Early stopping on the validation metric (``patience`` epochs without improvement); the model
   of the best validation epoch and the final model are both evaluated on the test split and
   both reported (two run records, variants ``best_val`` and ``final``).
-- Every backbone gets the same budget and its own tuning: ``finetune_runs`` (finetune.protocol) trains
+- Every backbone gets the same budget and its own tuning: ``finetune_grid`` trains
   each point of the ``lrs`` x ``weight_decays`` grid with the same epochs and picks the one with the best
   validation metric; the whole grid goes into the run record.
 

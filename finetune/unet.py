@@ -1,7 +1,7 @@
 """A 2-D U-Net on the encoder of any backbone ctssl evaluates (segmentation transfer).
 
 ``build_unet(backbone, name, num_classes)`` wraps a backbone as ``pretrain.backbones.build_backbone`` or
-``eval.sources.load_backbone`` returns it (random init, ImageNet or RadImageNet weights, ctssl SimCLR/DINO
+``eval.inputs.sources.load_backbone`` returns it (random init, ImageNet or RadImageNet weights, ctssl SimCLR/DINO
 exports; any number of input channels) and maps (B, C, H, W) images to (B, num_classes, H, W) logits, for H
 and W multiples of 32. The encoder *is* the backbone (a copy: the caller's module is untouched), so its
 state dict has the backbone's keys and can be exported as a backbone again (``export_backbone``).

@@ -169,8 +169,8 @@ def _scan_one(path: str):
 
 
 def scan_to_partitions(paths: list[Path], cfg: IngestConfig, keyer: Keyer, folder: Path, partitions: int,
-                       messages: Counter, name_of=str, segs: list | None = None) -> list[tuple[str, str]]:
-    """Read DICOM headers into partition files (DICOM SEG records into ``segs``); returns (path, reason) of
+                       messages: Counter, name_of, segs: list) -> list[tuple[str, str]]:
+    """Read DICOM headers into partition files (DICOM SEG records appended to ``segs``); returns (path, reason) of
     files that could not be read (with ``cfg.strict``, raises DataError naming the first, by ``name_of(path)``)."""
     folder.mkdir(parents=True, exist_ok=True)
     appender = PickleAppender([folder / f"part-{p:05d}.records" for p in range(partitions)])
@@ -187,7 +187,7 @@ def scan_to_partitions(paths: list[Path], cfg: IngestConfig, keyer: Keyer, folde
         else:
             for rec in records:
                 if isinstance(rec, SegRecord):
-                    (segs if segs is not None else []).append(rec)
+                    segs.append(rec)
                 else:
                     appender.add(partition_of(rec.series_uid, partitions), rec)
         bar.update(1)

@@ -64,10 +64,6 @@ def hu_to_stored(hu: np.ndarray, plan: StudyPlan) -> np.ndarray:
     return stored.astype(np.int16 if sc.pixel_representation else np.uint16)
 
 
-def stored_to_hu(stored: np.ndarray, plan: StudyPlan) -> np.ndarray:
-    return stored.astype(np.float64) * plan.scanner.slope + plan.scanner.intercept
-
-
 def _base_dataset(plan: StudyPlan, series: SeriesPlan) -> Dataset:
     ident, sc = plan.identity, plan.scanner
     ds = Dataset()
