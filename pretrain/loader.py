@@ -52,6 +52,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ctssl.shards.location import Remote, location
 from ctssl.shards.manifest import load_manifest
 from ctssl.shards.reader import ShardError, decode_image, iter_shard
 
@@ -71,8 +72,13 @@ def data_kind(shards: str, kind: str = "auto") -> str:
 def split_shards(shards: str, split: str) -> list[tuple[str, int]]:
     """(path, sample count) of the split's shards, from the manifest."""
     manifest = load_manifest(shards)
-    folder = os.path.dirname(os.path.abspath(os.path.join(shards, "manifest.json")))
-    listed = [(os.path.join(folder, s["name"]), s["samples"]) for s in manifest["shards"] if s["split"] == split]
+    where = location(shards)
+    folder = where.parent if where.suffix == ".json" else where
+    if not isinstance(folder, Remote):
+        folder = folder.absolute()
+    # Local shards by their path (a string); remote ones as locations (shards/location.py).
+    listed = [(folder / s["name"] if isinstance(folder, Remote) else str(folder / s["name"]), s["samples"])
+              for s in manifest["shards"] if s["split"] == split]
     if not listed:
         raise ValueError(f"No '{split}' shards in {shards} (splits: {sorted(manifest['splits'])}).")
     return listed
@@ -137,7 +143,7 @@ class Piece:
     """Samples [start, stop) of one shard (which holds ``count`` samples by its manifest), but for the
     indices in ``skip`` (read elsewhere: what a resume on another world size leaves out, see ``redeal``)."""
 
-    path: str
+    path: object        # a local path (str) or a remote location (shards/location.py)
     start: int
     stop: int
     count: int
@@ -199,7 +205,7 @@ def piece_slots(piece: Piece, counts: Counter) -> Iterator[dict | None]:
         if key:
             lost[0] += 1
         if key is None or piece.wants(position + lost[0] - 1):   # this piece's samples only
-            logger.warning("loader: %s%s: %s", os.path.basename(piece.path), f" {key}" if key else "", reason)
+            logger.warning("loader: %s%s: %s", location(piece.path).name, f" {key}" if key else "", reason)
 
     def slots_for_lost():
         nonlocal position
@@ -225,7 +231,7 @@ def piece_slots(piece: Piece, counts: Counter) -> Iterator[dict | None]:
     shortfall = len([i for i in range(max(position, piece.start), piece.stop) if i not in piece.skip])
     if shortfall > 0:                   # the shard ended before the manifest's count
         counts["missing"] += shortfall
-        logger.warning("loader: %s ended %d sample(s) short of its manifest count", os.path.basename(piece.path),
+        logger.warning("loader: %s ended %d sample(s) short of its manifest count", location(piece.path).name,
                        shortfall)
         for _ in range(shortfall):
             yield BAD_SLOT
