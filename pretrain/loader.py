@@ -30,7 +30,10 @@ epoch ``e`` is seeded by (run seed, epoch, rank, virtual worker), and every samp
 (stream seed, slot). Each batch carries the reader's position (slots consumed in the epoch); the
 checkpoint keeps them, and a resumed run skips whole chunks without reading and replays at most one
 chunk without decoding: it sees the same batches as a run that was never interrupted, given the same
-number of processes and workers, and its start does not grow with the corpus.
+number of processes and workers, and its start does not grow with the corpus. Resumed on another number of
+processes or workers (the same global batch), the rest of the epoch is dealt again over the new readers
+(``dealt_pieces``): the epoch is still one pass over the same samples. The shards may be local or remote
+(``shards/location.py``).
 
 Bad data (docs/ingest.md): each batch carries the counts since the worker's previous batch
 (``skipped``: damaged samples; ``missing``: samples a shard that ended early never delivered), which
