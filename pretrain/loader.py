@@ -555,10 +555,16 @@ def resume_deal(loader: list, saved_deal: dict | None, old: tuple[int, int, int]
     (processes, loader workers, per-process batch) of the checkpointed and of this run. The same readers
     continue where they stood; other readers (another world size or number of workers, the same global
     batch) read the rest of the epoch dealt again (``dealt_pieces``). Another global batch is refused: its
-    steps would not cut the epoch at the same samples."""
+    steps would not cut the epoch at the same samples, on another world size (on the same one it is a settings
+    change, refused or accepted as such)."""
     (world0, workers0, batch0), (world, workers, batch) = old, new
     workers0, workers = max(1, workers0), max(1, workers)
     epoch = start // per_epoch
+    if world0 * batch0 != world * batch and world0 == world:
+        # Another batch on the same processes: a settings change (refused unless --accept-changes, then the
+        # readers continue from their positions, as before this re-deal existed).
+        positions = {int(v): tuple(p) for v, p in loader[rank].items()} if len(loader) == world else {}
+        return positions, None
     if world0 * batch0 != world * batch:
         from ctssl.core.config import ConfigError
 

@@ -187,7 +187,8 @@ def setup(cfg: PretrainConfig, accelerator: Accelerator, runtime: dict, accept_c
     state = load_checkpoint(out)
     if state is not None:
         previous = (state.get("config") or {}).get("resolved", {})
-        if previous.get("global_batch", batch * world) != batch * world:   # before the settings: name the sizes
+        if previous.get("processes", world) != world and previous.get("global_batch", batch * world) != batch * world:
+            # another world size and so another global batch: refused naming the sizes (before the settings)
             resume_deal([], None, (previous.get("processes", world), 0, previous.get("batch_per_process", batch)),
                         (world, 0, batch), rank, state["step"], per_epoch)
         _check_resume(state, resolved, out, accept_changes, main)

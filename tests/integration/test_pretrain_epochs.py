@@ -100,3 +100,16 @@ def test_resume_on_other_world_sizes_keeps_the_epoch_one_pass(ct_shards, tmp_pat
     assert len(reach) == 3
     print("samples read to reach the position (rank 0):", [r["loader_reach_samples_read"] for r in reach],
           "of", manifest["splits"]["train"]["samples"], "training samples")
+
+
+def test_another_world_size_with_a_per_process_batch_is_refused_in_one_line(ct_shards, tmp_path):
+    out = tmp_path / "run"
+    _launch(out, ct_shards, "--max-steps", "2", "--set", "data.num_workers=0")
+    run = subprocess.run([sys.executable, str(REPO / "pretrain" / "main.py"), "--shards", str(ct_shards), "--out",
+                          str(out), *SMALL, "--max-steps", "4", "--set", "data.num_workers=0", "--accept-changes"],
+                         capture_output=True, text=True, timeout=600)
+    errors = [line for line in run.stderr.strip().splitlines() if line.startswith("pretrain")]   # not log lines
+    assert run.returncode == 2 and len(errors) == 1, run.stderr[-2000:]
+    assert "2 process(es) x 4 samples (global batch 8), this launch has 1 x 4 = 4" in errors[0]
+    assert "--set data.global_batch_size=8" in errors[0]
+    assert "Traceback" not in run.stderr
