@@ -47,11 +47,15 @@ def set_rng_state(state: dict) -> None:
 
 
 def build_state(model, optimizer, scaler, step: int, epoch: int, config: dict, rng: list[dict],
-                loader: list[dict] | None = None) -> dict:
-    """``loader``: per rank, each loader worker's (epoch, slots consumed) (pretrain.loader)."""
-    return {"model": model.state_dict(), "backbone": model.export_backbone.state_dict(),
-            "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-            "step": step, "epoch": epoch, "config": config, "rng": rng, "loader": loader or []}
+                loader: list[dict] | None = None, deal: dict | None = None) -> dict:
+    """``loader``: per rank, each loader worker's (epoch, slots consumed); ``deal``: the epoch dealt again after
+    a resume on another world size, while it lasts (pretrain.loader)."""
+    state = {"model": model.state_dict(), "backbone": model.export_backbone.state_dict(),
+             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+             "step": step, "epoch": epoch, "config": config, "rng": rng, "loader": loader or []}
+    if deal is not None:
+        state["deal"] = deal
+    return state
 
 
 class CheckpointWriteError(OSError):

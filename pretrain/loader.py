@@ -30,7 +30,10 @@ epoch ``e`` is seeded by (run seed, epoch, rank, virtual worker), and every samp
 (stream seed, slot). Each batch carries the reader's position (slots consumed in the epoch); the
 checkpoint keeps them, and a resumed run skips whole chunks without reading and replays at most one
 chunk without decoding: it sees the same batches as a run that was never interrupted, given the same
-number of processes and workers, and its start does not grow with the corpus.
+number of processes and workers, and its start does not grow with the corpus. Resumed on another number of
+processes or workers (the same global batch), the rest of the epoch is dealt again over the new readers
+(``dealt_pieces``): the epoch is still one pass over the same samples. The shards may be local or remote
+(``shards/location.py``).
 
 Bad data (docs/ingest.md): each batch carries the counts since the worker's previous batch
 (``skipped``: damaged samples; ``missing``: samples a shard that ended early never delivered), which
@@ -52,6 +55,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ctssl.shards.location import Remote, location
 from ctssl.shards.manifest import load_manifest
 from ctssl.shards.reader import ShardError, decode_image, iter_shard
 
@@ -71,8 +75,13 @@ def data_kind(shards: str, kind: str = "auto") -> str:
 def split_shards(shards: str, split: str) -> list[tuple[str, int]]:
     """(path, sample count) of the split's shards, from the manifest."""
     manifest = load_manifest(shards)
-    folder = os.path.dirname(os.path.abspath(os.path.join(shards, "manifest.json")))
-    listed = [(os.path.join(folder, s["name"]), s["samples"]) for s in manifest["shards"] if s["split"] == split]
+    where = location(shards)
+    folder = where.parent if where.suffix == ".json" else where
+    if not isinstance(folder, Remote):
+        folder = folder.absolute()
+    # Local shards by their path (a string); remote ones as locations (shards/location.py).
+    listed = [(folder / s["name"] if isinstance(folder, Remote) else str(folder / s["name"]), s["samples"])
+              for s in manifest["shards"] if s["split"] == split]
     if not listed:
         raise ValueError(f"No '{split}' shards in {shards} (splits: {sorted(manifest['splits'])}).")
     return listed
@@ -134,21 +143,31 @@ def owned_steps(start: int, stop: int, workers: int, virtual: int) -> list[int]:
 # ---------------------------------------------------------------------------------------- who reads what
 @dataclass(frozen=True)
 class Piece:
-    """Samples [start, stop) of one shard (which holds ``count`` samples by its manifest)."""
+    """Samples [start, stop) of one shard (which holds ``count`` samples by its manifest), but for the
+    indices in ``skip`` (read elsewhere: what a resume on another world size leaves out, see ``redeal``)."""
 
-    path: str
+    path: object        # a local path (str) or a remote location (shards/location.py)
     start: int
     stop: int
     count: int
+    skip: frozenset = frozenset()
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return self.stop - self.start - len(self.skip)
+
+    def wants(self, index: int) -> bool:
+        return self.start <= index < self.stop and index not in self.skip
+
+    def indices(self) -> list[int]:
+        return [i for i in range(self.start, self.stop) if i not in self.skip]
 
 
-def quotas(per_epoch: int, epoch: int, world: int, workers: int, batch: int) -> list[int]:
-    """Samples each reader (index ``rank * workers + virtual``) needs in ``epoch``."""
-    first = epoch * per_epoch
-    per_worker = [len(owned_steps(first, first + per_epoch, workers, v)) * batch for v in range(workers)]
+def quotas(per_epoch: int, epoch: int, world: int, workers: int, batch: int, first: int | None = None) -> list[int]:
+    """Samples each reader (index ``rank * workers + virtual``) needs in ``epoch``, from step ``first`` (the
+    epoch's first step unless given) to the epoch's end."""
+    end = (epoch + 1) * per_epoch
+    first = epoch * per_epoch if first is None else first
+    per_worker = [len(owned_steps(first, end, workers, v)) * batch for v in range(workers)]
     return per_worker * world
 
 
@@ -188,14 +207,14 @@ def piece_slots(piece: Piece, counts: Counter) -> Iterator[dict | None]:
     def report(key, reason):
         if key:
             lost[0] += 1
-        if key is None or piece.start <= position + lost[0] - 1 < piece.stop:   # this piece's samples only
-            logger.warning("loader: %s%s: %s", os.path.basename(piece.path), f" {key}" if key else "", reason)
+        if key is None or piece.wants(position + lost[0] - 1):   # this piece's samples only
+            logger.warning("loader: %s%s: %s", location(piece.path).name, f" {key}" if key else "", reason)
 
     def slots_for_lost():
         nonlocal position
         while lost[0]:
             lost[0] -= 1
-            if piece.start <= position < piece.stop:
+            if piece.wants(position):
                 counts["skipped"] += 1
                 yield BAD_SLOT
             position += 1
@@ -204,16 +223,18 @@ def piece_slots(piece: Piece, counts: Counter) -> Iterator[dict | None]:
         yield from slots_for_lost()
         if position >= piece.stop:
             return
-        if position >= piece.start:
+        if piece.wants(position):
             yield sample
+        else:
+            counts["passed"] += 1       # read (not decoded) only to get past it: a tar is read in order
         position += 1
         if position >= piece.stop:
             return
     yield from slots_for_lost()
-    shortfall = piece.stop - max(position, piece.start)
+    shortfall = len([i for i in range(max(position, piece.start), piece.stop) if i not in piece.skip])
     if shortfall > 0:                   # the shard ended before the manifest's count
         counts["missing"] += shortfall
-        logger.warning("loader: %s ended %d sample(s) short of its manifest count", os.path.basename(piece.path),
+        logger.warning("loader: %s ended %d sample(s) short of its manifest count", location(piece.path).name,
                        shortfall)
         for _ in range(shortfall):
             yield BAD_SLOT
@@ -223,8 +244,18 @@ def chunk_slots(pieces: list[Piece], seed: int, buffer: int, counts: Counter) ->
     """The slots of one chunk (a few pieces read at once), mixed: each slot drawn from one of the pieces
     at random, through a shuffle buffer that is emptied at the end (so the chunk yields exactly the sum of
     its pieces' lengths)."""
+    return _mix([piece_slots(p, counts) for p in pieces if len(p)], seed, buffer)
+
+
+def chunk_order(pieces: list[Piece], seed: int, buffer: int) -> list[tuple[int, int]]:
+    """The order in which ``chunk_slots`` yields a chunk's slots, as (piece number, sample index in its shard),
+    computed without reading anything: the mixing depends only on the pieces' lengths."""
+    kept = [(n, p) for n, p in enumerate(pieces) if len(p)]
+    return list(_mix([iter([(n, i) for i in p.indices()]) for n, p in kept], seed, buffer))
+
+
+def _mix(streams: list, seed: int, buffer: int) -> Iterator:
     rng = random.Random(seed)
-    streams = [piece_slots(p, counts) for p in pieces if len(p)]
     buf: list = []
     while streams:
         i = rng.randrange(len(streams))
@@ -265,9 +296,118 @@ class ReaderStream:
                 stream = chunk_slots(chunk, derive_seed(self.seed, passes, c), self.buffer, self.counts)
                 for _ in range(offset):        # replayed without decoding
                     next(stream)
+                self.counts["passed"] += offset
                 offset = 0
                 yield from stream
             passes += 1
+
+
+# ------------------------------------------------------------------------------ another world size on resume
+def remaining_pieces(pieces: list[Piece], seed: int, interleave: int, buffer: int, position: int) -> list[Piece]:
+    """What one reader (its slice ``pieces``, stream seed ``seed``) has not yet read after ``position`` slots,
+    in slice order: the chunks after its current one whole, and of the current one the samples its mixing
+    (replayed on indices, nothing read) has not yet yielded. After a second pass has begun, nothing."""
+    stream = ReaderStream(pieces, seed, interleave, buffer, Counter())
+    if position >= sum(stream.sizes):
+        return []
+    left: list[Piece] = []
+    offset = position
+    for c, (chunk, size) in enumerate(zip(stream.chunks, stream.sizes)):
+        if offset >= size:
+            offset -= size
+            continue
+        if offset:
+            done: dict[int, set] = {}
+            for n, index in chunk_order(chunk, derive_seed(seed, 0, c), stream.buffer)[:offset]:
+                done.setdefault(n, set()).add(index)
+            for n, piece in enumerate(chunk):
+                rest = [i for i in piece.indices() if i not in done.get(n, ())]
+                if rest:
+                    left.append(Piece(piece.path, rest[0], rest[-1] + 1, piece.count,
+                                      frozenset(range(rest[0], rest[-1] + 1)) - frozenset(rest)))
+            offset = 0
+        else:
+            left.extend(p for p in chunk if len(p))
+    return left
+
+
+def cut(pieces: list[Piece], needs: list[int]) -> list[list[Piece]]:
+    """``pieces`` (in order) cut into consecutive runs of ``needs[i]`` samples; a piece may be split."""
+    out: list[list[Piece]] = [[] for _ in needs]
+    reader, wanted = 0, needs[0] if needs else 0
+    for piece in pieces:
+        indices = piece.indices()
+        while indices:
+            while wanted == 0:
+                reader += 1
+                if reader == len(needs):
+                    return out
+                wanted = needs[reader]
+            take, indices = indices[:wanted], indices[wanted:]
+            out[reader].append(Piece(piece.path, take[0], take[-1] + 1, piece.count,
+                                     frozenset(i for i in piece.skip if take[0] <= i <= take[-1])))
+            wanted -= len(take)
+    return out
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Who read an epoch from step ``step`` on: ``world`` processes x ``workers`` loader workers, ``batch``
+    samples per process and step; ``positions`` (per rank, virtual worker -> (epoch, slots)) where its
+    readers stood when the next layout took over (empty for the current one)."""
+
+    step: int
+    world: int
+    workers: int
+    batch: int
+    positions: tuple = ()
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "world": self.world, "workers": self.workers, "batch": self.batch,
+                "positions": [{str(v): list(p) for v, p in rank.items()} for rank in self.positions]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Layout":
+        return cls(int(d["step"]), int(d["world"]), int(d["workers"]), int(d["batch"]),
+                   tuple({int(v): tuple(p) for v, p in rank.items()} for rank in d.get("positions", [])))
+
+
+def stream_seed(seed: int, epoch: int, rank: int, virtual: int, layout_step: int | None = None) -> int:
+    """A reader's stream seed; a layout that took over inside the epoch (``layout_step``) draws its own."""
+    if layout_step is None:
+        return derive_seed(seed, "stream", epoch, rank, virtual)
+    return derive_seed(seed, "stream", epoch, rank, virtual, "dealt", layout_step)
+
+
+def slot_position(layout: Layout, positions: dict, epoch: int, virtual: int, step: int) -> int:
+    """A reader's slots consumed at ``step``: saved, else one per sample of its batches since the layout began."""
+    saved = positions.get(virtual)
+    if saved is not None and saved[0] == epoch:
+        return int(saved[1])
+    return len(owned_steps(layout.step, step, layout.workers, virtual)) * layout.batch
+
+
+def dealt_pieces(shards: list[tuple[str, int]], seed: int, epoch: int, per_epoch: int, interleave: int,
+                 buffer: int, layouts: list[Layout]) -> list[list[Piece]]:
+    """Each reader's slice of ``epoch`` under the last of ``layouts`` (the epoch's readers one after another,
+    each but the last with the positions it stopped at): the first layout's deal (``epoch_pieces``), then at
+    every change what its readers had not read, in their order, cut into the next layout's quotas for the
+    rest of the epoch. Every sample of the epoch is read once whatever the processes and workers."""
+    first = layouts[0]
+    pieces = epoch_pieces(shards, seed, epoch, quotas(per_epoch, epoch, first.world, first.workers, first.batch,
+                                                      first.step))
+    for k, (old, new) in enumerate(zip(layouts, layouts[1:])):
+        left: list[Piece] = []
+        for rank in range(old.world):
+            saved = old.positions[rank] if rank < len(old.positions) else {}
+            for virtual in range(old.workers):
+                reader = rank * old.workers + virtual
+                position = slot_position(old, saved, epoch, virtual, new.step)
+                left += remaining_pieces(pieces[reader], stream_seed(seed, epoch, rank, virtual,
+                                                                     old.step if k else None),
+                                         interleave, buffer, position)
+        pieces = cut(left, quotas(per_epoch, epoch, new.world, new.workers, new.batch, new.step))
+    return pieces
 
 
 # --------------------------------------------------------------------------------------------- batches
@@ -275,32 +415,37 @@ class TrainBatches(torch.utils.data.IterableDataset):
     """The batches of one process for steps [start, stop): whole batches built in the workers.
 
     ``positions``: virtual worker -> (epoch, slots consumed) at ``start``, from the checkpoint; without
-    it, a worker resuming inside an epoch assumes one slot per sample of its earlier batches."""
+    it, a worker resuming inside an epoch assumes one slot per sample of its earlier batches. ``deal``:
+    (epoch, earlier layouts) when the run resumed inside that epoch on another world size or number of
+    workers (``dealt_pieces``); this run's readers then read the rest of that epoch as dealt again."""
 
     def __init__(self, shards: list[tuple[str, int]], maker, kind: str, batch: int, seed: int, rank: int,
                  world: int, start: int, stop: int, workers: int, interleave: int, buffer: int, per_epoch: int,
-                 render: bool = False, positions: dict | None = None):
+                 render: bool = False, positions: dict | None = None, deal: tuple | None = None):
         super().__init__()
         self.render = render and kind == "ct"   # CPU-only runs: the workers render the views too
         self.shards, self.maker, self.kind, self.batch = shards, maker, kind, batch
         self.seed, self.rank, self.world, self.start, self.stop = seed, rank, world, start, stop
         self.workers, self.interleave, self.buffer = max(1, workers), interleave, buffer
         self.per_epoch, self.positions = per_epoch, dict(positions or {})
-
-    def _resume_position(self, virtual: int, epoch: int, step: int) -> int:
-        saved = self.positions.get(virtual)
-        if saved is not None and saved[0] == epoch:
-            return int(saved[1])
-        return len(owned_steps(epoch * self.per_epoch, step, self.workers, virtual)) * self.batch
+        self.deal = deal if deal and deal[1] else None
 
     def _stream(self, virtual: int, epoch: int, step: int, counts: Counter):
-        needs = quotas(self.per_epoch, epoch, self.world, self.workers, self.batch)
         reader = self.rank * self.workers + virtual
-        pieces = epoch_pieces(self.shards, self.seed, epoch, needs)[reader]
-        stream_seed = derive_seed(self.seed, "stream", epoch, self.rank, virtual)
-        position = self._resume_position(virtual, epoch, step)
-        stream = ReaderStream(pieces, stream_seed, self.interleave, self.buffer, counts)
-        return stream.slots(position), stream_seed, position
+        if self.deal is not None and epoch == self.deal[0]:
+            earlier = list(self.deal[1])
+            layout = Layout(self.deal[2], self.world, self.workers, self.batch)
+            pieces = dealt_pieces(self.shards, self.seed, epoch, self.per_epoch, self.interleave, self.buffer,
+                                  earlier + [layout])[reader]
+            seed = stream_seed(self.seed, epoch, self.rank, virtual, layout.step)
+        else:
+            layout = Layout(epoch * self.per_epoch, self.world, self.workers, self.batch)
+            needs = quotas(self.per_epoch, epoch, self.world, self.workers, self.batch)
+            pieces = epoch_pieces(self.shards, self.seed, epoch, needs)[reader]
+            seed = stream_seed(self.seed, epoch, self.rank, virtual)
+        position = slot_position(layout, self.positions, epoch, virtual, step)
+        stream = ReaderStream(pieces, seed, self.interleave, self.buffer, counts)
+        return stream.slots(position), seed, position
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -344,6 +489,7 @@ class TrainBatches(torch.utils.data.IterableDataset):
             batch["position"] = torch.tensor([virtual, epoch, position])
             batch["skipped"] = torch.tensor(counts.pop("skipped", 0))
             batch["missing"] = torch.tensor(counts.pop("missing", 0))
+            batch["passed"] = torch.tensor(counts.pop("passed", 0))
             yield batch
 
     def _prepare(self, raw: dict, sample_seed: int):
@@ -388,13 +534,58 @@ PREFETCH = 4     # batches each loader worker prepares ahead
 
 
 def make_loader(cfg, maker, kind: str, rank: int, world: int, start: int, stop: int, batch: int, workers: int,
-                pin_memory: bool = False, render_in_workers: bool = False, positions: dict | None = None):
+                pin_memory: bool = False, render_in_workers: bool = False, positions: dict | None = None,
+                deal: tuple | None = None):
     """A DataLoader yielding the batches of steps [start, stop) of process ``rank``. ``kind`` "ct" or
-    "natural"; "meta" yields each batch's sample metadata only (what the batch is made of)."""
+    "natural"; "meta" yields each batch's sample metadata only (what the batch is made of). ``deal``:
+    (epoch, earlier layouts, this layout's first step) after a resume on another world size."""
     per_epoch = steps_per_epoch(cfg, batch * world)
     dataset = TrainBatches(split_shards(cfg.data.shards, cfg.data.split), maker, kind, batch, cfg.seed, rank, world,
                            start, stop, workers, cfg.data.interleave, cfg.data.shuffle_buffer, per_epoch,
-                           render=render_in_workers and workers > 0, positions=positions)
+                           render=render_in_workers and workers > 0, positions=positions, deal=deal)
     extra = {"prefetch_factor": PREFETCH, "worker_init_fn": _worker_init} if workers > 0 else {}
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                                        **extra)
+
+
+def resume_deal(loader: list, saved_deal: dict | None, old: tuple[int, int, int], new: tuple[int, int, int],
+                rank: int, start: int, per_epoch: int) -> tuple[dict, tuple | None]:
+    """This process's reader positions and the epoch's deal for a run resumed at ``start``: ``loader`` the
+    checkpoint's positions (per rank), ``saved_deal`` its deal record (``deal_record``), ``old`` and ``new``
+    (processes, loader workers, per-process batch) of the checkpointed and of this run. The same readers
+    continue where they stood; other readers (another world size or number of workers, the same global
+    batch) read the rest of the epoch dealt again (``dealt_pieces``). Another global batch is refused: its
+    steps would not cut the epoch at the same samples, on another world size (on the same one it is a settings
+    change, refused or accepted as such)."""
+    (world0, workers0, batch0), (world, workers, batch) = old, new
+    workers0, workers = max(1, workers0), max(1, workers)
+    epoch = start // per_epoch
+    if world0 * batch0 != world * batch and world0 == world:
+        # Another batch on the same processes: a settings change (refused unless --accept-changes, then the
+        # readers continue from their positions, as before this re-deal existed).
+        positions = {int(v): tuple(p) for v, p in loader[rank].items()} if len(loader) == world else {}
+        return positions, None
+    if world0 * batch0 != world * batch:
+        from ctssl.core.config import ConfigError
+
+        raise ConfigError(f"the checkpoint at step {start} is of {world0} process(es) x {batch0} samples (global batch "
+                          f"{world0 * batch0}), this launch has {world} x {batch} = {world * batch}: resume with "
+                          f"--set data.global_batch_size={world0 * batch0} (split over any number of processes), or "
+                          f"on {world0} process(es), or start anew in another --out.")
+    earlier = [Layout.from_dict(d) for d in saved_deal["layouts"]] if saved_deal and saved_deal["epoch"] == epoch \
+        else []
+    first = int(saved_deal["step"]) if earlier else epoch * per_epoch
+    if (world0, workers0, batch0) == (world, workers, batch):
+        positions = {int(v): tuple(p) for v, p in loader[rank].items()} if len(loader) == world else {}
+        return positions, ((epoch, earlier, first) if earlier else None)
+    if start % per_epoch == 0:
+        return {}, None                     # a new epoch: dealt to the new readers from its start
+    positions = tuple({int(v): tuple(p) for v, p in r.items()} for r in loader) if len(loader) == world0 else ()
+    return {}, (epoch, earlier + [Layout(first, world0, workers0, batch0, positions)], start)
+
+
+def deal_record(deal: tuple | None, step: int, per_epoch: int) -> dict | None:
+    """The checkpoint's record of ``deal`` at ``step``: kept while its epoch lasts."""
+    if deal is None or step // per_epoch != deal[0] or not deal[1]:
+        return None
+    return {"epoch": deal[0], "layouts": [layout.to_dict() for layout in deal[1]], "step": deal[2]}

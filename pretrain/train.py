@@ -40,7 +40,8 @@ from ctssl.pretrain.checkpoint import (build_state, clean_temporaries, config_ch
                                        load_checkpoint, restore, rng_state, save_checkpoint, set_rng_state)
 from ctssl.pretrain.config import PretrainConfig, batch_per_process, validate
 from ctssl.pretrain.health import Health
-from ctssl.pretrain.loader import data_kind, default_workers, derive_seed, make_loader, preflight, steps_per_epoch
+from ctssl.pretrain.loader import (data_kind, deal_record, default_workers, derive_seed, make_loader, preflight,
+                                   resume_deal, steps_per_epoch)
 from ctssl.pretrain.memory import activation_bytes_per_sample, device_memory_bytes, plan_micro_batches
 from ctssl.pretrain.methods import build_method
 from ctssl.pretrain.monitor import KNNMonitor, ct_eval_view, natural_eval_batch
@@ -115,6 +116,7 @@ class Run:
     loader_positions: dict = field(default_factory=dict)
     monitor: KNNMonitor | None = None
     startup: dict = field(default_factory=dict)
+    loader_deal: tuple | None = None   # the epoch dealt again after a resume on another world size (loader.py)
 
     @property
     def main(self) -> bool:
@@ -181,9 +183,14 @@ def setup(cfg: PretrainConfig, accelerator: Accelerator, runtime: dict, accept_c
                     "Memory)", batch, plan["micro_batches"], plan["micro_batch_size"], plan["estimated_activation_gb"],
                     plan["whole_batch_activation_gb"])
 
-    start, positions = 0, {}
+    start, positions, deal = 0, {}, None
     state = load_checkpoint(out)
     if state is not None:
+        previous = (state.get("config") or {}).get("resolved", {})
+        if previous.get("processes", world) != world and previous.get("global_batch", batch * world) != batch * world:
+            # another world size and so another global batch: refused naming the sizes (before the settings)
+            resume_deal([], None, (previous.get("processes", world), 0, previous.get("batch_per_process", batch)),
+                        (world, 0, batch), rank, state["step"], per_epoch)
         _check_resume(state, resolved, out, accept_changes, main)
         restore(state, method, optimizer, accelerator.scaler)
         start = state["step"]
@@ -193,13 +200,15 @@ def setup(cfg: PretrainConfig, accelerator: Accelerator, runtime: dict, accept_c
         elif main:
             logger.warning("checkpoint holds generator states of %d process(es), this run has %d: not restored",
                            len(rngs), world)
-        if len(loaders) == world:
-            positions = {int(v): tuple(p) for v, p in loaders[rank].items()}
         previous = (state.get("config") or {}).get("resolved", {})
-        if main and previous.get("num_workers", runtime["num_workers"]) != runtime["num_workers"]:
-            logger.warning("resuming with %d loader workers instead of %d: the data stream continues "
-                           "differently from an uninterrupted run", runtime["num_workers"], previous["num_workers"])
-            positions = {}
+        old = (previous.get("processes", world), previous.get("num_workers", runtime["num_workers"]),
+               previous.get("batch_per_process", batch))
+        positions, deal = resume_deal(loaders, state.get("deal"), old, (world, runtime["num_workers"], batch), rank,
+                                      start, per_epoch)
+        if main and deal is not None and deal[2] == start:
+            logger.info("resuming on %d process(es) x %d loader worker(s) (the checkpoint's: %d x %d): the rest of "
+                        "epoch %d is dealt again over the new readers, each sample once", world,
+                        runtime["num_workers"], old[0], old[1], deal[0])
         if main:
             logger.info("resumed from %s at step %d", out / "checkpoints" / "last.pt", start)
     if main:
@@ -220,7 +229,7 @@ def setup(cfg: PretrainConfig, accelerator: Accelerator, runtime: dict, accept_c
     startup = {"startup_seconds": round(time.perf_counter() - started, 2),
                "startup_samples_read": samples_read() - read_before}
     return Run(cfg, accelerator, out, kind, maker, in_chans, model, unwrapped, prepared, optimizer, batch,
-               plan["micro_batch_size"], per_epoch, total, warmup, peak, resolved, start, positions, monitor, startup)
+               plan["micro_batch_size"], per_epoch, total, warmup, peak, resolved, start, positions, monitor, startup, deal)
 
 
 def _check_resume(state: dict, resolved: dict, out: Path, accept_changes: bool, main: bool) -> None:
@@ -297,7 +306,7 @@ class Loop:
         loader = make_loader(cfg, r.maker, r.kind, r.accelerator.process_index, r.accelerator.num_processes,
                              self.step_no, r.total, r.batch, r.resolved["resolved"]["num_workers"],
                              pin_memory=torch.cuda.is_available(), render_in_workers=not torch.cuda.is_available(),
-                             positions=self.positions)
+                             positions=self.positions, deal=r.loader_deal)
         waited, first = time.perf_counter(), True
         for data in loader:
             if first:     # rates count from the first batch: the loader's start-up is reported apart
@@ -314,10 +323,23 @@ class Loop:
         self.progress.close()
         return self.finish(stopped_by)
 
+    def passed(self, count: int) -> None:
+        """Each loader worker's first batch carries what it read (not decoded) only to reach its position (a
+        resumed chunk replayed, the samples before its first piece in a shard): logged once all have come."""
+        r = self.r
+        self.reach = getattr(self, "reach", [0, 0])
+        self.reach[0] += count
+        self.reach[1] += 1
+        if r.main and self.reach[1] == max(1, r.resolved["resolved"]["num_workers"]):
+            logger.info("loader at step %d: %d samples read without decoding by this process's %d worker(s) to "
+                        "reach their positions", self.step_no, self.reach[0], self.reach[1])
+            append_jsonl(r.out / "metrics.jsonl", {"step": self.step_no, "loader_reach_samples_read": self.reach[0]})
+
     def step(self, data: dict, epoch: int) -> None:
         r, a = self.r, self.r.accelerator
         self.problems["skipped"] += int(data.pop("skipped"))
         self.problems["missing"] += int(data.pop("missing"))
+        self.passed(int(data.pop("passed")))
         virtual, data_epoch, position = (int(v) for v in data.pop("position"))
         self.positions[virtual] = (data_epoch, position)
         keys = data.pop("keys")
@@ -438,7 +460,8 @@ class Loop:
         if r.main:
             try:
                 save_checkpoint(build_state(r.method, r.optimizer, a.scaler, self.step_no, self.step_no // r.per_epoch,
-                                            r.resolved, rngs, loaders), r.out)
+                                            r.resolved, rngs, loaders,
+                                            deal_record(r.loader_deal, self.step_no, r.per_epoch)), r.out)
             except OSError as err:
                 error = err
         if agree(a, error is not None):

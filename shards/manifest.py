@@ -12,9 +12,18 @@ FORMAT_NAME = "ctssl-shards"
 FORMAT_VERSION = 1
 
 
-def load_manifest(path: str | Path) -> dict:
-    given = Path(path)
+def load_manifest(path) -> dict:
+    """The manifest of a shard folder (or the ``manifest.json`` named), local or remote (shards/location.py)."""
+    from ctssl.shards.location import Remote, location, remote_text
+
+    given = location(path)
     path = given / MANIFEST_NAME if given.is_dir() else given
+    if isinstance(path, Remote):
+        try:
+            return _parse(path, remote_text(path))
+        except OSError as err:
+            raise FileNotFoundError(f"cannot read the shard manifest {path} ({' '.join(str(err).split())[:200]}); "
+                                    f"expected {MANIFEST_NAME} at that location.") from None
     if not path.exists():
         if not given.exists():
             raise FileNotFoundError(f"'{given}' does not exist; expected a ctssl shard folder (one holding "
@@ -24,8 +33,12 @@ def load_manifest(path: str | Path) -> dict:
             "it is not a shard folder" if given.is_dir() else "it is a file"
         raise FileNotFoundError(f"'{given}' is not a ctssl shard folder: expected {MANIFEST_NAME} there "
                                 f"(written by ctssl ingest, ctssl shards from-images or shuffle); {found}.")
+    return _parse(path, path.read_text())
+
+
+def _parse(path, text: str) -> dict:
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(text)
     except (ValueError, UnicodeDecodeError):
         raise ValueError(f"'{path}' is not valid JSON: not a ctssl shard manifest, or a damaged one.") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:

@@ -42,8 +42,16 @@ def write_patients(folder: str | Path, salt_check: str | None, splits: dict[str,
 def load_patients(folder: str | Path) -> dict | None:
     """``{"salt_check", "splits": {split: set}}`` of a local shard folder (module docstring), or None where the
     folder records no patients (natural images, a folder from elsewhere)."""
-    folder = Path(folder)
+    from ctssl.shards.location import Remote, location
+
+    folder = location(folder)
     path = folder / PATIENTS_NAME
+    if isinstance(folder, Remote):      # a remote shard folder (shards/location.py): its patients.json or none
+        try:
+            body = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return {"salt_check": body.get("salt_check"), "splits": {s: set(v) for s, v in body["splits"].items()}}
     if path.is_file():
         body = json.loads(path.read_text())
         return {"salt_check": body.get("salt_check"), "splits": {s: set(v) for s, v in body["splits"].items()}}

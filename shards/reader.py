@@ -28,6 +28,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ctssl.shards.encoding import EncodingError, decode_hu, decode_seg
+from ctssl.shards.location import Remote, location, open_binary
 from ctssl.shards.manifest import MANIFEST_NAME, load_manifest
 
 CHECKSUM_EXT = "crc"
@@ -101,8 +102,14 @@ def _folder_checksums(manifest_path: str, stamp: tuple) -> bool | None:
         return None
 
 
-def checksums_required(shard: str | Path) -> bool | None:
+def checksums_required(shard) -> bool | None:
     """Whether the manifest beside ``shard`` says every sample carries ``.crc``; None without a manifest."""
+    where = location(shard)
+    if isinstance(where, Remote):
+        try:
+            return sample_checksums(load_manifest(where.parent))
+        except (OSError, ValueError):
+            return None
     manifest = Path(shard).parent / MANIFEST_NAME
     try:
         info = manifest.stat()
@@ -111,12 +118,15 @@ def checksums_required(shard: str | Path) -> bool | None:
     return _folder_checksums(str(manifest), (info.st_mtime_ns, info.st_size, info.st_ino))
 
 
-def shard_paths(path: str | Path, split: str | None = None) -> list[Path]:
+def shard_paths(path, split: str | None = None) -> list:
     """The shard files behind ``path``: a ``.tar``, a folder (its manifest if present), or a
-    ``manifest.json``; ``split`` keeps one split (manifest only)."""
-    path = Path(path)
+    ``manifest.json``; ``split`` keeps one split (manifest only). Local paths or remote locations
+    (shards/location.py; a remote folder through its manifest)."""
+    path = location(path)
     if path.is_file() and path.suffix == ".tar":
         return [path]
+    if isinstance(path, Remote) and path.is_dir():
+        path = path / MANIFEST_NAME
     if path.is_dir() and (path / MANIFEST_NAME).exists():
         path = path / MANIFEST_NAME
     if path.is_file() and path.name.endswith(".json"):
@@ -129,10 +139,12 @@ def shard_paths(path: str | Path, split: str | None = None) -> list[Path]:
     raise FileNotFoundError(f"'{path}' is not a shard (.tar), a shard folder or a manifest.json.")
 
 
-def expected_counts(path: str | Path) -> dict[str, int]:
+def expected_counts(path) -> dict[str, int]:
     """Shard file name -> sample count promised by the manifest of the folder holding ``path``."""
-    path = Path(path)
+    path = location(path)
     folder = path if path.is_dir() else path.parent
+    if isinstance(folder, Remote):
+        return {s["name"]: s["samples"] for s in load_manifest(folder)["shards"]}
     if not (folder / MANIFEST_NAME).exists():
         return {}
     return {s["name"]: s["samples"] for s in load_manifest(folder)["shards"]}
@@ -208,7 +220,7 @@ def iter_shard(path: Path, decode: bool = True, on_error: OnError | None = None,
 
     current, members = None, {}
     try:
-        with open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
+        with open_binary(path) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
             for info in tar:
                 if not info.isfile():
                     continue
@@ -223,7 +235,7 @@ def iter_shard(path: Path, decode: bool = True, on_error: OnError | None = None,
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
         # A damaged tar: the samples read so far stand; the one being read is not trusted.
         current = None
-        report(None, f"{Path(path).name}: unreadable after {counts['good'] + counts['bad']} sample(s) "
+        report(None, f"{location(path).name}: unreadable after {counts['good'] + counts['bad']} sample(s) "
                      f"({type(err).__name__}: {err})")
     if current is not None:
         sample = resolve(current, members)
@@ -232,7 +244,7 @@ def iter_shard(path: Path, decode: bool = True, on_error: OnError | None = None,
     flush(len(pending))
     seen = counts["good"] + counts["bad"]
     if expected is not None and seen < expected:
-        report(None, f"{Path(path).name}: ended after {seen} of {expected} samples ({expected - seen} missing)")
+        report(None, f"{location(path).name}: ended after {seen} of {expected} samples ({expected - seen} missing)")
 
 
 def _sample(key: str, members: dict[str, bytes], decode: bool, required: bool = False) -> dict:

@@ -1,4 +1,6 @@
-"""A real single-node SLURM cluster for tests: munge + slurmctld + slurmd on localhost.
+"""A real SLURM cluster for tests: munge + slurmctld + slurmd on localhost (``nodes=2``: two slurmd daemons on
+this host, nodes ``n1`` and ``n2`` on their own ports; ``gpus=N``: N GPUs per node that are plain files, so that
+SLURM grants them and sets SLURM_GPUS_ON_NODE as on a GPU cluster while the processes run on CPU).
 
 Uses Debian's ``slurm-wlm`` and ``munge`` (``.ci/run`` installs them). The node claims 16 CPUs
 and 64 GB (``config_overrides``) whatever the machine has, so the batch scripts' production
@@ -36,9 +38,9 @@ def _binary(name: str) -> str:
 
 
 class SlurmCluster:
-    def __init__(self, root: Path, cpus: int = 16, memory_mb: int = 64000):
+    def __init__(self, root: Path, cpus: int = 16, memory_mb: int = 64000, nodes: int = 1, gpus: int = 0):
         self.root = Path(root)
-        self.cpus, self.memory_mb = cpus, memory_mb
+        self.cpus, self.memory_mb, self.nodes, self.gpus = cpus, memory_mb, nodes, gpus
         self.conf = self.root / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self._procs: list[subprocess.Popen] = []
@@ -49,6 +51,21 @@ class SlurmCluster:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._start_munge()
         host = socket.gethostname().split(".")[0]
+        # One node is this host; several are slurmd daemons on this host, one per node name and port.
+        names = [host] if self.nodes == 1 else [f"n{i + 1}" for i in range(self.nodes)]
+        self.node_names = names
+        gres = f" Gres=gpu:{self.gpus}" if self.gpus else ""
+        node_lines = "\n".join(
+            f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} CPUs={self.cpus} "
+            f"RealMemory={self.memory_mb}{gres} State=UNKNOWN" for name in names)
+        # GPUs that are plain files: SLURM grants them (SLURM_GPUS_ON_NODE, CUDA_VISIBLE_DEVICES) as it would
+        # real ones, and the processes, finding no CUDA, run on CPU.
+        devices = self.root / "dev"
+        devices.mkdir(parents=True, exist_ok=True)
+        for i in range(self.gpus):
+            (devices / f"gpu{i}").touch()
+        (self.root / "gres.conf").write_text("AutoDetect=off\n" + "".join(
+            f"NodeName={name} Name=gpu File={devices}/gpu[0-{self.gpus - 1}]\n" for name in names) if self.gpus else "")
         self.conf.write_text(f"""\
 ClusterName=ctssltest
 SlurmctldHost={host}(127.0.0.1)
@@ -57,13 +74,13 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 StateSaveLocation={self.root}/state
-SlurmdSpoolDir={self.root}/spool
+SlurmdSpoolDir={self.root}/spool/%n
 SlurmctldPidFile={self.root}/slurmctld.pid
-SlurmdPidFile={self.root}/slurmd.pid
+SlurmdPidFile={self.root}/slurmd-%n.pid
 SlurmctldLogFile={self.root}/log/slurmctld.log
-SlurmdLogFile={self.root}/log/slurmd.log
+SlurmdLogFile={self.root}/log/slurmd-%n.log
 SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+{"GresTypes=gpu" if self.gpus else ""}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/backfill
@@ -79,17 +96,22 @@ InactiveLimit=0
 KillWait=5
 MinJobAge=600
 SlurmdParameters=config_overrides
-NodeName={host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN
+{node_lines}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
-        for daemon in ("slurmctld", "slurmd"):
-            log = open(self.root / "log" / f"{daemon}.stderr", "w")
-            self._procs.append(subprocess.Popen([_binary(daemon), "-D", "-f", str(self.conf)],
+        daemons = [("slurmctld", [])] + [("slurmd", [] if self.nodes == 1 else ["-N", name]) for name in names]
+        for name in names:
+            (self.root / "spool" / name).mkdir(parents=True, exist_ok=True)
+        for daemon, extra in daemons:
+            log = open(self.root / "log" / f"{daemon}{'-' + extra[1] if extra else ''}.stderr", "w")
+            self._procs.append(subprocess.Popen([_binary(daemon), "-D", "-f", str(self.conf), *extra],
                                                 stdout=log, stderr=subprocess.STDOUT, env=self.env))
         deadline = time.time() + timeout
         while time.time() < deadline:
-            state = subprocess.run(["sinfo", "-h", "-o", "%t"], env=self.env, capture_output=True, text=True)
-            if state.returncode == 0 and state.stdout.strip() in ("idle", "mix", "alloc"):
+            state = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], env=self.env, capture_output=True, text=True)
+            states = state.stdout.split()
+            if state.returncode == 0 and len(states) == len(names) and all(
+                    s in ("idle", "mix", "alloc") for s in states):
                 return self
             time.sleep(0.5)
         self.stop()

@@ -42,8 +42,14 @@ from ctssl.core.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, for model FLOP utilisation.
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+# Dense bf16 tensor-core peaks (FLOP/s) from NVIDIA's data sheets, for model FLOP utilisation, by the card's
+# exact model as torch names it ("NVIDIA H100 80GB HBM3" is the SXM card): the first rule whose words are all
+# in the name applies, so the form factors come before the family.
+PEAK_BF16 = [
+    (("H100", "PCIe"), 756e12), (("H100", "NVL"), 835e12), (("H100",), 989e12),    # H100 SXM
+    (("H200", "NVL"), 835e12), (("H200",), 989e12),                                 # H200 SXM
+    (("A100",), 312e12), (("L40S",), 362e12), (("A10",), 125e12),
+]
 
 
 @dataclass
@@ -101,7 +107,9 @@ def device_name() -> str:
 
 
 def peak_flops(name: str) -> float | None:
-    return next((flops for key, flops in PEAK_BF16.items() if key in name), None)
+    """The card's dense bf16 peak from its exact model name, None when the model is not in the table (then
+    no MFU is given rather than a wrong one)."""
+    return next((flops for words, flops in PEAK_BF16 if all(w in name for w in words)), None)
 
 
 def _sync() -> None:
@@ -161,15 +169,27 @@ def loader_fed(shards: str, out: Path, method: str, size: GPUBenchSize, batch: i
     total = size.warmup_steps + size.steps
     run_dir = out / f"train-{method}"
     train(_train_cfg(shards, run_dir, method, size, batch, size.warmup_steps))
+    # The timed run: steps warmup+1 .. total in one metrics window (a log at step `total` only), the sync
+    # debug mode off, the peak memory of this run alone.
     cfg = _train_cfg(shards, run_dir, method, size, batch, total)
-    cfg.monitor.log_every = size.steps
+    cfg.monitor.log_every = total
+    cfg.monitor.sync_debug = False
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    train(cfg, accept_changes=True)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    timed = [m for m in metrics if "images_per_s" in m][-1]
+    # Host synchronisations counted apart, over a few more steps under the sync debug mode (untimed).
+    cfg = _train_cfg(shards, run_dir, method, size, batch, total + SYNC_STEPS)
+    cfg.monitor.log_every = total + SYNC_STEPS
     cfg.monitor.sync_debug = True
     train(cfg, accept_changes=True)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    last = [m for m in metrics if "images_per_s" in m][-1]
-    return {"samples_per_s": last["images_per_s"], "data_wait_fraction": last["data_wait_fraction"],
-            "peak_gpu_gb": last.get("gpu_mem_gb"), "host_syncs_per_step": last.get("host_syncs_per_step"),
-            "sync_sites": last.get("host_sync_sites")}
+    counted = [m for m in metrics if "images_per_s" in m][-1]
+    return {"samples_per_s": timed["images_per_s"], "data_wait_fraction": timed["data_wait_fraction"],
+            "timed_steps": f"{size.warmup_steps + 1}-{total}" if timed["step"] == total else None,
+            "peak_gpu_gb": timed.get("gpu_mem_gb"), "host_syncs_per_step": counted.get("host_syncs_per_step"),
+            "sync_sites": counted.get("host_sync_sites")}
 
 
 def _method_on_device(method_name: str, size: GPUBenchSize, backbone: str, precision: str):
@@ -201,10 +221,16 @@ def synthetic_step(method_name: str, size: GPUBenchSize, batch: int, backbone: s
 
     from ctssl.pretrain.step import forward_backward
 
+    from ctssl.pretrain.config import resolve_pretrain_config
+    from ctssl.pretrain.optim import build_optimizer
+    from ctssl.pretrain.schedules import resolve_lr
+
     precision = "bf16" if torch.cuda.is_available() else "no"
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     method, device = _method_on_device(method_name, size, backbone, precision)
-    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=1e-4)
+    # The method's own optimizer (SimCLR: LARS; DINO: AdamW), as the loader-fed run uses.
+    optim = resolve_pretrain_config(None, None, [], {"method.name": method_name}).optim
+    optimizer = build_optimizer(optim, method, resolve_lr(optim, batch))
     model = torch.compile(method) if compile_model else method
     views = _views(method_name, size, batch, device)
 
@@ -231,6 +257,7 @@ def synthetic_step(method_name: str, size: GPUBenchSize, batch: int, backbone: s
     rate = batch * size.steps / seconds
     flops = step_flops(method, views)
     return {"samples_per_s": round(rate, 1), "views_per_s": round(rate * len(views), 1),
+            "optimizer": type(optimizer).__name__, "timed_steps": size.steps,
             "first_step_s": round(first, 1), "flops_per_sample": flops / batch,
             "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None}
 
@@ -254,10 +281,13 @@ def training_suite(shards: str, out: Path, method: str, size: GPUBenchSize) -> d
     real = loader_fed(shards, out, method, size, batch)
     views = 2 + (size.dino_local if method == "dino" else 0)
     peak = peak_flops(device_name())
-    mfu = round(real["samples_per_s"] * synthetic["flops_per_sample"] / peak, 3) if peak else None
+    def mfu(rate):
+        return round(rate * synthetic["flops_per_sample"] / peak, 3) if peak else None
+
     return {"backbone": backbone, "batch": batch, "views_per_sample": views, "image_size": size.image_size,
-            "loader": {**real, "views_per_s": round(real["samples_per_s"] * views, 1), "mfu": mfu},
-            "synthetic": synthetic,
+            "peak_bf16_flops": peak,
+            "loader": {**real, "views_per_s": round(real["samples_per_s"] * views, 1), "mfu": mfu(real["samples_per_s"])},
+            "synthetic": {**synthetic, "mfu": mfu(synthetic["samples_per_s"])},
             "loader_vs_synthetic": round(real["samples_per_s"] / synthetic["samples_per_s"], 2)}
 
 
@@ -385,6 +415,9 @@ def knn_suite(size: GPUBenchSize) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- the run
+SYNC_STEPS = 3       # untimed steps under the sync debug mode, after the timed ones
+
+
 def run_gpu_bench(out: str | Path, size: GPUBenchSize | None = None, only: list[str] | None = None) -> dict:
     """Every suite (or ``only`` those), each failure recorded with its traceback and the others run on."""
     size = size or (GPUBenchSize.full() if torch.cuda.is_available() else GPUBenchSize.tiny())
@@ -393,6 +426,8 @@ def run_gpu_bench(out: str | Path, size: GPUBenchSize | None = None, only: list[
     result = GPUBenchResult(device=device_name(), date=time.strftime("%Y-%m-%d"), torch=torch.__version__)
     result.suites["size"] = asdict(size)
     shards = None
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True   # as pretrain.train sets it: the same for every compared run
 
     def suite(name, fn):
         if only and name not in only and name != "shards":

@@ -177,7 +177,9 @@ def open_dataset(spec: str, label: str = DEFAULT_LABEL) -> Dataset:
         path, _, where = spec.partition("@")
         if where and "=" not in where:
             raise ValueError(f"Filter '@{where}' in '{spec}' must be @key=value.")
-        data = _shards(spec, Path(path), label, tuple(where.split("=", 1)) if where else None)
+        from ctssl.shards.location import location
+
+        data = _shards(spec, location(path), label, tuple(where.split("=", 1)) if where else None)
     if data.label == IMAGES_ONLY:
         data.classes = []              # images only: no classes, every target unseen (-1)
     elif not data.multilabel:
@@ -198,24 +200,30 @@ def missing_label(spec: str, label: str, present: list[str]) -> str:
     return f"'{spec}' has no {what}; its samples carry the labels {present}: name one of them as the label."
 
 
-def _hash_file(path: Path) -> str:
+def _hash_file(path) -> str:
+    from ctssl.shards.location import open_binary
+
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = None) -> Dataset:
+def _shards(spec: str, path, label: str, where: tuple[str, str] | None = None) -> Dataset:
+    """A shard folder, local or remote (``path``: a Path or a shards.location.Remote)."""
     import json
 
+    from ctssl.shards.location import Remote, remote_text
     from ctssl.shards.reader import decode_image
-    from ctssl.shards.manifest import MANIFEST_NAME
+    from ctssl.shards.manifest import MANIFEST_NAME, load_manifest
     from ctssl.shards.patients import salt_check_of
     from ctssl.shards.reader import expected_counts, iter_shard, shard_paths
 
     manifest = path / MANIFEST_NAME if path.is_dir() else path
-    if not manifest.is_file():
+    if isinstance(manifest, Remote):
+        load_manifest(manifest)        # unreadable or not a manifest: a one-line error naming the location
+    elif not manifest.is_file():
         raise FileNotFoundError(f"'{spec}' is not a shard folder (no {MANIFEST_NAME}), imagefolder:ROOT, "
                                 ".csv or .npz dataset.")
     columns = label.split("+") if "+" in label else None
@@ -286,7 +294,8 @@ def _shards(spec: str, path: Path, label: str, where: tuple[str, str] | None = N
         logger.info("%s: samples without label '%s' left out: %s", spec, label,
                     ", ".join(f"{n} of {n + len(samples[s])} {s}" for s, n in unlabelled.items() if n))
     fingerprint = _hash_file(manifest) + (f"@{where[0]}={where[1]}" if where else "")
-    salt_check = salt_check_of(json.loads(manifest.read_text()).get("config")) or ""
+    text = remote_text(manifest) if isinstance(manifest, Remote) else manifest.read_text()
+    salt_check = salt_check_of(json.loads(text).get("config")) or ""
     return Dataset(spec, label, kind or "ct", fingerprint, samples, classes=columns or [], multilabel=bool(columns),
                    units=units, unit_stream=unit_stream, damaged={s: n for s, n in damaged.items() if n},
                    label_names=sorted(names), salt_check=salt_check,

@@ -120,7 +120,9 @@ def open_segmentation(spec: str, classes: list[str] | None = None) -> SegDataset
     from ctssl.shards.manifest import load_manifest
     from ctssl.shards.reader import iter_samples
 
-    path = Path(spec)
+    from ctssl.shards.location import location
+
+    path = location(spec)               # local or remote (shards/location.py)
     manifest = load_manifest(path)
     seg = manifest.get("segmentation")
     if not seg:

@@ -98,7 +98,9 @@ class DINO(nn.Module):
 
     def loss(self, student: torch.Tensor, targets, epoch: int = 0):
         teacher, bottleneck = targets
-        loss = self.criterion(list(teacher.unbind(1)), list(student.unbind(1)), epoch=epoch)
+        # The loss (softmaxes, centre) in fp32 whatever the autocast around it, as main_dino.py's DINOLoss.
+        with torch.autocast(student.device.type, enabled=False):
+            loss = self.criterion(list(teacher.float().unbind(1)), list(student.float().unbind(1)), epoch=epoch)
         return loss, {"loss": loss.detach(), "collapse_ratio": collapse_ratio(bottleneck)}
 
     def forward(self, views: list[torch.Tensor], epoch: int = 0, part: str = "loss"):

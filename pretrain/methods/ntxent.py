@@ -33,7 +33,13 @@ class NTXent(nn.Module):
         self.temperature, self.gather_distributed = temperature, gather_distributed
 
     def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
-        """z0, z1: (B, D) projections of the two views of the same B images -> the scalar loss."""
+        """z0, z1: (B, D) projections of the two views of the same B images -> the scalar loss, in fp32."""
+        # In fp32 whatever the autocast around it: bf16 logits at T = 0.1 put about 1% error into the gradient
+        # (GradCache and main_dino likewise keep the loss in fp32).
+        with torch.autocast(z0.device.type, enabled=False):
+            return self._loss(z0.float(), z1.float())
+
+    def _loss(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
         b = z0.shape[0]
         z0, z1 = F.normalize(z0, dim=1), F.normalize(z1, dim=1)
         if self.gather_distributed and lightly_dist.world_size() > 1:
