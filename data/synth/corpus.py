@@ -33,6 +33,7 @@ import io
 import json
 import logging
 import os
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -76,6 +77,8 @@ class SynthConfig:
     nifti_fraction: float = 0.25    # share of studies (after the catalogue) written as NIfTI
     lesion_rate: float = 0.5        # chance that a study has lesions of each applicable kind
     noise_scale: float = 1.0        # multiplies every scanner's noise level
+    case_prefix: str = "case"       # study names PREFIX-NNNN; NIfTI file names are patient keys at ingest, so a
+                                    # second corpus of other patients needs another prefix
     workers: int = 1                # processes; output does not depend on it
     contact_sheet: bool = True
     natural: NaturalConfig = field(default_factory=NaturalConfig)
@@ -98,6 +101,8 @@ def validate(cfg: SynthConfig) -> None:
             problems.append(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
     if cfg.noise_scale < 0:
         problems.append(f"noise_scale must be >= 0, got {cfg.noise_scale}")
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", cfg.case_prefix):
+        problems.append(f"case_prefix must be a letter then letters, digits or _, got {cfg.case_prefix!r}")
     if cfg.workers < 1:
         problems.append(f"workers must be >= 1, got {cfg.workers}")
     if problems:
@@ -107,7 +112,7 @@ def validate(cfg: SynthConfig) -> None:
 def make_plan(cfg: SynthConfig, index: int) -> StudyPlan:
     return plan_study(cfg.seed, index, matrix=cfg.matrix, thickness_choices=tuple(cfg.thickness_mm),
                       nifti_fraction=cfg.nifti_fraction, lesion_rate=cfg.lesion_rate,
-                      noise_scale=cfg.noise_scale)
+                      noise_scale=cfg.noise_scale, case_prefix=cfg.case_prefix)
 
 
 def generate_study(cfg: SynthConfig, index: int) -> int:

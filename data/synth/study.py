@@ -214,8 +214,10 @@ def _identity(rng: np.random.Generator) -> Identity:
 def plan_study(seed: int, index: int, matrix: int = 256,
                thickness_choices: tuple[float, ...] = (2.5, 3.0, 5.0),
                nifti_fraction: float = 0.25, lesion_rate: float = 0.5,
-               noise_scale: float = 1.0) -> StudyPlan:
-    """Everything about study ``index`` of the corpus with ``seed``; renders nothing."""
+               noise_scale: float = 1.0, case_prefix: str = "case") -> StudyPlan:
+    """Everything about study ``index`` of the corpus with ``seed``; renders nothing. ``case_prefix`` names
+    the study's files (``case-0003``): a second corpus of other patients takes another prefix, since a NIfTI
+    file's name is its patient key at ingest (``nifti_patient_pattern``)."""
     rng = np.random.default_rng([seed, index, 0x5EED])
     if index < len(CATALOGUE):
         protocol, fmt, scanner_key, ts, quirks = CATALOGUE[index]
@@ -237,7 +239,7 @@ def plan_study(seed: int, index: int, matrix: int = 256,
     anatomy = phantom.sample_anatomy(rng, kind, coverage, lesion_rate)
     kvp = 120 if kind == "head" else int(rng.choice([100, 120, 140]))
     identity = _identity(rng)
-    case_id = f"case-{index:04d}"
+    case_id = f"{case_prefix}-{index:04d}"
 
     # Geometry shared by the study's series: table height (z offset) and field of view.
     z_offset = round(float(rng.uniform(-1300, -300)), 1)

@@ -72,6 +72,32 @@ def test_invalid_settings_are_named(tmp_path):
         run_synth(small_config(tmp_path / "bad", patients=0))
 
 
+def test_case_prefix_names_a_second_corpus_of_other_patients(tmp_path):
+    """A NIfTI file's name is its patient key at ingest: a second corpus (the demo's segmentation corpus, another
+    seed) whose files are named as the first's shares its NIfTI patients' pseudonyms; another prefix keeps its
+    patients apart (DICOM patients differ by seed already)."""
+    from ctssl.data.ingest import IngestConfig, run_ingest
+    from ctssl.data.pseudonym import fixed_salt
+    from ctssl.data.synth import NaturalConfig
+    from ctssl.shards.patients import load_patients
+
+    def patients(seed, prefix):
+        # NIfTI: the catalogue's studies 3 and 6, and 8 and 9 after it (nifti_fraction 1).
+        cfg = small_config(tmp_path / f"{prefix}{seed}", seed=seed, patients=10, matrix=32, nifti_fraction=1.0,
+                           case_prefix=prefix, natural=NaturalConfig(enabled=False), contact_sheet=False)
+        run_synth(cfg)
+        studies = (Path(cfg.out) / "labels" / "studies.csv").read_text().splitlines()[1:]
+        assert [line.split(",")[0] for line in studies] == [f"{prefix}-{i:04d}" for i in range(10)]
+        with fixed_salt("case-prefix-test-salt"):
+            run_ingest(IngestConfig(sources=[cfg.out], out=str(tmp_path / f"shards-{prefix}{seed}"), image_size=32))
+        return set().union(*load_patients(tmp_path / f"shards-{prefix}{seed}")["splits"].values())
+
+    first, same_names, other_names = patients(0, "case"), patients(11, "case"), patients(11, "seg")
+    assert len(first & same_names) == 4 and not first & other_names and len(other_names) == 10
+    with pytest.raises(ConfigError, match="case_prefix"):
+        run_synth(small_config(tmp_path / "bad", case_prefix="../x"))
+
+
 def test_natural_standin_is_an_image_folder(corpus):
     cfg, summary = corpus
     root = Path(cfg.out) / "natural-standin"
