@@ -165,6 +165,17 @@ def _loss(logits, y, multilabel: bool, class_weight, pos_weight):
 
 
 @torch.no_grad()
+def training_batches(order: torch.Tensor, batch: int) -> list[torch.Tensor]:
+    """``order`` (a permutation of the training indices) cut into batches of ``batch``, a last batch of one
+    sample joined to the one before: BatchNorm in training mode cannot normalise one sample where a feature
+    map is 1 x 1 (a ResNet at 32 px, a U-Net's bottleneck), and dropping it would leave that sample out of the
+    epoch."""
+    starts = list(range(0, len(order), batch))
+    if len(starts) > 1 and len(order) - starts[-1] == 1:
+        starts.pop()
+    return [order[s:e] for s, e in zip(starts, starts[1:] + [len(order)])]
+
+
 def recalibrate(model: nn.Module, x: torch.Tensor, batch: int, device: str,
                 generator: torch.Generator | None = None) -> None:
     """BatchNorm running statistics recomputed over ``x`` in batches of a shuffled order (``update_bn``'s
@@ -173,7 +184,7 @@ def recalibrate(model: nn.Module, x: torch.Tensor, batch: int, device: str,
     from torch.optim.swa_utils import update_bn
 
     order = torch.randperm(len(x), generator=generator)
-    update_bn(((x[order[i:i + batch]].float().to(device),) for i in range(0, len(x), batch)), model)
+    update_bn(((x[idx].float().to(device),) for idx in training_batches(order, batch)), model)
 
 
 def inference_batches(x: torch.Tensor, batch: int, device: str, noise: float = 0.0,
@@ -224,7 +235,7 @@ def finetune(backbone: nn.Module, name: str, train_x: torch.Tensor, train_y: np.
         counts = torch.bincount(y, minlength=num_outputs).float()
         class_weight = (counts.sum() / (num_outputs * counts.clamp(min=1))).to(device) if cfg.balanced else None
         pos_weight = None
-    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
+    steps_per_epoch = len(training_batches(torch.arange(len(train_x)), cfg.batch_size))
     total, warmup = cfg.epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))
     metric = selection_metric(cfg, multilabel, num_outputs)
     if len(train_x) == 0 or len(val_x) == 0:
@@ -236,8 +247,7 @@ def finetune(backbone: nn.Module, name: str, train_x: torch.Tensor, train_y: np.
         model.train()
         order = torch.randperm(len(train_x), generator=gen)
         running = 0.0
-        for start in range(0, len(train_x), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
+        for idx in training_batches(order, cfg.batch_size):
             x = train_x[idx].float()
             if cfg.augment:
                 x = augment(x, gen)

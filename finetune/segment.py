@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctssl.finetune.finetune import recalibrate, inference_batches
+from ctssl.finetune.finetune import inference_batches, recalibrate, training_batches
 from ctssl.finetune.seg_loss import LITS_CLASS_WEIGHTS, ce_dice_loss, soft_dice_loss, weighted_cross_entropy
 from ctssl.finetune.unet import build_unet, decoder_parameters
 
@@ -141,15 +141,14 @@ def train_unet(backbone: nn.Module, name: str, train_x: torch.Tensor, train_y: t
     decay = [p for p in params if p.ndim > 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}], lr=lr)
-    steps = math.ceil(len(train_x) / cfg.batch_size)
+    steps = len(training_batches(torch.arange(len(train_x)), cfg.batch_size))
     total, warmup = cfg.epochs * steps, max(1, int(cfg.warmup_epochs * steps))
     best, best_score, best_epoch, history, step, stale = None, -math.inf, -1, [], 0, 0
     for epoch in range(cfg.epochs):
         model.train()
         order = torch.randperm(len(train_x), generator=gen)
         running = 0.0
-        for start in range(0, len(train_x), cfg.batch_size):
-            idx = order[start:start + cfg.batch_size]
+        for idx in training_batches(order, cfg.batch_size):
             x, y = train_x[idx].float(), train_y[idx].long()
             if cfg.augment:
                 x, y = augment_pair(x, y, gen)

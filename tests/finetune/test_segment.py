@@ -44,3 +44,24 @@ def test_bad_settings_are_one_line():
     with pytest.raises(ValueError, match="class_weights must be 3 positive values"):
         validate_config(SegmentConfig(class_weights=[1.0, 3.0]), 3)
     validate_config(SegmentConfig(class_weights=[1.0, 3.0, 10.0], loss="ce"), 3)
+
+
+def test_a_last_batch_of_one_slice_is_joined_to_the_one_before():
+    """17 slices in batches of 8: the 17th would be a batch of one, which BatchNorm cannot normalise in
+    training mode at the U-Net's 1 x 1 bottleneck (32 px) and which once failed the demo; every slice is still
+    trained on once per epoch, in both protocols (the fine-tuned one recalibrates BatchNorm over them too)."""
+    from ctssl.finetune.finetune import training_batches
+    from ctssl.finetune.segment import train_unet
+    from ctssl.pretrain.backbones import build_backbone
+
+    batches = training_batches(torch.randperm(17, generator=torch.Generator().manual_seed(0)), 8)
+    assert [len(b) for b in batches] == [8, 9] and sorted(torch.cat(batches).tolist()) == list(range(17))
+    assert [len(b) for b in training_batches(torch.arange(16), 8)] == [8, 8]
+    assert [len(b) for b in training_batches(torch.arange(1), 8)] == [1]
+    x = torch.randn(17, 1, 32, 32)
+    y = (x[:, 0] > 0).long()
+    cfg = SegmentConfig(epochs=1, batch_size=8, lrs=[1e-3])
+    for protocol in ("frozen", "finetune"):
+        result = train_unet(build_backbone("resnet18", 1)[0], "resnet18", x, y, x[:4], y[:4].numpy(),
+                            np.arange(4), 2, protocol, cfg, seed=0, lr=1e-3, device="cpu")
+        assert result["history"][0]["train_loss"] > 0
