@@ -20,6 +20,7 @@ is kept as the second task).
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -36,7 +37,10 @@ DEMO_SALT = "ctssl-demo-salt-not-secret-0003"   # synthetic patients only (see _
 
 @dataclass
 class DemoSize:
-    patients: int
+    patients: int          # the CT corpus, split 0.5 / 0.25 / 0.25 (the full demo: at least 6 test patients, 2 per
+                           # class, so the report can compare: eval.measures.evidence)
+    min_slice_spacing: float   # ingest thins slices closer than this (mm): patients, not near-duplicate slices,
+                               # are what the comparisons count
     matrix: int
     image_size: int        # ingest output
     view_size: int         # pretraining views and evaluation inputs
@@ -50,31 +54,45 @@ class DemoSize:
     finetune_fraction: float
     samples: int           # similarity / gap images
     seg_patients: int      # the segmentation corpus (studies after the 8 catalogue ones all carry masks)
+    seg_spacing: float     # its ingest's min_slice_spacing (its slices are 5 mm)
     seg_size: int          # its slices, and the U-Net's input (a multiple of 32)
     seg_epochs: int
-    seg_backbones: tuple[str, ...]   # CT- vs natural-pretrained (the question), and random init in the full demo
+    seg_backbones: tuple[str, ...]   # CT- vs natural-pretrained: the question
 
 
-FULL = DemoSize(patients=24, matrix=128, image_size=128, view_size=64, ct_epochs=3, dino_epochs=2, natural_epochs=12,
-                batch_size=32, natural_per_class=(48, 16), natural_size=96, finetune_epochs=6, finetune_fraction=0.25,
-                samples=400, seg_patients=16, seg_size=32, seg_epochs=5,
-                seg_backbones=("random init", "SimCLR on CT", "SimCLR on natural images"))
-QUICK = DemoSize(patients=8, matrix=64, image_size=48, view_size=32, ct_epochs=1, dino_epochs=1, natural_epochs=2,
+FULL = DemoSize(patients=40, min_slice_spacing=5.0, matrix=128, image_size=128, view_size=64, ct_epochs=2,
+                dino_epochs=2, natural_epochs=8, batch_size=32, natural_per_class=(48, 16), natural_size=96,
+                finetune_epochs=3, finetune_fraction=0.25, samples=400, seg_patients=32, seg_spacing=15.0, seg_size=32,
+                seg_epochs=4, seg_backbones=("SimCLR on CT", "SimCLR on natural images"))
+QUICK = DemoSize(patients=8, min_slice_spacing=0.0, matrix=64, image_size=48, view_size=32, ct_epochs=1, dino_epochs=1,
+                 natural_epochs=2,
                  batch_size=16, natural_per_class=(8, 4), natural_size=32, finetune_epochs=2, finetune_fraction=1.0,
-                 samples=80, seg_patients=16, seg_size=32, seg_epochs=4,
+                 samples=80, seg_patients=16, seg_spacing=10.0, seg_size=32, seg_epochs=5,
                  seg_backbones=("SimCLR on CT", "SimCLR on natural images"))
 SEG_CLASSES = ["lung", "liver", "brain"]
 
 
-def _stage(number: int, name: str, done: bool, fn) -> None:
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (pretraining runs as a child), user + system."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _stage(number: int, name: str, done: bool, fn, times: list[dict]) -> None:
+    """Run stage ``number`` unless ``done``; its wall-clock and CPU seconds go to ``times`` (the summary's
+    table: CPU seconds tell how much work a stage is on a machine shared with other work, wall seconds how
+    long it took here)."""
     label = f"{number}/{STAGES} {name}"
     if done:
         logger.info("[%s] already complete, skipped", label)
+        times.append({"stage": number, "name": name, "wall_s": None, "cpu_s": None})
         return
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     logger.info("[%s] ...", label)
     fn()
-    logger.info("[%s] done in %.1f s", label, time.perf_counter() - start)
+    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    logger.info("[%s] done in %.1f s (%.0f CPU s)", label, wall, cpu)
+    times.append({"stage": number, "name": name, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1)})
 
 
 def _with_demo_salt(fn, *args):
@@ -124,28 +142,31 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
     out = Path(out)
     corpus, ct, natural, evaluation = out / "synth", out / "shards-ct", out / "shards-natural", out / "eval"
     ct_train = out / "shards-ct-shuffled"   # what pretraining reads: slices mixed across series and patients
-    start = time.perf_counter()
-    _stage(1, "synthetic CT corpus and natural-image stand-in", (corpus / "synth-summary.json").exists(),
+    start, times = time.perf_counter(), []
+
+    def stage(number, name, done, fn):
+        _stage(number, name, done, fn, times)
+
+    stage(1, "synthetic CT corpus and natural-image stand-in", (corpus / "synth-summary.json").exists(),
            lambda: run_synth(SynthConfig(out=str(corpus), patients=size.patients, matrix=size.matrix, workers=2,
                                          lesion_rate=1.0,
                                          natural=NaturalConfig(train_per_class=size.natural_per_class[0],
                                                                val_per_class=size.natural_per_class[1],
                                                                size=size.natural_size))))
-    _stage(2, "ingest CT to shards", (ct / "manifest.json").exists(),
+    stage(2, "ingest CT to shards", (ct / "manifest.json").exists(),
            lambda: _with_demo_salt(run_ingest, IngestConfig(
                sources=[str(corpus)], out=str(ct), image_size=size.image_size,
                labels=[str(corpus / "labels" / "slices.csv")],
-               # quick: 4 / 2 / 2 patients, so the test split has two
-               splits=SplitFractions(0.5, 0.25, 0.25) if quick else SplitFractions(0.6, 0.2, 0.2), workers=2)))
-    _stage(3, "shuffle the CT shards for pretraining (ctssl shards shuffle)", (ct_train / "manifest.json").exists(),
+               min_slice_spacing=size.min_slice_spacing, splits=SplitFractions(0.5, 0.25, 0.25), workers=2)))
+    stage(3, "shuffle the CT shards for pretraining (ctssl shards shuffle)", (ct_train / "manifest.json").exists(),
            lambda: run_shuffle(ct, ct_train, ShuffleConfig(shard_size_mb=16), workers=2))
-    _stage(4, "natural images to shards", (natural / "manifest.json").exists(),
+    stage(4, "natural images to shards", (natural / "manifest.json").exists(),
            lambda: images_to_shards(corpus / "natural-standin", natural))
     runs = {"SimCLR on CT": (ct_train, out / "simclr-ct", "simclr", size.ct_epochs, "region"),
             "DINO on CT": (ct_train, out / "dino-ct", "dino", size.dino_epochs, "region"),
             "SimCLR on natural images": (natural, out / "simclr-natural", "simclr", size.natural_epochs, "class")}
     for number, (name, (shards, folder, method, epochs, label)) in zip((5, 6, 7), runs.items()):
-        _stage(number, f"{name} pretraining", (folder / "backbone.safetensors").exists(),
+        stage(number, f"{name} pretraining", (folder / "backbone.safetensors").exists(),
                lambda shards=shards, folder=folder, method=method, epochs=epochs, label=label:
                _pretrain(shards, folder, size, method, epochs, label))
     backbones = {"random init": "random:resnet18:3",
@@ -163,39 +184,43 @@ def run_demo(out: str | Path, quick: bool = False) -> dict:
             run_probe(spec, probe, evaluation)
         # Every backbone: the same epochs and lr grid, its own lr chosen on validation patients.
         run_finetune(replace(lesion, fractions=[size.finetune_fraction]),
-                     FinetuneConfig(epochs=size.finetune_epochs, patience=3, lrs=[3e-4, 1e-3, 3e-3]), evaluation)
+                     FinetuneConfig(epochs=size.finetune_epochs, patience=2, lrs=[3e-4, 1e-3, 3e-3]), evaluation)
         collate(evaluation, 500)
 
     # Protocol runs skip what is done; the stage is complete when every run record exists.
-    _stage(8, "lesion presence (kNN, linear probe, fine-tuning) and body region (kNN, linear probe)", False,
+    stage(8, "lesion presence (kNN, linear probe, fine-tuning) and body region (kNN, linear probe)", False,
            downstream)
     ct_simclr, natural_simclr = backbones["SimCLR on CT"], backbones["SimCLR on natural images"]
-    _stage(9, "representation similarity: CT- vs natural-pretrained", (evaluation / "similarity" /
+    stage(9, "representation similarity: CT- vs natural-pretrained", (evaluation / "similarity" /
            "ct_vs_natural.json").exists(),
            lambda: run_similarity(str(ct), ct_simclr, natural_simclr,
                                   SimilaritySettings(samples=size.samples, image_size=size.view_size), evaluation,
                                   name="ct_vs_natural"))
-    _stage(10, "domain gap: CT slices vs natural images", (evaluation / "gap" / "ct_vs_natural.json").exists(),
+    stage(10, "domain gap: CT slices vs natural images", (evaluation / "gap" / "ct_vs_natural.json").exists(),
            lambda: run_gap(str(ct), str(natural), list(backbones.values()),
                            GapSettings(label="region", label_b="class", max_samples=size.samples,
                                        image_size=size.view_size), evaluation, name="ct_vs_natural"))
-    _stage(11, "confounder experiment: an 'R' tag on thorax slices", (evaluation / "confounders" /
+    stage(11, "confounder experiment: an 'R' tag on thorax slices", (evaluation / "confounders" /
            "tag-thorax.json").exists(),
            lambda: run_confounders(replace(region, backbones=[backbones["random init"], natural_simclr, ct_simclr],
                                            n_boot=300),
                                    ConfounderSettings(positive="thorax", fractions=[0.0, 0.5, 1.0]), evaluation,
                                    kind="tag", probe=ProbeConfig(epochs=50 if not quick else 20), name="tag-thorax"))
-    _stage(12, "segmentation: U-Net on each backbone, encoder frozen and fine-tuned, two label fractions", False,
+    stage(12, "segmentation: U-Net on each backbone, encoder frozen and fine-tuned, two label fractions", False,
            lambda: _segmentation(out, size, backbones, evaluation))
+    report_start, report_cpu = time.perf_counter(), _cpu_seconds()
     html, _ = write_report(evaluation, "ctssl demo: CT vs natural-image pretraining on the synthetic corpus")
-    summary = _write_summary(out, evaluation, names, time.perf_counter() - start, quick, html)
+    times.append({"stage": None, "name": "report (report.html, report.md)",
+                  "wall_s": round(time.perf_counter() - report_start, 1),
+                  "cpu_s": round(_cpu_seconds() - report_cpu, 1)})
+    summary = _write_summary(out, evaluation, names, time.perf_counter() - start, quick, html, times)
     return {"out": str(out), "summary": str(summary), "report": str(html)}
 
 
 def _segmentation(out: Path, size: DemoSize, backbones: dict, evaluation: Path) -> None:
     """Its own synthetic corpus (every non-catalogue study a NIfTI volume with an nnU-Net label volume), its own
-    shards, then ``ctssl segment`` on the SimCLR backbones (CT vs natural: the question; and random init in the
-    full demo), encoder frozen and fine-tuned; runs already recorded are loaded, not trained again."""
+    shards, then ``ctssl segment`` on the SimCLR backbones (CT vs natural: the question), encoder frozen and
+    fine-tuned; runs already recorded are loaded, not trained again."""
     from ctssl.data.ingest import IngestConfig, SplitFractions, run_ingest
     from ctssl.data.synth import NaturalConfig, SynthConfig, run_synth
     from ctssl.eval.protocols.segment import SegmentSpec, run_segment
@@ -206,9 +231,10 @@ def _segmentation(out: Path, size: DemoSize, backbones: dict, evaluation: Path) 
     if not (corpus / "synth-summary.json").exists():
         run_synth(SynthConfig(out=str(corpus), patients=size.seg_patients, seed=11, matrix=2 * size.seg_size,
                               thickness_mm=[5.0], nifti_fraction=1.0, natural=NaturalConfig(enabled=False),
-                              contact_sheet=False, workers=2))
+                              contact_sheet=False, case_prefix="seg", workers=2))
     if not (shards / "manifest.json").exists():
         _with_demo_salt(run_ingest, IngestConfig(sources=[str(corpus)], out=str(shards), image_size=size.seg_size,
+                                                 min_slice_spacing=size.seg_spacing,
                                                  splits=SplitFractions(0.5, 0.25, 0.25), workers=2))
     chosen = [backbones[name] for name in size.seg_backbones]
     spec = SegmentSpec(data=str(shards), classes=SEG_CLASSES, backbones=chosen, fractions=[0.5, 1.0], seeds=[0],
@@ -220,18 +246,21 @@ def _segmentation(out: Path, size: DemoSize, backbones: dict, evaluation: Path) 
     collate(evaluation, 500)
 
 
-def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, quick: bool, html: Path) -> Path:
+def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, quick: bool, html: Path,
+                   times: list[dict]) -> Path:
     """OUT/summary.md: the headline tables (lesion presence, then body region) with readable backbone names,
-    each backbone's chosen fine-tuning lr, and where the report is."""
+    each backbone's chosen fine-tuning lr, the time of each stage, and where the report is."""
     from ctssl.eval.report.sections import headline, interval_text, load_jsonl
 
     records = load_jsonl(evaluation / "results.jsonl")
     lines = ["# ctssl demo" + (" (--quick)" if quick else ""), "",
              "Held-out patients of the synthetic CT corpus, from frozen or fine-tuned ResNet-18 features. Lesion "
              "presence per slice (binary): test AUROC; body region (head / thorax / abdomen / pelvis): test "
-             "accuracy; each with its 95% patient-bootstrap CI. Label fractions are of the training patients.", ""]
+             "accuracy; each with its 95% patient-bootstrap CI where the test patients allow one (at least 6, and 2 "
+             "per class: eval.measures.evidence). Label fractions are of the training patients.", ""]
     intro = {"lesion": "## Lesion presence (headline)", "region": "## Body region"}
-    for table in sorted(headline(records), key=lambda t: list(intro).index(t["label"]) if t["label"] in intro else 9):
+    # Lesion presence and body region; segmentation has its own table below.
+    for table in sorted((t for t in headline(records) if t["label"] in intro), key=lambda t: list(intro).index(t["label"])):
         metric = {"auroc": "AUROC", "accuracy": "accuracy"}.get(table["metric"], table["metric"])
         lines += [intro.get(table["label"], f"## {table['label']}"), "", f"Test {metric}.", "",
                   "| backbone | " + " | ".join(table["columns"]) + " |", "|" + " --- |" * (len(table["columns"]) + 1)]
@@ -278,9 +307,10 @@ def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, qui
                      for f in fractions]
             lines.append(f"| {names.get(backbone, backbone)} | {variant.split()[0]} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _times_table(times, seconds)
     lines += [f"Report (tables, paired tests, data-efficiency curves, CKA heat maps, domain gap, confounders, "
               f"segmentation overlays, provenance): `{html}`", "",
-              f"Total time: {seconds:.0f} s. Outputs: `synth/`, `shards-ct/`, `shards-ct-shuffled/`, `shards-natural/`, "
+              "Outputs: `synth/`, `shards-ct/`, `shards-ct-shuffled/`, `shards-natural/`, "
               "`simclr-ct/`, `dino-ct/`, `simclr-natural/` (checkpoints, metrics, backbone.safetensors), "
               "`synth-seg/` and "
               "`shards-seg/` (the segmentation corpus), `eval/` (runs, "
@@ -288,3 +318,18 @@ def _write_summary(out: Path, evaluation: Path, names: dict, seconds: float, qui
     path = out / "summary.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _times_table(times: list[dict], seconds: float) -> list[str]:
+    """The stages' wall-clock and CPU seconds of this run (a stage found complete says so)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [f"## Time per stage (this run: {seconds:.0f} s on {os.cpu_count()} CPU cores; load average "
+             f"{load:.1f} at the end)", "", "| stage | wall s | CPU s |", "| --- | --- | --- |"]
+    for t in times:
+        label = f"{t['stage']}. {t['name']}" if t["stage"] else t["name"]
+        if t["wall_s"] is None:
+            lines.append(f"| {label} | already complete | |")
+        else:
+            lines.append(f"| {label} | {t['wall_s']:.1f} | {t['cpu_s']:.0f} |")
+    total_cpu = sum(t["cpu_s"] or 0 for t in times)
+    return lines + [f"| total | {seconds:.1f} | {total_cpu:.0f} |", ""]
