@@ -45,7 +45,7 @@ import copy
 import torch
 from torch import nn
 
-from ctssl.pretrain.backbones import BACKBONES
+from ctssl.pretrain.backbones import architecture_of
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)   # the RadNet-12M study's decoder filters, stride 16 -> 1
 DECODER_STRIDES = (16, 8, 4, 2, 1)          # each decoder level's output stride
@@ -84,8 +84,11 @@ class ViTEncoder(nn.Module):
             raise ValueError(f"The ViT pyramid takes 4 evenly spaced blocks; this ViT has only {depth} blocks.")
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.backbone.forward_intermediates(x, indices=self.indices, norm=True, output_fmt="NCHW",
+        maps = self.backbone.forward_intermediates(x, indices=self.indices, norm=True, output_fmt="NCHW",
                                                    intermediates_only=True)
+        size = (x.shape[-2] // 16, x.shape[-1] // 16)    # a patch other than 16 (DINOv2's 14): resized to stride 16
+        return [m if tuple(m.shape[-2:]) == size else
+                nn.functional.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps]
 
 
 class SimplePyramid(nn.Module):
@@ -200,23 +203,22 @@ def _encoder_channels(encoder: nn.Module, neck: nn.Module, in_chans: int) -> dic
 def build_unet(backbone: nn.Module, name: str, num_classes: int, filters=DECODER_CHANNELS) -> UNet:
     """A U-Net (module docstring) on a copy of ``backbone`` (a ``build_backbone`` module named ``name``),
     with ``num_classes`` output logits per pixel (background included) and decoder ``filters`` per level
-    from stride 16 to 1."""
-    if name not in BACKBONES:
-        raise ValueError(f"Unknown backbone '{name}'. Valid backbones are {sorted(BACKBONES)}.")
+    from stride 16 to 1. The encoder and neck are the architecture's (``pretrain.backbones``: its
+    ``encoder``), which refuses in one line when it has no multi-scale features."""
+    arch = architecture_of(backbone)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2 (background and at least one class), got {num_classes!r}.")
     if len(filters) != len(DECODER_STRIDES):
         raise ValueError(f"filters must give {len(DECODER_STRIDES)} decoder widths (strides {DECODER_STRIDES}), "
                          f"got {list(filters)}.")
     backbone = copy.deepcopy(backbone)
-    if name.startswith("resnet"):
-        encoder, neck, in_chans = ResNetEncoder(backbone), nn.Identity(), backbone.conv1.in_channels
-    elif name.startswith("vit"):
-        encoder, neck = ViTEncoder(backbone), SimplePyramid(backbone.num_features)
-        in_chans = backbone.patch_embed.proj.in_channels
-    else:
-        raise ValueError(f"build_unet supports resnet* and vit* backbones, not '{name}'.")
-    decoder = UNetDecoder(_encoder_channels(encoder, neck, in_chans), filters)
+    encoder, neck = arch.encoder(backbone)
+    in_chans = arch.in_chans(backbone)
+    channels = _encoder_channels(encoder, neck, in_chans)
+    if 32 not in channels:
+        raise ValueError(f"Backbone '{name}' gives feature maps at strides {sorted(channels)}; the U-Net needs one at "
+                         "stride 32.")
+    decoder = UNetDecoder(channels, filters)
     return UNet(encoder, neck, decoder, nn.Conv2d(filters[-1], num_classes, 1), name, in_chans)
 
 

@@ -1,7 +1,25 @@
-"""Backbones: torchvision ResNet-18/50 and a timm ViT-S/16, any number of input channels.
+"""Backbones: one registry of architectures; every stage asks its entry for what it needs.
 
-``build_backbone(name, in_chans, init, weights)`` returns ``(module, feature_dim)``; the module
-maps (B, C, H, W) to (B, feature_dim) pooled features. Initialisation:
+An ``Architecture`` is what pretraining, extraction, layer taps, fine-tuning and the U-Net need of a backbone:
+
+- ``build(in_chans, drop_path)`` -> ``(module, feature_dim)``; the module maps (B, C, H, W) to (B, feature_dim)
+  pooled features (the network without its classifier: timm's ``num_classes=0``);
+- ``first_conv``: the state-dict key of the input layer's kernels (adapted to ``in_chans`` when RGB weights load);
+- ``taps(model, conv1)``: the named modules whose outputs representation similarity compares;
+- ``encoder(model)``: ``(encoder, neck)`` for the U-Net (``finetune.unet``), the encoder giving feature maps by
+  stride (a CNN's stages) or, for a ViT, four stride-16 token maps that the neck (the simple feature pyramid)
+  turns into strides 4-32; an architecture without multi-scale features refuses in one line;
+- ``stages(model)``: the parameter groups from input to output (layer-wise lr decay, truncation), or None;
+- ``preprocessing()``: the input its library's weights expect (size, mean/std, interpolation), or None.
+
+Entries: ``resnet18``, ``resnet50`` (torchvision) and ``vit_s16`` (timm ViT-S/16), ctssl's own; and three
+families whose name carries the library's architecture (``pretrain.external``): ``timm:NAME`` (any timm model),
+``torchvision:NAME`` (a torchvision classification model) and ``hf:MODEL_TYPE`` (a Hugging Face
+``transformers`` vision model; its ``config.json`` is the entry's ``config``). ``architecture(name, config)``
+resolves either; ``build_backbone`` tags the module it builds with its entry, so ``architecture_of(model)``
+answers every later stage. Adding a backbone is one entry here (or one family in ``pretrain.external``).
+
+Initialisation (``build_backbone``):
 
 - ``scratch``: random;
 - ``imagenet``: a *local* weights file (nothing is downloaded): torchvision's state dict for the
@@ -17,49 +35,143 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-BACKBONES: dict[str, Callable[[int], tuple[nn.Module, int]]] = {}
+
+class Architecture:
+    """One registry entry (module docstring). Subclasses set ``name``, ``kind`` ("resnet", "vit" or "other":
+    the fine-tuning truncation rules) and ``first_conv``, and implement ``_build``."""
+
+    name: str = ""
+    kind: str = "other"
+    first_conv: str | None = None
+    config: dict | None = None      # what rebuilds the architecture beyond its name (Hugging Face: config.json)
+
+    def build(self, in_chans: int, drop_path: float = 0.0) -> tuple[nn.Module, int]:
+        model, dim = self._build(in_chans, drop_path)
+        model.__dict__["ctssl_architecture"] = self    # a plain attribute: kept by deepcopy, not in the state dict
+        return model, dim
+
+    def _build(self, in_chans: int, drop_path: float) -> tuple[nn.Module, int]:
+        raise NotImplementedError
+
+    def taps(self, model: nn.Module, conv1: bool = False) -> dict[str, nn.Module]:
+        raise ValueError(f"No layer taps for backbone '{self.name}': similarity needs a ResNet, a ViT, a timm model "
+                         "with feature_info or a Hugging Face ViT/DINOv2/ConvNeXt.")
+
+    def encoder(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        raise ValueError(f"Backbone '{self.name}' gives no multi-scale features for a U-Net (a CNN with stages at "
+                         "strides 4-32 or a ViT is needed); use a timm CNN, a ResNet or a ViT.")
+
+    def stages(self, model: nn.Module) -> list[nn.Module] | None:
+        return None
+
+    def preprocessing(self) -> dict | None:
+        return None
+
+    def in_chans(self, model: nn.Module) -> int:
+        return int(model.get_parameter(self.first_conv).shape[1])
 
 
-def register(name: str):
-    def wrap(fn):
-        BACKBONES[name] = fn
-        return fn
-    return wrap
+class TorchvisionResNet(Architecture):
+    kind, first_conv = "resnet", "conv1.weight"
+
+    def __init__(self, name: str, dim: int):
+        self.name, self.dim = name, dim
+
+    def _build(self, in_chans: int, drop_path: float):
+        import torchvision
+
+        model = torchvision.models.get_model(self.name, weights=None)
+        if in_chans != 3:
+            model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        model.fc = nn.Identity()
+        return model, self.dim
+
+    def taps(self, model, conv1=False):
+        return resnet_taps(model, conv1)
+
+    def encoder(self, model):
+        from ctssl.finetune.unet import ResNetEncoder
+
+        return ResNetEncoder(model), nn.Identity()
+
+    def stages(self, model):
+        return [nn.ModuleList([model.conv1, model.bn1]), model.layer1, model.layer2, model.layer3, model.layer4]
 
 
-@register("resnet18")
-def _resnet18(in_chans: int):
-    from torchvision.models import resnet18
+class TimmViTS16(Architecture):
+    name, kind, first_conv = "vit_s16", "vit", "patch_embed.proj.weight"
 
-    return _resnet(resnet18(weights=None), in_chans), 512
+    def _build(self, in_chans: int, drop_path: float):
+        import timm
+
+        model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0,
+                                  in_chans=in_chans, dynamic_img_size=True, drop_path_rate=drop_path)
+        return model, model.num_features
+
+    def taps(self, model, conv1=False):
+        return vit_taps(model)
+
+    def encoder(self, model):
+        from ctssl.finetune.unet import SimplePyramid, ViTEncoder
+
+        return ViTEncoder(model), SimplePyramid(model.num_features)
+
+    def stages(self, model):
+        return [model.patch_embed, *model.blocks]
 
 
-@register("resnet50")
-def _resnet50(in_chans: int):
-    from torchvision.models import resnet50
-
-    return _resnet(resnet50(weights=None), in_chans), 2048
-
-
-def _resnet(model: nn.Module, in_chans: int) -> nn.Module:
-    if in_chans != 3:
-        model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    model.fc = nn.Identity()
-    return model
+def resnet_taps(model: nn.Module, conv1: bool = False) -> dict[str, nn.Module]:
+    """The stem's output (or the first convolution's) and each stage's, of a torchvision-style ResNet."""
+    first = {"conv1": model.conv1} if conv1 else {"stem": model.maxpool}
+    return {**first, "layer1": model.layer1, "layer2": model.layer2, "layer3": model.layer3, "layer4": model.layer4}
 
 
-@register("vit_s16")
-def _vit_s16(in_chans: int, drop_path: float = 0.0):
-    import timm
+def evenly_spaced(depth: int, count: int = 4) -> list[int]:
+    """Indices of ``count`` evenly spaced blocks of ``depth`` (the last one included): 12 -> 2, 5, 8, 11."""
+    return sorted({max(0, round(depth * (k + 1) / count) - 1) for k in range(count)})
 
-    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0,
-                              in_chans=in_chans, dynamic_img_size=True, drop_path_rate=drop_path)
-    return model, model.num_features
+
+def vit_taps(model: nn.Module) -> dict[str, nn.Module]:
+    """A timm ViT's patch embedding and four evenly spaced blocks."""
+    return {"patch_embed": model.patch_embed, **{f"block{i + 1}": model.blocks[i] for i in evenly_spaced(len(model.blocks))}}
+
+
+BACKBONES: dict[str, Architecture] = {
+    "resnet18": TorchvisionResNet("resnet18", 512),
+    "resnet50": TorchvisionResNet("resnet50", 2048),
+    "vit_s16": TimmViTS16(),
+}
+
+
+def architecture(name: str, config: dict | None = None) -> Architecture:
+    """The registry entry for ``name``: one of ``BACKBONES`` or ``FAMILY:NAME`` of ``pretrain.external``."""
+    if name in BACKBONES:
+        return BACKBONES[name]
+    from ctssl.pretrain.external import FAMILIES
+
+    family, _, rest = name.partition(":")
+    if family in FAMILIES and rest:
+        return FAMILIES[family](rest, config)
+    raise ValueError(f"Unknown backbone '{name}'. Valid backbones are {sorted(BACKBONES)} or "
+                     f"{[f + ':NAME' for f in FAMILIES]}.")
+
+
+def architecture_of(model: nn.Module) -> Architecture:
+    """The entry a module was built from (``build_backbone``); an untagged torchvision ResNet or timm ViT is
+    recognised by its layers."""
+    arch = model.__dict__.get("ctssl_architecture")
+    if arch is not None:
+        return arch
+    if hasattr(model, "layer1"):
+        return BACKBONES["resnet50"]
+    if hasattr(model, "blocks") and hasattr(model, "patch_embed"):
+        return BACKBONES["vit_s16"]
+    raise ValueError(f"{type(model).__name__} was not built by ctssl.pretrain.backbones.build_backbone and is no "
+                     "ResNet or ViT: its architecture is unknown.")
 
 
 def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -70,9 +182,6 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
         return weight.sum(dim=1, keepdim=True)
     repeat = math.ceil(in_chans / weight.shape[1])
     return weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
-
-
-FIRST_CONV = {"resnet18": "conv1.weight", "resnet50": "conv1.weight", "vit_s16": "patch_embed.proj.weight"}
 
 
 def load_imagenet(model: nn.Module, name: str, path: str | None, in_chans: int) -> None:
@@ -86,10 +195,24 @@ def load_imagenet(model: nn.Module, name: str, path: str | None, in_chans: int) 
     if "state_dict" in state:
         state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith(("fc.", "head.", "heads."))}
-    conv = FIRST_CONV[name]
+    conv = architecture(name).first_conv
     if conv in state:
         state[conv] = adapt_input_conv(state[conv], in_chans)
     _load_strict(model, state, path)
+
+
+def read_state(path: str) -> dict:
+    """A state dict from a ``.safetensors`` file or a torch file (``weights_only``), unwrapped from a
+    ``state_dict``/``model`` entry."""
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    return state
 
 
 def load_backbone_weights(model: nn.Module, path: str) -> None:
@@ -117,12 +240,11 @@ def _load_strict(model: nn.Module, state: dict, source: str) -> None:
 
 
 def build_backbone(name: str, in_chans: int, init: str = "scratch", weights: str | None = None,
-                   drop_path: float = 0.0):
-    """(module, feature_dim) for backbone ``name`` with ``in_chans`` input channels; ``drop_path``
-    (stochastic depth) applies to ViTs."""
-    if name not in BACKBONES:
-        raise ValueError(f"Unknown backbone '{name}'. Valid backbones are {sorted(BACKBONES)}.")
-    model, dim = BACKBONES[name](in_chans, drop_path) if drop_path else BACKBONES[name](in_chans)
+                   drop_path: float = 0.0, config: dict | None = None):
+    """(module, feature_dim) for backbone ``name`` (``architecture``; ``config`` for a Hugging Face one) with
+    ``in_chans`` input channels; ``drop_path`` (stochastic depth) applies to ViTs."""
+    arch = architecture(name, config)
+    model, dim = arch.build(in_chans, drop_path)
     if init == "imagenet":
         load_imagenet(model, name, weights, in_chans)
     elif init == "checkpoint":
