@@ -4,7 +4,6 @@ the features of their library's own forward; every stage gets what it needs from
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -14,65 +13,15 @@ from ctssl.eval.inputs.sources import backbone_card, load_backbone, pretraining_
 from ctssl.eval.inputs.spec import input_spec
 from ctssl.finetune.finetune import Classifier
 from ctssl.finetune.unet import build_unet
+from tests.library_backbones import library_sources, timm_convnext
 
 transformers = pytest.importorskip("transformers", reason="hf: sources need the 'hf' extra (transformers)")
-
-
-def _timm_file(tmp_path, in_chans=3):
-    import timm
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = timm.create_model("convnext_atto", pretrained=False, in_chans=in_chans)   # with its classifier
-    path = tmp_path / "convnext_atto.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path, model
-
-
-def _torchvision_file(tmp_path):
-    from torchvision.models import resnet18
-
-    torch.manual_seed(1)
-    model = resnet18(weights=None)
-    path = tmp_path / "resnet18.pth"
-    torch.save(model.state_dict(), path)
-    return path, model
-
-
-def _hf_folder(tmp_path):
-    torch.manual_seed(2)
-    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
-                                       image_size=32, patch_size=8)
-    model = transformers.Dinov2Model(config)
-    folder = tmp_path / "dinov2-tiny"
-    model.save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "BitImageProcessor", "crop_size": {"height": 32, "width": 32}, "do_center_crop": True,
-        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225], "size": {"shortest_edge": 36}}))
-    return folder, model
-
-
-def _sources(tmp_path):
-    """[(source, the library's own pooled-feature function)]."""
-    timm_path, timm_model = _timm_file(tmp_path)
-    tv_path, tv_model = _torchvision_file(tmp_path)
-    hf_path, _ = _hf_folder(tmp_path)
-    from torchvision.models.feature_extraction import create_feature_extractor
-
-    tv_features = create_feature_extractor(tv_model.eval(), return_nodes={"flatten": "f"})
-    hf_model = transformers.AutoModel.from_pretrained(str(hf_path), local_files_only=True).eval()
-    return [
-        (f"timm:convnext_atto:{timm_path}", lambda x: timm_model.eval().forward_head(
-            timm_model.forward_features(x), pre_logits=True)),
-        (f"torchvision:resnet18:{tv_path}", lambda x: tv_features(x)["f"]),
-        (f"hf:{hf_path}?arm=medical", lambda x: hf_model(pixel_values=x).pooler_output),
-    ]
 
 
 def test_library_sources_equal_their_library_forward_and_carry_preprocessing(tmp_path, capsys):
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     diffs = {}
-    for source, reference in _sources(tmp_path):
+    for source, reference in library_sources(tmp_path):
         model, card = load_backbone(source)
         with torch.no_grad():
             ours, theirs = model.eval()(x), reference(x)
@@ -81,19 +30,19 @@ def test_library_sources_equal_their_library_forward_and_carry_preprocessing(tmp
         assert card == {**backbone_card(source), "weights_sha256": card["weights_sha256"]}
         assert card["preprocessing"]["in_chans"] == 3 and len(card["preprocessing"]["mean"]) == 3
     print("max abs feature difference against each library:", diffs)
-    timm_card = backbone_card(_sources(tmp_path)[0][0])
+    timm_card = backbone_card(library_sources(tmp_path)[0][0])
     assert timm_card["preprocessing"]["size"] == 224 and "pretrained_cfg" in timm_card["preprocessing"]["from"]
     assert pretraining_arm(timm_card) == "natural" and timm_card["arm_rule"].startswith("inferred")
     hf_card = backbone_card(f"hf:{tmp_path / 'dinov2-tiny'}?arm=medical")
     assert pretraining_arm(hf_card) == "medical" and hf_card["preprocessing"]["size"] == 32
     spec = input_spec(hf_card, "ct")
     assert spec.size == 32 and spec.windows == ["wide"] * 3 and "preprocessor_config.json" in spec.rule
-    tv_card = backbone_card(_sources(tmp_path)[1][0])
+    tv_card = backbone_card(library_sources(tmp_path)[1][0])
     assert tv_card["preprocessing"]["size"] == 224 and tv_card["preprocessing"]["resize"] == 256
 
 
 def test_one_channel_weights_and_missing_files_are_one_line(tmp_path):
-    path, _ = _timm_file(tmp_path, in_chans=1)
+    path, _ = timm_convnext(tmp_path, in_chans=1)
     model, card = load_backbone(f"timm:convnext_atto:{path}")
     assert card["in_chans"] == 1 and model(torch.zeros(1, 1, 32, 32)).shape == (1, 320)
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -108,7 +57,7 @@ def test_every_stage_gets_what_it_needs_from_the_registry(tmp_path):
     """Layer taps, fine-tuning's classifier (with layer-wise decay where the entry names stages) and the U-Net,
     for each library source; a torchvision model without stages refuses the U-Net in one line."""
     x = torch.randn(2, 3, 32, 32)
-    for source, _ in _sources(tmp_path):
+    for source, _ in library_sources(tmp_path):
         model, card = load_backbone(source)
         taps = layer_modules(model)
         acts = spatial_activations(model, x, positions=8)
