@@ -252,3 +252,45 @@ def build_backbone(name: str, in_chans: int, init: str = "scratch", weights: str
     elif init != "scratch":
         raise ValueError(f"Unknown init '{init}'. Valid inits are ['scratch', 'imagenet', 'checkpoint'].")
     return model, dim
+
+
+INITS = ("scratch", "imagenet", "checkpoint")
+
+
+def is_init_source(init: str) -> bool:
+    """``model.init`` names a backbone source (continued pretraining) rather than one of ``INITS``."""
+    return init not in INITS
+
+
+def init_backbone(name: str, in_chans: int, init: str = "scratch", weights: str | None = None,
+                  drop_path: float = 0.0) -> tuple[nn.Module, int, dict | None]:
+    """(module, feature_dim, init card) of pretraining's backbone: ``build_backbone`` for ``INITS``; otherwise
+    ``init`` is a backbone source (``eval.inputs.sources``: ``timm:NAME:FILE``, ``torchvision:NAME:FILE``,
+    ``hf:DIR``, ``imagenet:NAME:FILE``, ``radimagenet:FILE``, a ctssl export), loaded strictly with its weights
+    as they are: continued pretraining starts exactly from the file (the DINO teacher is a copy of it). Its
+    card (architecture, channels, preprocessing, the weights' SHA-256) is the third value."""
+    if not is_init_source(init):
+        model, dim = build_backbone(name, in_chans, init, weights, drop_path)
+        return model, dim, None
+    from ctssl.eval.inputs.sources import load_backbone    # the source syntax lives with evaluation's sources
+
+    model, card = load_backbone(init)
+    if card["backbone"] != name:
+        raise ValueError(f"model.init '{init}' is a {card['backbone']} backbone but model.backbone is '{name}'; "
+                         f"set model.backbone={card['backbone']} (pretrain/main.py --init sets it).")
+    if int(card["in_chans"]) != in_chans:
+        raise ValueError(f"model.init '{init}' takes {card['in_chans']} input channel(s) but the views have "
+                         f"{in_chans}; set data.windows to {card['in_chans']} window(s) or model.in_chans.")
+    if drop_path:
+        raise ValueError("model.drop_path cannot be changed on a backbone loaded from model.init (set it to 0).")
+    return model, feature_dim(model, in_chans), card
+
+
+@torch.no_grad()
+def feature_dim(model: nn.Module, in_chans: int, size: int = 64) -> int:
+    """The pooled feature width of ``model``, from one small forward in eval mode."""
+    was = model.training
+    model.eval()
+    dim = int(model(torch.zeros(1, in_chans, size, size)).shape[1])
+    model.train(was)
+    return dim

@@ -35,7 +35,7 @@ from ctssl import __version__
 from ctssl.core.atomic import atomic_write_text
 from ctssl.core.config import ConfigError, save_config, to_dict
 from ctssl.core.logs import append_jsonl
-from ctssl.pretrain.backbones import build_backbone
+from ctssl.pretrain.backbones import init_backbone
 from ctssl.pretrain.checkpoint import (build_state, clean_temporaries, config_changes, export_backbone,
                                        load_checkpoint, restore, rng_state, save_checkpoint, set_rng_state)
 from ctssl.pretrain.config import PretrainConfig, batch_per_process, validate
@@ -152,8 +152,8 @@ def setup(cfg: PretrainConfig, accelerator: Accelerator, runtime: dict, accept_c
     crops, in_chans, maker, eval_view = _views_and_inputs(cfg, kind)
 
     set_seed(cfg.seed)        # the same initial weights on every process (DDP also broadcasts them)
-    backbone, dim = build_backbone(cfg.model.backbone, in_chans, cfg.model.init, cfg.model.weights,
-                                   cfg.model.drop_path)
+    backbone, dim, init_card = init_backbone(cfg.model.backbone, in_chans, cfg.model.init, cfg.model.weights,
+                                             cfg.model.drop_path)
     method = build_method(cfg.method.name, backbone, dim, cfg.method).to(accelerator.device)
     per_sample = activation_bytes_per_sample(method, crops, in_chans, runtime["precision"])
     plan = plan_micro_batches(batch, per_sample, cfg.memory.micro_batch_size, cfg.memory.budget_gb,
@@ -172,7 +172,8 @@ def setup(cfg: PretrainConfig, accelerator: Accelerator, runtime: dict, accept_c
     resolved = {**to_dict(cfg), "resolved": {
         "lr": peak, "global_batch": batch * world, "batch_per_process": batch, "processes": world,
         "steps_per_epoch": per_epoch, "total_steps": total, "warmup_steps": warmup, "data_kind": kind,
-        "in_chans": in_chans, "sync_bn": sync_bn, **{k: v for k, v in plan.items()}, **runtime}}
+        "in_chans": in_chans, "sync_bn": sync_bn, **{k: v for k, v in plan.items()}, **runtime,
+        "init": {k: init_card[k] for k in INIT_FIELDS if k in init_card} if init_card else None}}
     if main and (problem := warmup_problem(warmup, total, cfg.optim.warmup_epochs, per_epoch)):
         logger.warning("%s", problem)
     if plan["micro_batches"] > 1 and main:
@@ -502,7 +503,19 @@ class Loop:
                          "windows": cfg.data.windows if ct and cfg.data.intensity == "windows" else None,
                          "intensity": cfg.data.intensity if ct else "rgb", "image_size": cfg.data.image_size},
                 "steps": self.step_no, "epochs": self.step_no / r.per_epoch, "knn": self.history,
-                "config": r.resolved}
+                "config": r.resolved, **_init_entries(r.resolved["resolved"].get("init"))}
+
+
+INIT_FIELDS = ("source", "backbone", "method", "weights_sha256", "arm", "preprocessing", "architecture_config")
+
+
+def _init_entries(init: dict | None) -> dict:
+    """The export card's record of continued pretraining: ``init`` (the source and its weights' SHA-256, method,
+    arm and preprocessing) and, for a Hugging Face backbone, the ``architecture_config`` that rebuilds it."""
+    if not init:
+        return {}
+    return {"init": {k: v for k, v in init.items() if k != "architecture_config"},
+            **({"architecture_config": init["architecture_config"]} if init.get("architecture_config") else {})}
 
 
 class SyncCounter:
