@@ -157,7 +157,8 @@ class MonitorConfig:
     knn_scan: int = 4096                   # samples read at most, per split, to draw the kNN monitor's samples
     progress_seconds: float = 60.0         # without a terminal (SLURM logs): a progress line at most this often
     sync_debug: bool = False               # CUDA: count host synchronisations of ordinary steps (and where)
-    tensorboard: bool = True
+    tensorboard: bool = True               # false: tensorboard left out of log_with
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])   # Accelerate's trackers (core.trackers)
 
 
 @dataclass
@@ -249,6 +250,9 @@ def validate(cfg: PretrainConfig) -> None:
         if not ok:
             problems.append(text)
 
+    from ctssl.core.trackers import check_trackers
+
+    problems += [f"monitor.log_with: {p}" for p in check_trackers(list(cfg.monitor.log_with))]
     check(cfg.precision in (None, "no", "bf16", "fp16"), f"precision must be no, bf16, fp16 or null (auto), got {cfg.precision!r}")
     check(cfg.method.name in METHOD_DEFAULTS, f"method.name must be one of {sorted(METHOD_DEFAULTS)}, got {cfg.method.name!r}")
     if is_init_source(cfg.model.init):

@@ -35,6 +35,7 @@ from ctssl import __version__
 from ctssl.core.atomic import atomic_write_text
 from ctssl.core.config import ConfigError, save_config, to_dict
 from ctssl.core.logs import append_jsonl
+from ctssl.core.trackers import finish as finish_trackers, log as log_metrics, open_trackers
 from ctssl.pretrain.backbones import init_backbone
 from ctssl.pretrain.checkpoint import (build_state, clean_temporaries, config_changes, export_backbone,
                                        load_checkpoint, restore, rng_state, save_checkpoint, set_rng_state)
@@ -272,11 +273,8 @@ class Loop:
         self.saved_at = run.start_step if run.start_step else -1     # the last checkpoint's step
         self.loss_value = float("nan")
         self.window = {"start": time.perf_counter(), "samples": 0, "wait": 0.0}
-        self.writer = None
-        if run.main and run.cfg.monitor.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run.out / "tensorboard"))
+        self.trackers = open_trackers(tracker_names(run.cfg.monitor), run.out, "", hparams(run.resolved)) \
+            if run.main else []
         self.progress = Progress(run.total, run.start_step, f"{run.cfg.method.name} {run.cfg.model.backbone}",
                                  run.main, run.cfg.monitor.progress_seconds)
         self.syncs = SyncCounter(run.cfg.monitor.sync_debug and torch.cuda.is_available())
@@ -403,9 +401,9 @@ class Loop:
         self.window = {"start": now, "samples": 0, "wait": 0.0}
         if r.main:
             append_jsonl(r.out / "metrics.jsonl", record)
-            if self.writer:
-                for key in ("loss", "lr", "weight_decay", "images_per_s", "collapse_ratio", "grad_norm"):
-                    self.writer.add_scalar(f"train/{key}", record[key], self.step_no)
+            log_metrics(self.trackers, {f"train/{key}": record[key] for key in
+                                        ("loss", "lr", "weight_decay", "images_per_s", "collapse_ratio", "grad_norm")
+                                        if isinstance(record.get(key), (int, float))}, self.step_no)
             self.progress.logged(record)
             if ratio < r.cfg.monitor.collapse_std:
                 logger.warning("COLLAPSE WARNING step %d: std of the normalised embeddings is %.2f of the "
@@ -452,8 +450,7 @@ class Loop:
             record = {"step": self.step_no, "epoch": self.step_no // r.per_epoch, "knn_accuracy": acc, "when": tag}
             self.history.append(record)
             append_jsonl(r.out / "metrics.jsonl", record)
-            if self.writer:
-                self.writer.add_scalar("monitor/knn_accuracy", acc, self.step_no)
+            log_metrics(self.trackers, {"monitor/knn_accuracy": acc}, self.step_no)
             logger.info("step %d: kNN accuracy (%s) %.3f", self.step_no, r.cfg.monitor.knn_label, acc)
         r.accelerator.wait_for_everyone()
 
@@ -469,8 +466,7 @@ class Loop:
         if r.main and stopped_by is None:
             result["backbone"] = str(export_backbone(r.method, r.out, self.card(), self.patients()))
             atomic_write_text(r.out / "result.json", json.dumps(result, indent=1) + "\n")
-        if self.writer:
-            self.writer.close()
+        finish_trackers(self.trackers)
         if stopped_by and r.main:
             logger.warning("%s: checkpoint saved at step %d; rerun the same command to resume",
                            f"{stopped_by} received" if stopped_by != "stop file" else "stop requested (stop file)",
@@ -504,6 +500,20 @@ class Loop:
                          "intensity": cfg.data.intensity if ct else "rgb", "image_size": cfg.data.image_size},
                 "steps": self.step_no, "epochs": self.step_no / r.per_epoch, "knn": self.history,
                 "config": r.resolved, **_init_entries(r.resolved["resolved"].get("init"))}
+
+
+def tracker_names(monitor) -> list[str]:
+    """``monitor.log_with``, without tensorboard when ``monitor.tensorboard`` is false."""
+    return [n for n in monitor.log_with if n != "tensorboard" or monitor.tensorboard]
+
+
+def hparams(resolved: dict) -> dict:
+    """What the trackers record of a run: the method, backbone, init and the resolved optimisation."""
+    cfg = resolved
+    return {"method": cfg["method"]["name"], "backbone": cfg["model"]["backbone"], "init": cfg["model"]["init"],
+            "data": {"shards": cfg["data"]["shards"], "image_size": cfg["data"]["image_size"]},
+            "resolved": {k: cfg["resolved"][k] for k in ("lr", "global_batch", "total_steps", "warmup_steps",
+                                                         "processes") if k in cfg["resolved"]}}
 
 
 INIT_FIELDS = ("source", "backbone", "method", "weights_sha256", "arm", "preprocessing", "architecture_config")
