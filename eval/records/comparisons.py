@@ -90,6 +90,9 @@ def collate(out: str | Path, n_boot: int = BOOTSTRAP_RESAMPLES, baseline: str = 
     with atomic_open(results, "w") as f:
         for r in records:
             f.write(json.dumps(r, sort_keys=True, default=str) + "\n")
+    from ctssl.eval.records.table import write_csv
+
+    write_csv(records, store.out / "results.csv", load_names(out))     # the same runs, one tidy row each
     reference = choose_baseline(records, load_names(out), baseline)
     groups: dict[tuple, list[dict]] = {}
     for r in records:
