@@ -15,7 +15,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from ctssl.pretrain.interop import FORMATS
 
     parser.add_argument("backbone", help="a backbone source (a ctssl export, timm:NAME:FILE, hf:DIR, ...)")
-    parser.add_argument("--format", required=True, choices=list(FORMATS), help="the layout to write")
+    parser.add_argument("--format", required=True, metavar="FORMAT", help=f"the layout to write: {', '.join(FORMATS)}")
     parser.add_argument("--out", required=True, help="the folder to write")
 
 
