@@ -73,3 +73,22 @@ def test_every_stage_gets_what_it_needs_from_the_registry(tmp_path):
     mobile, _ = load_backbone(f"torchvision:mobilenet_v3_small:{tmp_path / 'mnv3.pth'}")
     with pytest.raises(ValueError, match="no multi-scale features"):
         build_unet(mobile, "torchvision:mobilenet_v3_small", 3)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vit_s16", "timm:convnext_atto", "timm:resnet18",
+                                  "torchvision:resnet18"])
+def test_every_registry_entry_through_every_stage(name):
+    """The contract over registry entries (timm's pattern): built with 1 channel, each gives pooled features of its
+    stated width, layer taps, a classifier with layer-wise lr decay where it names stages, and a U-Net."""
+    from ctssl.pretrain.backbones import architecture_of, build_backbone
+
+    model, dim = build_backbone(name, 1)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, dim)
+    arch = architecture_of(model)
+    assert arch.in_chans(model) == 1 and len(layer_modules(model)) >= 4
+    llrd = 0.5 if arch.stages(model) is not None else 1.0
+    classifier = Classifier(model, name, 0, 2, 32, in_chans=1)
+    assert classifier(x).shape == (2, 2) and len(classifier.param_groups(1e-3, llrd, 0.05)) >= 2
+    assert build_unet(model, name, 2)(x).shape == (2, 2, 32, 32)
