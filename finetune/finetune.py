@@ -1,5 +1,7 @@
 """Fine-tuning: the whole network, or a truncated one (TruncatedTL), on a labelled dataset.
 
+- Any backbone of the registry (``pretrain.backbones``) fine-tunes whole; truncation needs a ResNet or a ViT,
+  layer-wise decay the stages its registry entry names (one-line refusals otherwise).
 - ``truncate = k > 0`` keeps the stem and the first ``k`` stages of a ResNet (of 4) and puts a new linear
   head on the truncated network's *unpooled* feature map (flattened), as TruncatedTL does (Peng, Liang,
   Luo, Li, Sun, "Rethink Transfer Learning in Medical Image Classification", BMVC 2023, arXiv 2106.05152;

@@ -6,7 +6,11 @@ exports; any number of input channels) and maps (B, C, H, W) images to (B, num_c
 and W multiples of 32. The encoder *is* the backbone (a copy: the caller's module is untouched), so its
 state dict has the backbone's keys and can be exported as a backbone again (``export_backbone``).
 
-Encoders, as feature maps keyed by stride:
+Encoders, as feature maps keyed by stride, come from the backbone's registry entry (``pretrain.backbones``:
+``Architecture.encoder``); besides the two below, a timm CNN's ``forward_intermediates`` maps (those
+``features_only=True`` gives, at its ``feature_info`` strides, which must reach 32), timm and Hugging Face ViTs
+through the same simple pyramid (a patch other than 16 resized to stride 16) and Hugging Face ConvNeXt's stage
+outputs (``pretrain.external``); an architecture without multi-scale features is refused in one line.
 
 - ResNet-18/50 (torchvision): the stem's ReLU (stride 2, before the max-pool) and every stage, layer1..layer4
   (strides 4, 8, 16, 32); layer4 is the bottleneck. The RadNet-12M study's U-Net took its skips from relu and
