@@ -39,40 +39,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
-class Architecture:
-    """One registry entry (module docstring). Subclasses set ``name``, ``kind`` ("resnet", "vit" or "other":
-    the fine-tuning truncation rules) and ``first_conv``, and implement ``_build``."""
-
-    name: str = ""
-    kind: str = "other"
-    first_conv: str | None = None
-    config: dict | None = None      # what rebuilds the architecture beyond its name (Hugging Face: config.json)
-
-    def build(self, in_chans: int, drop_path: float = 0.0) -> tuple[nn.Module, int]:
-        model, dim = self._build(in_chans, drop_path)
-        model.__dict__["ctssl_architecture"] = self    # a plain attribute: kept by deepcopy, not in the state dict
-        return model, dim
-
-    def _build(self, in_chans: int, drop_path: float) -> tuple[nn.Module, int]:
-        raise NotImplementedError
-
-    def taps(self, model: nn.Module, conv1: bool = False) -> dict[str, nn.Module]:
-        raise ValueError(f"No layer taps for backbone '{self.name}': similarity needs a ResNet, a ViT, a timm model "
-                         "with feature_info or a Hugging Face ViT/DINOv2/ConvNeXt.")
-
-    def encoder(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
-        raise ValueError(f"Backbone '{self.name}' gives no multi-scale features for a U-Net (a CNN with stages at "
-                         "strides 4-32 or a ViT is needed); use a timm CNN, a ResNet or a ViT.")
-
-    def stages(self, model: nn.Module) -> list[nn.Module] | None:
-        return None
-
-    def preprocessing(self) -> dict | None:
-        return None
-
-    def in_chans(self, model: nn.Module) -> int:
-        return int(model.get_parameter(self.first_conv).shape[1])
+from ctssl.pretrain.architecture import (Architecture, _load_strict, evenly_spaced, read_state, resnet_taps,  # noqa: F401
+                                         vit_taps)
+from ctssl.pretrain.encoders import ResNetEncoder, SimplePyramid, ViTEncoder
 
 
 class TorchvisionResNet(Architecture):
@@ -94,8 +63,6 @@ class TorchvisionResNet(Architecture):
         return resnet_taps(model, conv1)
 
     def encoder(self, model):
-        from ctssl.finetune.unet import ResNetEncoder
-
         return ResNetEncoder(model), nn.Identity()
 
     def stages(self, model):
@@ -116,29 +83,13 @@ class TimmViTS16(Architecture):
         return vit_taps(model)
 
     def encoder(self, model):
-        from ctssl.finetune.unet import SimplePyramid, ViTEncoder
-
         return ViTEncoder(model), SimplePyramid(model.num_features)
 
     def stages(self, model):
         return [model.patch_embed, *model.blocks]
 
 
-def resnet_taps(model: nn.Module, conv1: bool = False) -> dict[str, nn.Module]:
-    """The stem's output (or the first convolution's) and each stage's, of a torchvision-style ResNet."""
-    first = {"conv1": model.conv1} if conv1 else {"stem": model.maxpool}
-    return {**first, "layer1": model.layer1, "layer2": model.layer2, "layer3": model.layer3, "layer4": model.layer4}
-
-
-def evenly_spaced(depth: int, count: int = 4) -> list[int]:
-    """Indices of ``count`` evenly spaced blocks of ``depth`` (the last one included): 12 -> 2, 5, 8, 11."""
-    return sorted({max(0, round(depth * (k + 1) / count) - 1) for k in range(count)})
-
-
-def vit_taps(model: nn.Module) -> dict[str, nn.Module]:
-    """A timm ViT's patch embedding and four evenly spaced blocks."""
-    return {"patch_embed": model.patch_embed, **{f"block{i + 1}": model.blocks[i] for i in evenly_spaced(len(model.blocks))}}
-
+from ctssl.pretrain.external import FAMILIES  # noqa: E402  (the library families: entries built from a name)
 
 BACKBONES: dict[str, Architecture] = {
     "resnet18": TorchvisionResNet("resnet18", 512),
@@ -151,8 +102,6 @@ def architecture(name: str, config: dict | None = None) -> Architecture:
     """The registry entry for ``name``: one of ``BACKBONES`` or ``FAMILY:NAME`` of ``pretrain.external``."""
     if name in BACKBONES:
         return BACKBONES[name]
-    from ctssl.pretrain.external import FAMILIES
-
     family, _, rest = name.partition(":")
     if family in FAMILIES and rest:
         return FAMILIES[family](rest, config)
@@ -201,20 +150,6 @@ def load_imagenet(model: nn.Module, name: str, path: str | None, in_chans: int) 
     _load_strict(model, state, path)
 
 
-def read_state(path: str) -> dict:
-    """A state dict from a ``.safetensors`` file or a torch file (``weights_only``), unwrapped from a
-    ``state_dict``/``model`` entry."""
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    return state
-
-
 def load_backbone_weights(model: nn.Module, path: str) -> None:
     """Backbone weights from a ctssl checkpoint (.pt) or an exported .safetensors file."""
     if not path or not Path(path).is_file():
@@ -229,14 +164,6 @@ def load_backbone_weights(model: nn.Module, path: str) -> None:
             raise ValueError(f"'{path}' is not a ctssl checkpoint (no 'backbone' entry).")
         state = checkpoint["backbone"]
     _load_strict(model, state, path)
-
-
-def _load_strict(model: nn.Module, state: dict, source: str) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"Weights in '{source}' do not fit the backbone: missing keys {missing[:8]}"
-                         f"{'...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-                         f"{'...' if len(unexpected) > 8 else ''}.")
 
 
 def build_backbone(name: str, in_chans: int, init: str = "scratch", weights: str | None = None,
@@ -260,30 +187,6 @@ INITS = ("scratch", "imagenet", "checkpoint")
 def is_init_source(init: str) -> bool:
     """``model.init`` names a backbone source (continued pretraining) rather than one of ``INITS``."""
     return init not in INITS
-
-
-def init_backbone(name: str, in_chans: int, init: str = "scratch", weights: str | None = None,
-                  drop_path: float = 0.0) -> tuple[nn.Module, int, dict | None]:
-    """(module, feature_dim, init card) of pretraining's backbone: ``build_backbone`` for ``INITS``; otherwise
-    ``init`` is a backbone source (``eval.inputs.sources``: ``timm:NAME:FILE``, ``torchvision:NAME:FILE``,
-    ``hf:DIR``, ``imagenet:NAME:FILE``, ``radimagenet:FILE``, a ctssl export), loaded strictly with its weights
-    as they are: continued pretraining starts exactly from the file (the DINO teacher is a copy of it). Its
-    card (architecture, channels, preprocessing, the weights' SHA-256) is the third value."""
-    if not is_init_source(init):
-        model, dim = build_backbone(name, in_chans, init, weights, drop_path)
-        return model, dim, None
-    from ctssl.eval.inputs.sources import load_backbone    # the source syntax lives with evaluation's sources
-
-    model, card = load_backbone(init)
-    if card["backbone"] != name:
-        raise ValueError(f"model.init '{init}' is a {card['backbone']} backbone but model.backbone is '{name}'; "
-                         f"set model.backbone={card['backbone']} (pretrain/main.py --init sets it).")
-    if int(card["in_chans"]) != in_chans:
-        raise ValueError(f"model.init '{init}' takes {card['in_chans']} input channel(s) but the views have "
-                         f"{in_chans}; set data.windows to {card['in_chans']} window(s) or model.in_chans.")
-    if drop_path:
-        raise ValueError("model.drop_path cannot be changed on a backbone loaded from model.init (set it to 0).")
-    return model, feature_dim(model, in_chans), card
 
 
 @torch.no_grad()

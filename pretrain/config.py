@@ -226,7 +226,7 @@ def batch_per_process(cfg: PretrainConfig, world: int) -> int:
 
 def _init_source_problems(cfg: PretrainConfig) -> list[str]:
     """``model.init`` as a backbone source (continued pretraining): it must exist and match ``model.backbone``."""
-    from ctssl.eval.inputs.sources import backbone_card
+    from ctssl.pretrain.sources import backbone_card
 
     try:
         card = backbone_card(cfg.model.init)

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctssl.pretrain.backbones import Architecture, evenly_spaced, read_state, resnet_taps
+from ctssl.pretrain.architecture import Architecture, _load_strict, evenly_spaced, read_state, resnet_taps, vit_taps
+from ctssl.pretrain.encoders import ResNetEncoder, SimplePyramid, ViTEncoder
 
 
 def _strip_prefix(state: dict, prefix: str = "module.") -> dict:
@@ -75,8 +76,6 @@ class TimmModel(Architecture):
 
     def taps(self, model, conv1=False):
         if _is_timm_vit(model):
-            from ctssl.pretrain.backbones import vit_taps
-
             return vit_taps(model)
         names = [info["module"] for info in getattr(model, "feature_info", [])]
         if not names:
@@ -84,8 +83,6 @@ class TimmModel(Architecture):
         return {name.replace(".", "_"): model.get_submodule(name) for name in names}
 
     def encoder(self, model):
-        from ctssl.finetune.unet import SimplePyramid, ViTEncoder
-
         if _is_timm_vit(model):
             return ViTEncoder(model), SimplePyramid(model.num_features)
         if not hasattr(model, "forward_intermediates") or not getattr(model, "feature_info", None):
@@ -184,8 +181,6 @@ class TorchvisionModel(Architecture):
 
     def encoder(self, model):
         if hasattr(model, "layer1"):
-            from ctssl.finetune.unet import ResNetEncoder
-
             return ResNetEncoder(model), nn.Identity()
         return super().encoder(model)
 
@@ -280,8 +275,6 @@ class HFModel(Architecture):
         return {"patch_embed": m.embeddings, **{f"block{i + 1}": layers[i] for i in evenly_spaced(len(layers))}}
 
     def encoder(self, model):
-        from ctssl.finetune.unet import SimplePyramid
-
         if _hf_layout(model.model.config) == "convnext":
             return HFConvNeXtEncoder(model), nn.Identity()
         return HFViTEncoder(model), SimplePyramid(model.model.config.hidden_size)
@@ -358,8 +351,6 @@ def weights_in_chans(path: str, key: str) -> int:
 def load_library_weights(model: nn.Module, arch: Architecture, path: str) -> None:
     """timm or torchvision weights from a local file into ``model`` (built by ``arch``): the classifier's keys
     dropped, everything else strict."""
-    from ctssl.pretrain.backbones import _load_strict
-
     state = _strip_prefix(read_state(path))
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own or not k.startswith(arch.head_prefixes)}
@@ -391,7 +382,7 @@ def hf_preprocessing(folder: str | Path, config: dict) -> dict:
     ``image_size`` when it has none, said in ``from``)."""
     path = Path(folder) / "preprocessor_config.json"
     if not path.is_file():
-        from ctssl.eval.inputs.spec import IMAGENET_MEAN, IMAGENET_STD
+        from ctssl.pretrain.architecture import IMAGENET_MEAN, IMAGENET_STD
 
         return {"size": int(config.get("image_size") or 224), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
                 "from": "no preprocessor_config.json: ImageNet mean/std and config.json's image_size assumed"}

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     who = "pretrain" if rank == 0 else f"pretrain (rank {rank})"
     try:
         if args.init:
-            from ctssl.eval.inputs.sources import backbone_card
+            from ctssl.pretrain.sources import backbone_card
 
             options.update({"model.init": args.init, "model.backbone": backbone_card(args.init)["backbone"]})
         cfg = resolve_pretrain_config(args.recipe, args.config, args.overrides, options)

@@ -36,7 +36,7 @@ from ctssl.core.atomic import atomic_write_text
 from ctssl.core.config import ConfigError, save_config, to_dict
 from ctssl.core.logs import append_jsonl
 from ctssl.core.trackers import finish as finish_trackers, log as log_metrics, open_trackers
-from ctssl.pretrain.backbones import init_backbone
+from ctssl.pretrain.sources import init_backbone
 from ctssl.pretrain.checkpoint import (build_state, clean_temporaries, config_changes, export_backbone,
                                        load_checkpoint, restore, rng_state, save_checkpoint, set_rng_state)
 from ctssl.pretrain.config import PretrainConfig, batch_per_process, validate

@@ -12,7 +12,7 @@ import argparse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from ctssl.pretrain.interop import FORMATS
+    from ctssl.eval.inputs.interop import FORMATS
 
     parser.add_argument("backbone", help="a backbone source (a ctssl export, timm:NAME:FILE, hf:DIR, ...)")
     parser.add_argument("--format", required=True, metavar="FORMAT", help=f"the layout to write: {', '.join(FORMATS)}")
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ctssl.core.logs import setup_logging
-    from ctssl.pretrain.interop import export
+    from ctssl.eval.inputs.interop import export
 
     setup_logging(args.log_level)
     path = export(args.backbone, args.format, args.out)

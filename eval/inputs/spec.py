@@ -36,8 +36,7 @@ import torch.nn.functional as F
 from ctssl.data.windowing import get_window
 from ctssl.eval.inputs.datasets import image_to_array
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+from ctssl.pretrain.architecture import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 DEFAULT_WINDOWS = ["lung", "soft_tissue", "bone"]
 DEFAULT_SIZE = 224
 GREY_WINDOW = "wide"

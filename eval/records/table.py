@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 
 from ctssl.core.atomic import atomic_open
-from ctssl.eval.inputs.sources import pretraining_arm
+from ctssl.pretrain.sources import pretraining_arm
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ctssl.eval.inputs.overlap import describe as describe_overlap
-from ctssl.eval.inputs.sources import ARMS, pretraining_arm
+from ctssl.pretrain.sources import ARMS, pretraining_arm
 from ctssl.eval.measures.evidence import ALPHA, MIN_PATIENTS, MIN_PATIENTS_PER_CLASS
 from ctssl.eval.measures.multiplicity import METHODS, adjust, format_p
 from ctssl.eval.records.comparisons import main_metric

@@ -10,8 +10,8 @@ import math
 import pytest
 import torch
 
-from ctssl.eval.inputs.sources import file_sha256, load_backbone
-from ctssl.pretrain.backbones import init_backbone
+from ctssl.pretrain.sources import file_sha256, load_backbone
+from ctssl.pretrain.sources import init_backbone
 from ctssl.pretrain.config import resolve_pretrain_config
 from ctssl.pretrain.methods import build_method
 from tests.library_backbones import hf_dinov2, timm_convnext
@@ -50,7 +50,7 @@ def test_continued_pretraining_trains_and_its_card_records_the_init(method, libr
     else:
         weights, _ = timm_convnext(tmp_path)
         source = f"timm:convnext_atto:{weights}"
-    from ctssl.eval.inputs.sources import backbone_card
+    from ctssl.pretrain.sources import backbone_card
 
     arch = backbone_card(source)["backbone"]
     cfg = resolve_pretrain_config(None, None, [f"method.name={method}", *TINY],

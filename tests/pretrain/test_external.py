@@ -1,4 +1,4 @@
-"""Library backbones (pretrain.external through eval.inputs.sources): a timm ConvNeXt, a torchvision ResNet-18
+"""Library backbones (pretrain.external through pretrain.sources): a timm ConvNeXt, a torchvision ResNet-18
 and a tiny Hugging Face DINOv2, random weights saved locally, load with their library's preprocessing and give
 the features of their library's own forward; every stage gets what it needs from the registry entry."""
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ctssl.eval.features.layers import layer_modules, spatial_activations
-from ctssl.eval.inputs.sources import backbone_card, load_backbone, pretraining_arm
+from ctssl.pretrain.sources import backbone_card, load_backbone, pretraining_arm
 from ctssl.eval.inputs.spec import input_spec
 from ctssl.finetune.finetune import Classifier
 from ctssl.finetune.unet import build_unet

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ctssl.cli.main import main
-from ctssl.eval.inputs.sources import load_backbone
+from ctssl.pretrain.sources import load_backbone
 from ctssl.pretrain.backbones import build_backbone
 from ctssl.pretrain.checkpoint import export_backbone
 

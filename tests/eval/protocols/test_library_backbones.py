@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ctssl.eval.inputs.datasets import open_dataset
-from ctssl.eval.inputs.sources import backbone_card
+from ctssl.pretrain.sources import backbone_card
 from ctssl.eval.inputs.spec import input_spec, prepare_batch
 from ctssl.eval.measures.probe import ProbeConfig
 from ctssl.eval.protocols.finetune import run_finetune

@@ -42,8 +42,10 @@ from pathlib import Path
 
 import torch
 
-from ctssl.eval.inputs.spec import IMAGENET_MEAN, IMAGENET_STD
-from ctssl.pretrain.backbones import _load_strict, architecture, build_backbone
+from torch import nn
+
+from ctssl.pretrain.architecture import IMAGENET_MEAN, IMAGENET_STD, _load_strict
+from ctssl.pretrain.backbones import architecture, build_backbone, feature_dim, is_init_source
 
 RADIMAGENET_CHILDREN = {0: "conv1", 1: "bn1", 4: "layer1", 5: "layer2", 6: "layer3", 7: "layer4"}
 
@@ -270,3 +272,25 @@ def _load(source: str):
     model, _ = build_backbone(card["backbone"], card["in_chans"], init="checkpoint", weights=str(path),
                               config=card.get("architecture_config"))
     return model, {**card, "source": source, "weights_sha256": file_sha256(path)}
+
+
+def init_backbone(name: str, in_chans: int, init: str = "scratch", weights: str | None = None,
+                  drop_path: float = 0.0) -> tuple[nn.Module, int, dict | None]:
+    """(module, feature_dim, init card) of pretraining's backbone: ``build_backbone`` for ``INITS``; otherwise
+    ``init`` is a backbone source (module docstring: ``timm:NAME:FILE``, ``torchvision:NAME:FILE``,
+    ``hf:DIR``, ``imagenet:NAME:FILE``, ``radimagenet:FILE``, a ctssl export), loaded strictly with its weights
+    as they are: continued pretraining starts exactly from the file (the DINO teacher is a copy of it). Its
+    card (architecture, channels, preprocessing, the weights' SHA-256) is the third value."""
+    if not is_init_source(init):
+        model, dim = build_backbone(name, in_chans, init, weights, drop_path)
+        return model, dim, None
+    model, card = load_backbone(init)
+    if card["backbone"] != name:
+        raise ValueError(f"model.init '{init}' is a {card['backbone']} backbone but model.backbone is '{name}'; "
+                         f"set model.backbone={card['backbone']} (pretrain/main.py --init sets it).")
+    if int(card["in_chans"]) != in_chans:
+        raise ValueError(f"model.init '{init}' takes {card['in_chans']} input channel(s) but the views have "
+                         f"{in_chans}; set data.windows to {card['in_chans']} window(s) or model.in_chans.")
+    if drop_path:
+        raise ValueError("model.drop_path cannot be changed on a backbone loaded from model.init (set it to 0).")
+    return model, feature_dim(model, in_chans), card

@@ -1,4 +1,4 @@
-"""Exports other tools load: a backbone (any source, ``eval.inputs.sources``) written in the layout of timm,
+"""Exports other tools load: a backbone (any source, ``pretrain.sources``) written in the layout of timm,
 torchvision, MONAI or Hugging Face, with ``preprocessing.json`` beside the weights (docs/export.md).
 
 =============  =====================================================  =========================================
@@ -65,7 +65,7 @@ def export(source: str, fmt: str, out: str | Path) -> Path:
     """``source``'s backbone written as ``fmt`` into folder ``out`` (module docstring); returns the weights path."""
     from safetensors.torch import save_file
 
-    from ctssl.eval.inputs.sources import load_backbone
+    from ctssl.pretrain.sources import load_backbone
 
     if fmt not in FORMATS:
         raise ValueError(f"Unknown export format '{fmt}'. Valid formats are {list(FORMATS)}.")
