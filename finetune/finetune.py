@@ -1,5 +1,7 @@
 """Fine-tuning: the whole network, or a truncated one (TruncatedTL), on a labelled dataset.
 
+- Any backbone of the registry (``pretrain.backbones``) fine-tunes whole; truncation needs a ResNet or a ViT,
+  layer-wise decay the stages its registry entry names (one-line refusals otherwise).
 - ``truncate = k > 0`` keeps the stem and the first ``k`` stages of a ResNet (of 4) and puts a new linear
   head on the truncated network's *unpooled* feature map (flattened), as TruncatedTL does (Peng, Liang,
   Luo, Li, Sun, "Rethink Transfer Learning in Medical Image Classification", BMVC 2023, arXiv 2106.05152;
@@ -40,6 +42,7 @@ from torch import nn
 
 from ctssl.core.progress import Progress
 from ctssl.eval.measures.classification import score, selection_metric
+from ctssl.pretrain.backbones import architecture_of
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +77,8 @@ class Classifier(nn.Module):
         # The whole backbone (sharing its parameters with ``features``), for export when untruncated;
         # not a submodule, so its parameters are not registered twice.
         object.__setattr__(self, "backbone", backbone if not truncate else None)
-        if name.startswith("resnet"):
+        arch = architecture_of(backbone)
+        if arch.kind == "resnet":
             stages = [backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4]
             keep = truncate or 4
             if not 1 <= keep <= 4:
@@ -92,7 +96,7 @@ class Classifier(nn.Module):
                 self.features = nn.Sequential(stem, *stages[:keep], nn.AdaptiveAvgPool2d(1), nn.Flatten())
                 dim = _last_channels(stages[keep - 1])
             self.groups = [stem, *stages[:keep]]
-        elif name.startswith("vit"):
+        elif arch.kind == "vit":
             depth = len(backbone.blocks)
             keep = truncate or depth
             if not 1 <= keep <= depth:
@@ -103,8 +107,15 @@ class Classifier(nn.Module):
             self.groups = [backbone.patch_embed, *backbone.blocks]
             self._vit_extra = [p for n, p in backbone.named_parameters()
                                if n.startswith(("cls_token", "pos_embed", "reg_token"))]
-        else:
-            raise ValueError(f"Fine-tuning supports resnet* and vit* backbones, not '{name}'.")
+        else:                              # any other architecture: the whole network, pooled features
+            if truncate:
+                raise ValueError(f"Truncated fine-tuning keeps stages of a ResNet or blocks of a ViT; backbone "
+                                 f"'{name}' is neither (set truncate 0).")
+            self.features = backbone
+            stages = arch.stages(backbone)
+            self.groups = stages if stages is not None else [backbone]
+            self.llrd_layers = stages is not None
+            dim = _feature_dim(backbone, in_chans or arch.in_chans(backbone))
         self.head = nn.Linear(dim, num_outputs)
 
     @property
@@ -117,6 +128,9 @@ class Classifier(nn.Module):
 
     def param_groups(self, lr: float, llrd: float, weight_decay: float) -> list[dict]:
         """One AdamW group per depth (and no decay on norms and biases)."""
+        if llrd != 1 and not getattr(self, "llrd_layers", True):
+            raise ValueError("Layer-wise lr decay (llrd < 1) needs the backbone's stages, which its registry entry "
+                             "does not name; set llrd 1.")
         depth_of = {}
         for depth, module in enumerate(self.groups):
             for p in module.parameters():
@@ -135,6 +149,16 @@ class Classifier(nn.Module):
                                                        "weight_decay": decay, "depth": depth})
             group["params"].append(p)
         return list(groups.values())
+
+
+@torch.no_grad()
+def _feature_dim(backbone: nn.Module, in_chans: int) -> int:
+    """The pooled feature width of ``backbone``, from one small forward in eval mode."""
+    was = backbone.training
+    backbone.eval()
+    dim = int(backbone(torch.zeros(1, in_chans, 64, 64)).shape[1])
+    backbone.train(was)
+    return dim
 
 
 def _last_channels(stage: nn.Module) -> int:

@@ -1,12 +1,16 @@
 """A 2-D U-Net on the encoder of any backbone ctssl evaluates (segmentation transfer).
 
 ``build_unet(backbone, name, num_classes)`` wraps a backbone as ``pretrain.backbones.build_backbone`` or
-``eval.inputs.sources.load_backbone`` returns it (random init, ImageNet or RadImageNet weights, ctssl SimCLR/DINO
+``pretrain.sources.load_backbone`` returns it (random init, ImageNet or RadImageNet weights, ctssl SimCLR/DINO
 exports; any number of input channels) and maps (B, C, H, W) images to (B, num_classes, H, W) logits, for H
 and W multiples of 32. The encoder *is* the backbone (a copy: the caller's module is untouched), so its
 state dict has the backbone's keys and can be exported as a backbone again (``export_backbone``).
 
-Encoders, as feature maps keyed by stride:
+Encoders, as feature maps keyed by stride, come from the backbone's registry entry (``pretrain.backbones``:
+``Architecture.encoder``); besides the two below, a timm CNN's ``forward_intermediates`` maps (those
+``features_only=True`` gives, at its ``feature_info`` strides, which must reach 32), timm and Hugging Face ViTs
+through the same simple pyramid (a patch other than 16 resized to stride 16) and Hugging Face ConvNeXt's stage
+outputs (``pretrain.external``); an architecture without multi-scale features is refused in one line.
 
 - ResNet-18/50 (torchvision): the stem's ReLU (stride 2, before the max-pool) and every stage, layer1..layer4
   (strides 4, 8, 16, 32); layer4 is the bottleneck. The RadNet-12M study's U-Net took its skips from relu and
@@ -45,64 +49,12 @@ import copy
 import torch
 from torch import nn
 
-from ctssl.pretrain.backbones import BACKBONES
+from ctssl.pretrain.backbones import architecture_of
+from ctssl.pretrain.encoders import ResNetEncoder, SimplePyramid, ViTEncoder  # noqa: F401  (the encoders, named here)
 
 DECODER_CHANNELS = (256, 128, 64, 32, 16)   # the RadNet-12M study's decoder filters, stride 16 -> 1
 DECODER_STRIDES = (16, 8, 4, 2, 1)          # each decoder level's output stride
 MULTIPLE = 32                                # input sides must be multiples of the deepest stride
-
-
-class ResNetEncoder(nn.Module):
-    """A torchvision ResNet's maps ``{2: relu, 4: layer1, 8: layer2, 16: layer3, 32: layer4}``."""
-
-    def __init__(self, backbone: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
-        b = self.backbone
-        stem = b.relu(b.bn1(b.conv1(x)))
-        c4 = b.layer1(b.maxpool(stem))
-        c8 = b.layer2(c4)
-        c16 = b.layer3(c8)
-        return {2: stem, 4: c4, 8: c8, 16: c16, 32: b.layer4(c16)}
-
-
-class ViTEncoder(nn.Module):
-    """A timm ViT's tokens after four evenly spaced blocks (final LayerNorm applied), as (B, D, H/16, W/16)
-    maps in block order."""
-
-    def __init__(self, backbone: nn.Module):
-        super().__init__()
-        if not hasattr(backbone, "forward_intermediates"):
-            raise ValueError(f"The ViT encoder needs timm's VisionTransformer.forward_intermediates, which "
-                             f"{type(backbone).__name__} lacks; upgrade timm.")
-        self.backbone = backbone
-        depth = len(backbone.blocks)
-        self.indices = sorted({depth * (k + 1) // 4 - 1 for k in range(4)})
-        if len(self.indices) != 4:
-            raise ValueError(f"The ViT pyramid takes 4 evenly spaced blocks; this ViT has only {depth} blocks.")
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.backbone.forward_intermediates(x, indices=self.indices, norm=True, output_fmt="NCHW",
-                                                   intermediates_only=True)
-
-
-class SimplePyramid(nn.Module):
-    """ViTDet's simple pyramid on four stride-16 maps of ``dim`` channels (one per block, shallow to deep):
-    ``{4: (dim/4), 8: (dim/2), 16: (dim), 32: (dim)}`` channels at strides 4, 8, 16, 32."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        from timm.layers import LayerNorm2d
-
-        self.to4 = nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2), nn.GELU(),
-                                 nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2))
-        self.to8 = nn.ConvTranspose2d(dim, dim // 2, 2, stride=2)
-        self.to32 = nn.MaxPool2d(2)
-
-    def forward(self, maps: list[torch.Tensor]) -> dict[int, torch.Tensor]:
-        return {4: self.to4(maps[0]), 8: self.to8(maps[1]), 16: maps[2], 32: self.to32(maps[3])}
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -200,23 +152,22 @@ def _encoder_channels(encoder: nn.Module, neck: nn.Module, in_chans: int) -> dic
 def build_unet(backbone: nn.Module, name: str, num_classes: int, filters=DECODER_CHANNELS) -> UNet:
     """A U-Net (module docstring) on a copy of ``backbone`` (a ``build_backbone`` module named ``name``),
     with ``num_classes`` output logits per pixel (background included) and decoder ``filters`` per level
-    from stride 16 to 1."""
-    if name not in BACKBONES:
-        raise ValueError(f"Unknown backbone '{name}'. Valid backbones are {sorted(BACKBONES)}.")
+    from stride 16 to 1. The encoder and neck are the architecture's (``pretrain.backbones``: its
+    ``encoder``), which refuses in one line when it has no multi-scale features."""
+    arch = architecture_of(backbone)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2 (background and at least one class), got {num_classes!r}.")
     if len(filters) != len(DECODER_STRIDES):
         raise ValueError(f"filters must give {len(DECODER_STRIDES)} decoder widths (strides {DECODER_STRIDES}), "
                          f"got {list(filters)}.")
     backbone = copy.deepcopy(backbone)
-    if name.startswith("resnet"):
-        encoder, neck, in_chans = ResNetEncoder(backbone), nn.Identity(), backbone.conv1.in_channels
-    elif name.startswith("vit"):
-        encoder, neck = ViTEncoder(backbone), SimplePyramid(backbone.num_features)
-        in_chans = backbone.patch_embed.proj.in_channels
-    else:
-        raise ValueError(f"build_unet supports resnet* and vit* backbones, not '{name}'.")
-    decoder = UNetDecoder(_encoder_channels(encoder, neck, in_chans), filters)
+    encoder, neck = arch.encoder(backbone)
+    in_chans = arch.in_chans(backbone)
+    channels = _encoder_channels(encoder, neck, in_chans)
+    if 32 not in channels:
+        raise ValueError(f"Backbone '{name}' gives feature maps at strides {sorted(channels)}; the U-Net needs one at "
+                         "stride 32.")
+    decoder = UNetDecoder(channels, filters)
     return UNet(encoder, neck, decoder, nn.Conv2d(filters[-1], num_classes, 1), name, in_chans)
 
 

@@ -70,7 +70,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "resnet18"             # resnet18, resnet50, vit_s16
-    init: str = "scratch"                  # scratch, imagenet (local weights file), checkpoint
+    init: str = "scratch"                  # scratch, imagenet (local weights file), checkpoint, or a backbone
+                                           # source (timm:NAME:FILE, hf:DIR, ...): continued pretraining
     weights: Optional[str] = None          # file for imagenet / checkpoint init
     in_chans: int = 0                      # 0: number of CT windows (minmax: 3), or 3 for natural images
     sync_bn: bool = True                   # BatchNorm synchronised over all processes (when > 1 run)
@@ -156,7 +157,8 @@ class MonitorConfig:
     knn_scan: int = 4096                   # samples read at most, per split, to draw the kNN monitor's samples
     progress_seconds: float = 60.0         # without a terminal (SLURM logs): a progress line at most this often
     sync_debug: bool = False               # CUDA: count host synchronisations of ordinary steps (and where)
-    tensorboard: bool = True
+    tensorboard: bool = True               # false: tensorboard left out of log_with
+    log_with: list[str] = field(default_factory=lambda: ["tensorboard"])   # Accelerate's trackers (core.trackers)
 
 
 @dataclass
@@ -222,11 +224,25 @@ def batch_per_process(cfg: PretrainConfig, world: int) -> int:
     return cfg.data.batch_size or DEFAULT_BATCH
 
 
+def _init_source_problems(cfg: PretrainConfig) -> list[str]:
+    """``model.init`` as a backbone source (continued pretraining): it must exist and match ``model.backbone``."""
+    from ctssl.pretrain.sources import backbone_card
+
+    try:
+        card = backbone_card(cfg.model.init)
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        return [f"model.init must be scratch, imagenet, checkpoint or a backbone source: {err}"]
+    if card["backbone"] != cfg.model.backbone:
+        return [f"model.backbone must be {card['backbone']} for model.init {cfg.model.init!r} (--init sets it), "
+                f"got {cfg.model.backbone!r}"]
+    return []
+
+
 def validate(cfg: PretrainConfig) -> None:
     """Every setting checked before anything runs; one ConfigError naming each bad key and its valid values."""
     from ctssl.core.config import ConfigError
     from ctssl.data.windowing import WINDOWS
-    from ctssl.pretrain.backbones import BACKBONES
+    from ctssl.pretrain.backbones import architecture, is_init_source
 
     problems = []
 
@@ -234,11 +250,18 @@ def validate(cfg: PretrainConfig) -> None:
         if not ok:
             problems.append(text)
 
+    from ctssl.core.trackers import check_trackers
+
+    problems += [f"monitor.log_with: {p}" for p in check_trackers(list(cfg.monitor.log_with))]
     check(cfg.precision in (None, "no", "bf16", "fp16"), f"precision must be no, bf16, fp16 or null (auto), got {cfg.precision!r}")
     check(cfg.method.name in METHOD_DEFAULTS, f"method.name must be one of {sorted(METHOD_DEFAULTS)}, got {cfg.method.name!r}")
-    check(cfg.model.backbone in BACKBONES, f"model.backbone must be one of {sorted(BACKBONES)}, got {cfg.model.backbone!r}")
-    check(cfg.model.init in ("scratch", "imagenet", "checkpoint"),
-          f"model.init must be scratch, imagenet or checkpoint, got {cfg.model.init!r}")
+    if is_init_source(cfg.model.init):
+        problems += _init_source_problems(cfg)
+    else:
+        try:
+            architecture(cfg.model.backbone)
+        except (ValueError, ImportError) as err:
+            problems.append(f"model.backbone: {err}")
     check(cfg.model.drop_path == 0 or cfg.model.backbone.startswith("vit"), "model.drop_path applies to ViTs only")
     check(0 <= cfg.model.drop_path < 1, f"model.drop_path must be in [0, 1), got {cfg.model.drop_path}")
     check(cfg.model.in_chans >= 0, f"model.in_chans must be >= 0, got {cfg.model.in_chans}")

@@ -67,8 +67,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="output folder (checkpoints, metrics, exported backbone)")
     parser.add_argument("--shards", default=None, help="shard folder to train on (data.shards)")
     parser.add_argument("--method", default=None, choices=["simclr", "dino"], help="method.name")
-    parser.add_argument("--backbone", default=None, choices=["resnet18", "resnet50", "vit_s16"],
-                        help="model.backbone")
+    parser.add_argument("--backbone", default=None,
+                        help="model.backbone: resnet18, resnet50, vit_s16, timm:NAME or torchvision:NAME "
+                             "(pretrain.backbones)")
+    parser.add_argument("--init", default=None, metavar="SOURCE",
+                        help="continued pretraining from a backbone source (timm:NAME:FILE, torchvision:NAME:FILE, "
+                             "hf:DIR, imagenet:NAME:FILE, radimagenet:FILE, a ctssl export): model.init, with "
+                             "model.backbone set to its architecture")
     parser.add_argument("--epochs", type=int, default=None, help="epochs")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -96,6 +101,10 @@ def main(argv=None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     who = "pretrain" if rank == 0 else f"pretrain (rank {rank})"
     try:
+        if args.init:
+            from ctssl.pretrain.sources import backbone_card
+
+            options.update({"model.init": args.init, "model.backbone": backbone_card(args.init)["backbone"]})
         cfg = resolve_pretrain_config(args.recipe, args.config, args.overrides, options)
         setup_logging(args.log_level, f"{cfg.out}/logs/rank{rank}.log", is_main=rank == 0)
         from ctssl.pretrain.train import train

@@ -35,7 +35,8 @@ from ctssl import __version__
 from ctssl.core.atomic import atomic_write_text
 from ctssl.core.config import ConfigError, save_config, to_dict
 from ctssl.core.logs import append_jsonl
-from ctssl.pretrain.backbones import build_backbone
+from ctssl.core.trackers import finish as finish_trackers, log as log_metrics, open_trackers
+from ctssl.pretrain.sources import init_backbone
 from ctssl.pretrain.checkpoint import (build_state, clean_temporaries, config_changes, export_backbone,
                                        load_checkpoint, restore, rng_state, save_checkpoint, set_rng_state)
 from ctssl.pretrain.config import PretrainConfig, batch_per_process, validate
@@ -154,8 +155,8 @@ def setup(cfg: PretrainConfig, accelerator: Accelerator, runtime: dict, accept_c
     crops, in_chans, maker, eval_view = _views_and_inputs(cfg, kind)
 
     set_seed(cfg.seed)        # the same initial weights on every process (DDP also broadcasts them)
-    backbone, dim = build_backbone(cfg.model.backbone, in_chans, cfg.model.init, cfg.model.weights,
-                                   cfg.model.drop_path)
+    backbone, dim, init_card = init_backbone(cfg.model.backbone, in_chans, cfg.model.init, cfg.model.weights,
+                                             cfg.model.drop_path)
     method = build_method(cfg.method.name, backbone, dim, cfg.method).to(accelerator.device)
     per_sample = activation_bytes_per_sample(method, crops, in_chans, runtime["precision"])
     plan = plan_micro_batches(batch, per_sample, cfg.memory.micro_batch_size, cfg.memory.budget_gb,
@@ -174,7 +175,8 @@ def setup(cfg: PretrainConfig, accelerator: Accelerator, runtime: dict, accept_c
     resolved = {**to_dict(cfg), "resolved": {
         "lr": peak, "global_batch": batch * world, "batch_per_process": batch, "processes": world,
         "steps_per_epoch": per_epoch, "total_steps": total, "warmup_steps": warmup, "data_kind": kind,
-        "in_chans": in_chans, "sync_bn": sync_bn, **{k: v for k, v in plan.items()}, **runtime}}
+        "in_chans": in_chans, "sync_bn": sync_bn, **{k: v for k, v in plan.items()}, **runtime,
+        "init": {k: init_card[k] for k in INIT_FIELDS if k in init_card} if init_card else None}}
     if main and (problem := warmup_problem(warmup, total, cfg.optim.warmup_epochs, per_epoch)):
         logger.warning("%s", problem)
     if plan["micro_batches"] > 1 and main:
@@ -280,11 +282,8 @@ class Loop:
         self.saved_at = run.start_step if run.start_step else -1     # the last checkpoint's step
         self.loss_value = float("nan")
         self.window = {"start": time.perf_counter(), "samples": 0, "wait": 0.0}
-        self.writer = None
-        if run.main and run.cfg.monitor.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run.out / "tensorboard"))
+        self.trackers = open_trackers(tracker_names(run.cfg.monitor), run.out, "", hparams(run.resolved)) \
+            if run.main else []
         self.progress = Progress(run.total, run.start_step, f"{run.cfg.method.name} {run.cfg.model.backbone}",
                                  run.main, run.cfg.monitor.progress_seconds)
         self.syncs = SyncCounter(run.cfg.monitor.sync_debug and torch.cuda.is_available())
@@ -424,9 +423,9 @@ class Loop:
         self.window = {"start": now, "samples": 0, "wait": 0.0}
         if r.main:
             append_jsonl(r.out / "metrics.jsonl", record)
-            if self.writer:
-                for key in ("loss", "lr", "weight_decay", "images_per_s", "collapse_ratio", "grad_norm"):
-                    self.writer.add_scalar(f"train/{key}", record[key], self.step_no)
+            log_metrics(self.trackers, {f"train/{key}": record[key] for key in
+                                        ("loss", "lr", "weight_decay", "images_per_s", "collapse_ratio", "grad_norm")
+                                        if isinstance(record.get(key), (int, float))}, self.step_no)
             self.progress.logged(record)
             if ratio < r.cfg.monitor.collapse_std:
                 logger.warning("COLLAPSE WARNING step %d: std of the normalised embeddings is %.2f of the "
@@ -474,8 +473,7 @@ class Loop:
             record = {"step": self.step_no, "epoch": self.step_no // r.per_epoch, "knn_accuracy": acc, "when": tag}
             self.history.append(record)
             append_jsonl(r.out / "metrics.jsonl", record)
-            if self.writer:
-                self.writer.add_scalar("monitor/knn_accuracy", acc, self.step_no)
+            log_metrics(self.trackers, {"monitor/knn_accuracy": acc}, self.step_no)
             logger.info("step %d: kNN accuracy (%s) %.3f", self.step_no, r.cfg.monitor.knn_label, acc)
         r.accelerator.wait_for_everyone()
 
@@ -491,8 +489,7 @@ class Loop:
         if r.main and stopped_by is None:
             result["backbone"] = str(export_backbone(r.method, r.out, self.card(), self.patients()))
             atomic_write_text(r.out / "result.json", json.dumps(result, indent=1) + "\n")
-        if self.writer:
-            self.writer.close()
+        finish_trackers(self.trackers)
         if stopped_by and r.main:
             logger.warning("%s: checkpoint saved at step %d; rerun the same command to resume",
                            f"{stopped_by} received" if stopped_by != "stop file" else "stop requested (stop file)",
@@ -525,7 +522,33 @@ class Loop:
                          "windows": cfg.data.windows if ct and cfg.data.intensity == "windows" else None,
                          "intensity": cfg.data.intensity if ct else "rgb", "image_size": cfg.data.image_size},
                 "steps": self.step_no, "epochs": self.step_no / r.per_epoch, "knn": self.history,
-                "config": r.resolved}
+                "config": r.resolved, **_init_entries(r.resolved["resolved"].get("init"))}
+
+
+def tracker_names(monitor) -> list[str]:
+    """``monitor.log_with``, without tensorboard when ``monitor.tensorboard`` is false."""
+    return [n for n in monitor.log_with if n != "tensorboard" or monitor.tensorboard]
+
+
+def hparams(resolved: dict) -> dict:
+    """What the trackers record of a run: the method, backbone, init and the resolved optimisation."""
+    cfg = resolved
+    return {"method": cfg["method"]["name"], "backbone": cfg["model"]["backbone"], "init": cfg["model"]["init"],
+            "data": {"shards": cfg["data"]["shards"], "image_size": cfg["data"]["image_size"]},
+            "resolved": {k: cfg["resolved"][k] for k in ("lr", "global_batch", "total_steps", "warmup_steps",
+                                                         "processes") if k in cfg["resolved"]}}
+
+
+INIT_FIELDS = ("source", "backbone", "method", "weights_sha256", "arm", "preprocessing", "architecture_config")
+
+
+def _init_entries(init: dict | None) -> dict:
+    """The export card's record of continued pretraining: ``init`` (the source and its weights' SHA-256, method,
+    arm and preprocessing) and, for a Hugging Face backbone, the ``architecture_config`` that rebuilds it."""
+    if not init:
+        return {}
+    return {"init": {k: v for k, v in init.items() if k != "architecture_config"},
+            **({"architecture_config": init["architecture_config"]} if init.get("architecture_config") else {})}
 
 
 class SyncCounter:

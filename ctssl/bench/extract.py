@@ -46,7 +46,7 @@ def measure(cfg: ExtractBench) -> dict:
     from ctssl.eval.inputs.datasets import open_dataset
     from ctssl.eval.features.extract import default_batch, extract_units
     from ctssl.eval.inputs.spec import input_spec
-    from ctssl.eval.inputs.sources import load_backbone
+    from ctssl.pretrain.sources import load_backbone
 
     sizes, workers, repeats = cfg.sizes, cfg.workers, cfg.repeats
     data = open_dataset(str(bench_shards(Path(cfg.out))), "region")

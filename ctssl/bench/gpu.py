@@ -304,7 +304,7 @@ def extract_suite(shards: str, size: GPUBenchSize) -> dict:
     from ctssl.eval.inputs.datasets import open_dataset
     from ctssl.eval.features.extract import extract_units
     from ctssl.eval.inputs.spec import input_spec, prepare
-    from ctssl.eval.inputs.sources import load_backbone
+    from ctssl.pretrain.sources import load_backbone
 
     data = open_dataset(shards, "region")
     split = "train"

@@ -33,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "similarity": ("ctssl.eval.commands.similarity", "layer-wise CKA / CCA similarity of two backbones"),
     "gap": ("ctssl.eval.commands.gap", "domain gap between two datasets in a backbone's feature space"),
     "confounders": ("ctssl.eval.commands.confounders", "shortcut experiment: confounder in positives, anti-correlated test"),
+    "export": ("ctssl.cli.export_command", "write a backbone for timm, torchvision, MONAI or Hugging Face (with its "
+               "preprocessing)"),
     "report": ("ctssl.eval.commands.report", "one self-contained HTML report and a Markdown summary of all results"),
     "sweep": ("ctssl.eval.commands.sweep", "evaluation sweeps (tasks x backbones x fractions x seeds) as array jobs"),
     "bench": ("ctssl.cli.bench_command", "rerunnable benchmarks, each against a baseline measured in the same run"),

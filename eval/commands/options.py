@@ -37,8 +37,10 @@ def add_target_options(settings: Settings) -> None:
                     help="dataset: a shard folder, imagefolder:ROOT, a .csv (path,label[,split,patient]) or a "
                          "MedMNIST .npz")
     settings.option("--backbone", key="backbones", action="append",
-                    help="random:NAME:IN_CHANS, imagenet:NAME:FILE, radimagenet:FILE, a backbone.safetensors or a "
-                         "checkpoint .pt (repeatable; the first is the baseline of paired comparisons)")
+                    help="random:NAME:IN_CHANS, imagenet:NAME:FILE, radimagenet:FILE, timm:NAME:FILE, "
+                         "torchvision:NAME:FILE, hf:DIR (suffix ?arm=natural|medical|ct declares the arm), a "
+                         "backbone.safetensors or a checkpoint .pt (repeatable; the first is the baseline of paired "
+                         "comparisons)")
     settings.option("--label", key="label", help="label key in the shards; a+b+c for multi-label")
     add_image_size(settings)
     settings.option("--grey-window", key="grey_window",

@@ -31,8 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     settings.option("--class", key="classes", action="append",
                     help="foreground class by name (repeatable; others become background); none: every class")
     settings.option("--backbone", key="backbones", action="append",
-                    help="random:NAME:IN_CHANS, imagenet:NAME:FILE, radimagenet:FILE, a backbone.safetensors or a "
-                         "checkpoint .pt (repeatable)")
+                    help="random:NAME:IN_CHANS, imagenet:NAME:FILE, radimagenet:FILE, timm:NAME:FILE, "
+                         "torchvision:NAME:FILE, hf:DIR, a backbone.safetensors or a checkpoint .pt (repeatable)")
     settings.option("--name", key="names", action="append", help="readable name of each --backbone, in order")
     add_baseline(settings)
     settings.option("--image-size", key="image_size", type=int,

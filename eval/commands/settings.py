@@ -114,3 +114,4 @@ class ReportCommand:
     baseline: str = ""                                   # compared with: a source or name; "": the first natural-
                                                          # image-pretrained backbone, else the first
     adjust: str = "holm"                                 # p-values adjusted over each table: holm or bh
+    log_with: list[str] = field(default_factory=list)    # Accelerate trackers to send each run to (mlflow, wandb, ...)

@@ -31,7 +31,7 @@ from ctssl import __version__
 from ctssl.core.atomic import TMP_MARK, atomic_write_text
 from ctssl.eval.features.extract import NonFiniteFeatures, default_device, extract_units
 from ctssl.eval.inputs.datasets import Dataset
-from ctssl.eval.inputs.sources import load_backbone
+from ctssl.pretrain.sources import load_backbone
 from ctssl.eval.inputs.spec import InputSpec, input_spec
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,8 @@
-"""Layer activations of a backbone: the stem's output and each stage's (ResNet; optionally the first
-convolution's, as the "revisiting hidden representations" study compares at ``conv1``), or the patch
-embedding and evenly spaced blocks (ViT), collected with forward hooks; ``spatial_activations`` samples the
+"""Layer activations of a backbone at the taps its registry entry names (``pretrain.backbones``: the stem's
+output and each stage's of a ResNet, optionally the first convolution's, as the "revisiting hidden
+representations" study compares at ``conv1``; the patch embedding and four evenly spaced blocks of a ViT; a
+timm CNN's ``feature_info`` stages; a Hugging Face model's embeddings and layers or stages), collected with
+forward hooks; ``spatial_activations`` samples the
 same spatial positions of two networks of one architecture (that study's CCA datapoints); ``conv_weights``
 the convolution weights, filter by filter."""
 
@@ -10,18 +12,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from ctssl.pretrain.backbones import architecture_of
+
 
 def layer_modules(model: nn.Module, conv1: bool = False) -> dict[str, nn.Module]:
-    """Named modules whose outputs are compared; ``conv1``: a ResNet's first convolution instead of the stem."""
-    if hasattr(model, "layer1"):
-        first = {"conv1": model.conv1} if conv1 else {"stem": model.maxpool}
-        return {**first, "layer1": model.layer1, "layer2": model.layer2,
-                "layer3": model.layer3, "layer4": model.layer4}
-    if hasattr(model, "blocks"):
-        depth = len(model.blocks)
-        picks = sorted({max(0, round(depth * f) - 1) for f in (0.25, 0.5, 0.75, 1.0)})
-        return {"patch_embed": model.patch_embed, **{f"block{i + 1}": model.blocks[i] for i in picks}}
-    raise ValueError(f"No known layers in {type(model).__name__} (ResNet or ViT expected).")
+    """Named modules whose outputs are compared (the architecture's ``taps``); ``conv1``: a ResNet's first
+    convolution instead of the stem."""
+    return architecture_of(model).taps(model, conv1)
+
+
+def _tensor(out) -> torch.Tensor:
+    """A module's output tensor (Hugging Face layers may return a tuple whose first entry is it)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 @torch.inference_mode()
@@ -30,7 +32,7 @@ def collect(model: nn.Module, inputs: torch.Tensor, reduce, batch: int = 32, dev
     model = model.to(device).eval()
     modules = layer_modules(model)
     store: dict[str, list] = {name: [] for name in modules}
-    handles = [m.register_forward_hook(lambda _m, _i, out, name=name: store[name].append(out.float().cpu()))
+    handles = [m.register_forward_hook(lambda _m, _i, out, name=name: store[name].append(_tensor(out).float().cpu()))
                for name, m in modules.items()]
     try:
         for start in range(0, len(inputs), batch):
@@ -54,7 +56,7 @@ def spatial_activations(model: torch.nn.Module, x: torch.Tensor, positions: int,
 
     def hook(name, layer_index):
         def fn(_module, _inputs, out):
-            a = out.float().cpu()
+            a = _tensor(out).float().cpu()
             a = a.flatten(2).transpose(1, 2) if a.ndim == 4 else a    # (B, positions, C)
             for i in range(a.shape[0]):
                 rng = np.random.default_rng((seed, layer_index, offset[0] + i))

@@ -25,7 +25,7 @@ import functools
 import json
 from pathlib import Path
 
-from ctssl.eval.inputs.sources import pretraining_arm
+from ctssl.pretrain.sources import pretraining_arm
 
 CHECKED_SPLITS = ("val", "test")
 

@@ -9,9 +9,11 @@ from the backbone's card (what it was pretrained with) unless the user sets it.
   - ctssl CT backbones: the windows of their card (e.g. lung, soft tissue, bone), one per channel, or the
     per-slice min-max of the RadNet-12M recipe (``intensity: minmax``), normalised as in pretraining;
   - backbones of grey or natural pictures (ImageNet and RadImageNet weights, ctssl backbones pretrained
-    on natural images): one grey window (``grey_window``, default ``wide``: -1000..1000 HU) replicated to
-    the channels (RadImageNet was trained on grey images replicated to 3 channels), with ImageNet
-    normalisation;
+    on natural images, timm/torchvision/Hugging Face weights): one grey window (``grey_window``, default
+    ``wide``: -1000..1000 HU) replicated to the channels (RadImageNet was trained on grey images replicated to
+    3 channels), with ImageNet normalisation, or the library's own mean/std for timm/torchvision/Hugging
+    Face sources (their card's ``preprocessing``: timm's ``pretrained_cfg``, torchvision's weights
+    transforms, the folder's ``preprocessor_config.json``); their size is the library's input size;
   - random initialisation: the default CT windows (lung, soft tissue, bone) with the CT normalisation,
     the same input as the CT backbones it is the baseline of;
   the whole slice is resized and windowed exactly as pretraining's views are (pretrain.views.whole_slices);
@@ -34,8 +36,7 @@ import torch.nn.functional as F
 from ctssl.data.windowing import get_window
 from ctssl.eval.inputs.datasets import image_to_array
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+from ctssl.pretrain.architecture import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 DEFAULT_WINDOWS = ["lung", "soft_tissue", "bone"]
 DEFAULT_SIZE = 224
 GREY_WINDOW = "wide"
@@ -62,10 +63,12 @@ class InputSpec:
 
 
 def _grey_source(card: dict) -> bool:
-    """A backbone pretrained on grey or natural pictures (not on ctssl's CT views)."""
+    """A backbone pretrained on grey or natural pictures (not on ctssl's CT views): ImageNet and RadImageNet
+    weights, ctssl backbones pretrained on natural images, and timm/torchvision/Hugging Face weights (which carry
+    their library's ``preprocessing``)."""
     method = str(card.get("method", ""))
     return method.startswith(("supervised ImageNet", "supervised RadImageNet")) or \
-        (card.get("data") or {}).get("kind") == "natural"
+        (card.get("data") or {}).get("kind") == "natural" or bool(card.get("preprocessing"))
 
 
 def pretraining_size(card: dict) -> int | None:
@@ -120,8 +123,10 @@ def input_spec(card: dict, data_kind: str, size: int = 0, grey_window: str = GRE
         if _grey_source(card):
             get_window(grey_window)   # an unknown name is an error here, not later
             windows = [grey_window] * in_chans
-            mean, std = IMAGENET_MEAN, IMAGENET_STD
-            rule = f"grey window '{grey_window}' replicated to {in_chans} channel(s), ImageNet normalisation"
+            prep = card.get("preprocessing") or {}
+            mean, std = (list(prep["mean"]), list(prep["std"])) if prep.get("mean") else (IMAGENET_MEAN, IMAGENET_STD)
+            norm = f"its library's normalisation ({prep['from']})" if prep.get("mean") else "ImageNet normalisation"
+            rule = f"grey window '{grey_window}' replicated to {in_chans} channel(s), {norm}"
         elif data.get("intensity") == "minmax":
             intensity = "minmax"
             rule = "per-slice min-max replicated (the backbone's pretraining)"

@@ -26,7 +26,7 @@ from ctssl.eval.features.extract import compute_features, default_device
 from ctssl.eval.inputs.confounders import confounded_set, inject
 from ctssl.eval.inputs.datasets import Sample, open_dataset
 from ctssl.eval.inputs.requirements import require_splits
-from ctssl.eval.inputs.sources import load_backbone
+from ctssl.pretrain.sources import load_backbone
 from ctssl.eval.inputs.spec import input_spec, prepare
 from ctssl.eval.measures.classification import metrics_with_ci, ovr_scores
 from ctssl.eval.measures.confounders import permutation_test

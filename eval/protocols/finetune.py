@@ -25,7 +25,7 @@ from ctssl.eval.features.layers import conv_weights
 from ctssl.eval.inputs.datasets import Dataset, open_dataset
 from ctssl.eval.inputs.folds import subsample
 from ctssl.eval.inputs.requirements import require_classes
-from ctssl.eval.inputs.sources import load_backbone
+from ctssl.pretrain.sources import load_backbone
 from ctssl.eval.inputs.spec import InputSpec, input_spec, prepare
 from ctssl.eval.measures.classification import metrics_with_ci, selection_metric
 from ctssl.eval.measures.similarity import weight_similarity

@@ -22,7 +22,7 @@ import numpy as np
 from ctssl.core.atomic import atomic_write_text
 from ctssl.eval.features.cache import cached_features
 from ctssl.eval.inputs.datasets import IMAGES_ONLY, Dataset, open_dataset
-from ctssl.eval.inputs.sources import backbone_card
+from ctssl.pretrain.sources import backbone_card
 from ctssl.eval.inputs.spec import comparison_size
 from ctssl.eval.measures.gap import (balanced, domain_classifier, frechet_distance, knn_purity, mmd2, probe_gap,
                                      too_few)

@@ -38,7 +38,7 @@ from ctssl.eval.features.extract import default_device
 from ctssl.eval.features.layers import spatial_activations
 from ctssl.eval.inputs.datasets import SPLITS, Dataset, open_dataset
 from ctssl.eval.inputs.folds import fold_indices, patient_folds
-from ctssl.eval.inputs.sources import load_backbone
+from ctssl.pretrain.sources import load_backbone
 from ctssl.eval.inputs.spec import input_spec, prepare_batch
 from ctssl.eval.measures.classification import metrics_with_ci
 from ctssl.eval.measures.similarity import spatial_cca

@@ -38,7 +38,7 @@ from ctssl.eval.features.extract import default_device
 from ctssl.eval.inputs.requirements import warn_few
 from ctssl.eval.inputs.segmentation import SPLITS, SegCase, SegDataset, check_splits, open_segmentation, \
     subsample_cases
-from ctssl.eval.inputs.sources import load_backbone
+from ctssl.pretrain.sources import load_backbone
 from ctssl.eval.inputs.spec import GREY_WINDOW, InputSpec, input_spec, prepare_batch
 from ctssl.eval.measures.classification import BOOTSTRAP_RESAMPLES, finite
 from ctssl.eval.measures.segmentation import case_table, pooled_dice, slice_counts, slice_pooled_dice_ci, \
@@ -58,7 +58,7 @@ MULTIPLE = 32
 class SegmentSpec:
     data: str = ""                          # a shard folder with masks
     classes: list[str] = field(default_factory=list)   # foreground classes by name; [] = every class
-    backbones: list[str] = field(default_factory=list)  # sources (eval.inputs.sources); the first is the baseline
+    backbones: list[str] = field(default_factory=list)  # sources (pretrain.sources); the first is the baseline
     image_size: int = 0                     # 0: the stored slice size rounded up to a multiple of 32
     grey_window: str = GREY_WINDOW
     n_boot: int = BOOTSTRAP_RESAMPLES

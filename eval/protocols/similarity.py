@@ -26,7 +26,7 @@ from ctssl.eval.records.plots import heatmaps
 from ctssl.eval.records.provenance import provenance
 from ctssl.eval.records.store import pair_name
 from ctssl.eval.measures.similarity import MEASURES, chance_level, reduce_activations, too_few, weight_similarity
-from ctssl.eval.inputs.sources import backbone_card, load_backbone
+from ctssl.pretrain.sources import backbone_card, load_backbone
 
 logger = logging.getLogger(__name__)
 BIASED = ("linear_cka", "rbf_cka")        # biased HSIC: reported with their chance level

@@ -16,7 +16,7 @@ from pathlib import Path
 from ctssl.eval.features.cache import Features, cached_features
 from ctssl.eval.inputs.datasets import DEFAULT_LABEL, Dataset
 from ctssl.eval.inputs.overlap import check_overlap, describe
-from ctssl.eval.inputs.sources import backbone_card
+from ctssl.pretrain.sources import backbone_card
 from ctssl.eval.inputs.spec import GREY_WINDOW, comparison_size
 from ctssl.eval.measures.classification import BOOTSTRAP_RESAMPLES
 from ctssl.eval.records.provenance import provenance
@@ -27,7 +27,7 @@ from ctssl.eval.records.store import run_id
 class EvalTarget:
     data: str = ""                         # dataset spec (eval.inputs.datasets): shards, imagefolder:, .csv, .npz
     label: str = DEFAULT_LABEL             # label key; a+b+c for multi-label
-    backbones: list[str] = field(default_factory=list)   # sources (eval.inputs.sources); the first is the baseline
+    backbones: list[str] = field(default_factory=list)   # sources (pretrain.sources); the first is the baseline
     image_size: int = 0                    # 0: one size for all, the largest pretraining size among them
     own_size: bool = False                 # each backbone at its own pretraining size instead (an ablation)
     grey_window: str = GREY_WINDOW         # CT window of backbones pretrained on grey or natural pictures

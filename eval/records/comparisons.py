@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ctssl.core.atomic import atomic_open
-from ctssl.eval.inputs.sources import pretraining_arm
+from ctssl.pretrain.sources import pretraining_arm
 from ctssl.eval.measures.agreement import prediction_similarity
 from ctssl.eval.measures.classification import (BOOTSTRAP_RESAMPLES, CLASS_METRICS, accuracy, auroc_of_ovr, finite,
                                                 ovr_scores, paired_bootstrap)
@@ -63,7 +63,7 @@ def _comparison_key(r: dict) -> tuple:
 
 
 def arm(record: dict) -> str:
-    """The pretraining arm of a record's backbone (``eval.inputs.sources.pretraining_arm``)."""
+    """The pretraining arm of a record's backbone (``pretrain.sources.pretraining_arm``)."""
     return pretraining_arm(record.get("backbone_card") or {})
 
 
@@ -90,6 +90,9 @@ def collate(out: str | Path, n_boot: int = BOOTSTRAP_RESAMPLES, baseline: str = 
     with atomic_open(results, "w") as f:
         for r in records:
             f.write(json.dumps(r, sort_keys=True, default=str) + "\n")
+    from ctssl.eval.records.table import write_csv
+
+    write_csv(records, store.out / "results.csv", load_names(out))     # the same runs, one tidy row each
     reference = choose_baseline(records, load_names(out), baseline)
     groups: dict[tuple, list[dict]] = {}
     for r in records:

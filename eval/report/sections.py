@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from ctssl.eval.inputs.overlap import describe as describe_overlap
-from ctssl.eval.inputs.sources import ARMS, pretraining_arm
+from ctssl.pretrain.sources import ARMS, pretraining_arm
 from ctssl.eval.measures.evidence import ALPHA, MIN_PATIENTS, MIN_PATIENTS_PER_CLASS
 from ctssl.eval.measures.multiplicity import METHODS, adjust, format_p
 from ctssl.eval.records.comparisons import main_metric
@@ -512,6 +512,17 @@ def _confounder_p(row: dict) -> str:
     return fmt((row.get("permutation_test") or {}).get("p_value"))
 
 
+def method_words(card: dict) -> str:
+    """A card's method, with "continued from SOURCE" for continued pretraining and how a library backbone's
+    arm was chosen."""
+    words = str(card.get("method", ""))
+    if card.get("init"):
+        words += f", continued from {card['init'].get('source')}"
+    if card.get("arm_rule"):
+        words += f" (arm {card['arm_rule']})"
+    return words
+
+
 def provenance(records: list[dict], gaps: list[dict], names: dict, similarity: list[dict] | None = None
                ) -> list[Block]:
     """8. Every backbone's card; the evaluation input of every run (per run, not per backbone: commands and
@@ -527,7 +538,7 @@ def provenance(records: list[dict], gaps: list[dict], names: dict, similarity: l
     header = ["backbone", "source", "arm", "method", "architecture", "pretraining data", "steps", "weights SHA-256",
               "pretraining patients vs evaluation patients"]
     checked = overlap_status(records)
-    rows = [[names.get(b, ""), b, ARMS.get(pretraining_arm(c), "") if c else "", c.get("method", ""),
+    rows = [[names.get(b, ""), b, ARMS.get(pretraining_arm(c), "") if c else "", method_words(c),
              f"{c.get('backbone', '')} ({c.get('in_chans', '')} ch)", (c.get("data") or {}).get("shards") or "",
              c.get("steps", ""), (c.get("weights_sha256") or "")[:16],
              describe_overlap(checked[b]) if b in checked else ""]

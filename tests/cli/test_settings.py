@@ -21,8 +21,10 @@ from ctssl.cli.main import build_parser, main
 from ctssl.core.config import resolve_config
 from ctssl.core.options import PREFIX, default_of, schema_of
 
-# Phases whose work is fully decided elsewhere (the plan, the folder): no settings, so no --config or --set.
-WITHOUT_SETTINGS = {("ingest-array", "task"), ("ingest-array", "merge"), ("shards", "verify"), ("shards", "inspect")}
+# Phases whose work is fully decided elsewhere (the plan, the folder, the backbone and format): no settings, so no
+# --config or --set.
+WITHOUT_SETTINGS = {("ingest-array", "task"), ("ingest-array", "merge"), ("shards", "verify"), ("shards", "inspect"),
+                    ("export",)}
 
 
 def _targets() -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
@@ -115,7 +117,7 @@ def test_a_named_option_wins_over_set_which_wins_over_the_file(tmp_path):
     assert main(["report", "--out", str(out), "--config", str(path), "--set", "title=from set",
                  "--title", "named"]) == 0
     written = yaml.safe_load((out / "report-config.yaml").read_text())
-    assert written == {"out": str(out), "title": "named", "n_boot": 7, "adjust": "holm", "baseline": ""}
+    assert written == {"out": str(out), "title": "named", "n_boot": 7, "adjust": "holm", "baseline": "", "log_with": []}
     assert "# named" in (out / "report.md").read_text()
 
 

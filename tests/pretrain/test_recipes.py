@@ -25,7 +25,8 @@ TINY = ["data.image_size=32", "data.global_batch_size=4", "max_steps=2", "data.n
 
 def test_there_are_the_study_recipes_and_each_cites_a_source():
     assert set(recipe_names(RECIPES)) == {"simclr_rn50_radnet12m", "simclr_rn50_ct", "simclr_rn50_imagenet",
-                                          "dino_rn50_ct", "dino_rn50_imagenet", "dino_vits16_ct", "dino_vits16_imagenet"}
+                                          "dino_rn50_ct", "dino_rn50_imagenet", "dino_vits16_ct", "dino_vits16_imagenet",
+                                          "dino_continued_ct"}
     for name in recipe_names(RECIPES):
         text = (RECIPES / f"{name}.yaml").read_text()
         assert text.startswith("#") and "Source:" in text, name

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from ctssl.cli.main import main
-from ctssl.eval.inputs.sources import load_backbone
+from ctssl.pretrain.sources import load_backbone
 
 
 def _records(out):

@@ -26,7 +26,7 @@ def test_similarity_gap_and_report(eval_shards, natural_shards, tmp_path, capsys
     # with itself gives exactly 1.
     assert "conv1" in record["weight_rbf_cka"] and all(0 <= v <= 1 for v in record["weight_rbf_cka"].values())
     from ctssl.eval.features.layers import conv_weights
-    from ctssl.eval.inputs.sources import load_backbone
+    from ctssl.pretrain.sources import load_backbone
     from ctssl.eval.measures.similarity import weight_similarity
 
     weights = conv_weights(load_backbone("random:resnet18:3")[0])

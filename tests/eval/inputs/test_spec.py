@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctssl.eval.inputs.sources import load_backbone
+from ctssl.pretrain.sources import load_backbone
 from ctssl.eval.inputs.spec import input_spec, prepare
 from ctssl.pretrain.backbones import build_backbone
 

@@ -155,7 +155,7 @@ def test_svcca_mean_matches_svcca_sum_threshold():
 def test_spatial_cca_of_a_network_with_itself_and_with_noise():
     import torch
 
-    from ctssl.eval.inputs.sources import load_backbone
+    from ctssl.pretrain.sources import load_backbone
 
     model, _ = load_backbone("random:resnet18:3")
     x = torch.randn(12, 3, 32, 32)

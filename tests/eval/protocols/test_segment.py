@@ -169,3 +169,21 @@ def test_the_radnet12m_recipes_segmentation_arm_runs_as_a_sweep(seg_shards, tmp_
         assert r["fraction"] == 0.5 and r["n_train_patients"] < 6
     assert [p["sigma"] for p in next(r for r in records if r["variant"] == "frozen final")["noise"]] == [0.01]
     assert "segmentation (frozen final)" in (out / "report.md").read_text()
+
+
+def test_library_backbones_segment(seg_shards, tmp_path):
+    """A timm ConvNeXt (its forward_intermediates stages), a torchvision ResNet-18 and a Hugging Face DINOv2 (the
+    simple feature pyramid on its layers) each train a U-Net (frozen encoder, 1 epoch) and are recorded with their
+    library's preprocessing."""
+    pytest.importorskip("transformers", reason="hf: sources need the 'hf' extra (transformers)")
+    from ctssl.eval.protocols.segment import SegmentSpec, run_segment
+    from ctssl.finetune.segment import SegmentConfig
+    from tests.library_backbones import library_sources
+
+    sources = [s for s, _ in library_sources(tmp_path)]
+    spec = SegmentSpec(data=str(seg_shards), classes=["lung"], backbones=sources, n_boot=20)
+    records = run_segment(spec, SegmentConfig(protocols=["frozen"], epochs=1, batch_size=8, lrs=[3e-3]), tmp_path / "out")
+    assert sorted({r["backbone"] for r in records}) == sorted(sources)
+    for r in records:
+        assert r["backbone_card"]["preprocessing"]["mean"] == r["input"]["mean"] and r["input"]["size"] == 32
+        assert np.isfinite(r["test"]["mean_dice"]["value"])

@@ -27,7 +27,8 @@ TINY = ["--set", "image_size=32", "--set", "n_boot=50", "--set", "finetune.epoch
 
 
 def test_recipes_hold_their_papers_protocols():
-    assert set(recipe_names(RECIPES)) == {"radnet12m", "hidden_representations", "source_matters", "truncated_transfer"}
+    assert set(recipe_names(RECIPES)) == {"radnet12m", "hidden_representations", "source_matters", "truncated_transfer",
+                                            "continued_pretraining"}
     cfg = {name: resolve_sweep_config(name, options={"data": "d", "backbones": ["a", "b"]})
            for name in recipe_names(RECIPES)}
     for name, c in cfg.items():

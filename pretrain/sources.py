@@ -5,10 +5,20 @@
                                               unless given, so it is the same network every time
 ``imagenet:NAME:FILE``                        torchvision's / timm's ImageNet weights, local file
 ``radimagenet:FILE``                          a RadImageNet ResNet-50 PyTorch checkpoint (below)
+``timm:NAME:FILE``                            any timm model, weights from a local safetensors/torch file
+``torchvision:NAME:FILE``                     a torchvision classification model, local weights
+``hf:DIR``                                    a Hugging Face model folder (config.json + weights; ViT,
+                                              DINOv2, ConvNeXt; ``pip install 'ctssl[hf]'``)
 ``FILE.safetensors``                          ctssl's export (``backbone.json`` card beside it)
 ``FILE.pt``                                   a ctssl pretraining checkpoint (``last.pt``); its
                                               ``config.yaml`` beside it says the architecture
 ============================================  =================================================
+
+The library sources (``pretrain.external``) carry the library's preprocessing in the card (``preprocessing``:
+size, mean/std, interpolation, and where it was read) and their input channels from the weights' first layer.
+Their pretraining arm (``natural``, ``medical`` or ``ct``) is declared with a ``?arm=ARM`` suffix
+(``hf:/models/ct-fm?arm=ct``) or inferred as ``natural`` (timm's, torchvision's and Hugging Face's released
+weights are natural-image pretrained: ImageNet, LVD-142M); the card says which (``arm_rule``).
 
 Every source resolves to ``(module, card)``. The card says the architecture, the input channels,
 how inputs are prepared (CT windows; normalisation ``mean``/``std`` per channel) and where the
@@ -32,8 +42,10 @@ from pathlib import Path
 
 import torch
 
-from ctssl.eval.inputs.spec import IMAGENET_MEAN, IMAGENET_STD
-from ctssl.pretrain.backbones import _load_strict, build_backbone
+from torch import nn
+
+from ctssl.pretrain.architecture import IMAGENET_MEAN, IMAGENET_STD, _load_strict
+from ctssl.pretrain.backbones import architecture, build_backbone, feature_dim, is_init_source
 
 RADIMAGENET_CHILDREN = {0: "conv1", 1: "bn1", 4: "layer1", 5: "layer2", 6: "layer3", 7: "layer4"}
 
@@ -79,8 +91,11 @@ ARMS = {"ct": "CT-pretrained", "natural": "natural-image-pretrained", "medical":
 
 def pretraining_arm(card: dict) -> str:
     """Which arm of the study a backbone belongs to (a key of ``ARMS``): ``ct`` (ctssl pretraining on CT),
-    ``natural`` (ImageNet weights, ctssl pretraining on natural images), ``medical`` (RadImageNet), ``random``."""
+    ``natural`` (ImageNet weights, ctssl pretraining on natural images), ``medical`` (RadImageNet), ``random``;
+    a library source's declared or inferred ``arm`` (module docstring)."""
     method, kind = str(card.get("method", "")), (card.get("data") or {}).get("kind")
+    if card.get("arm") in ARMS:
+        return card["arm"]
     if method == "random init":
         return "random"
     if method.startswith("supervised ImageNet") or kind == "natural":
@@ -90,9 +105,58 @@ def pretraining_arm(card: dict) -> str:
     return "ct" if kind == "ct" else "other"
 
 
+LIBRARIES = ("timm:", "torchvision:", "hf:")
+ARM_SUFFIX = re.compile(r"\?arm=(natural|medical|ct)$")
+
+
+def split_arm(source: str) -> tuple[str, str | None]:
+    """(source without a ``?arm=ARM`` suffix, ARM or None)."""
+    match = ARM_SUFFIX.search(source)
+    return (source[:match.start()], match.group(1)) if match else (source, None)
+
+
+def _library_card(source: str) -> dict:
+    """The card of a timm:, torchvision: or hf: source (module docstring), without loading the weights."""
+    from ctssl.pretrain import external
+
+    spec, declared = split_arm(source)
+    library, _, rest = spec.partition(":")
+    if library == "hf":
+        folder = Path(rest)
+        config = external.hf_config(folder)
+        arch_name, path, prep = f"hf:{config['model_type']}", folder, external.hf_preprocessing(folder, config)
+        in_chans, extra = int(config.get("num_channels", 3)), {"architecture_config": config}
+        label = f"Hugging Face {config['model_type']} ({folder.name})"
+    else:
+        name, sep, path = rest.partition(":")
+        if not sep or not name or not path:
+            raise ValueError(f"Backbone source '{source}' must be {library}:NAME:FILE, e.g. {library}:resnet50:"
+                             "/weights/resnet50.safetensors.")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Weights file '{path}' of backbone source '{source}' does not exist "
+                                    "(nothing is downloaded).")
+        arch = architecture(f"{library}:{name}")
+        if arch.first_conv is None:     # torchvision: known once built
+            arch.build(3)
+        arch_name, prep, extra = arch.name, arch.preprocessing(), {}
+        in_chans = external.weights_in_chans(path, arch.first_conv)
+        label = f"{library} {name} ({Path(path).name})"
+    prep = prep or {"size": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "from": "no library preprocessing: "
+                    "ImageNet's assumed"}
+    prep = {**prep, "in_chans": in_chans}
+    arm = declared or "natural"
+    arm_rule = "declared (?arm=)" if declared else (f"inferred: {library} released weights are natural-image "
+                                                   "pretrained unless declared with ?arm=medical or ?arm=ct")
+    return _card(arch_name, in_chans, f"pretrained weights: {label}", {"image_size": prep["size"]}, source=source,
+                 mean=prep["mean"], std=prep["std"], preprocessing=prep, arm=arm, arm_rule=arm_rule,
+                 weights_path=str(path), **extra)
+
+
 def backbone_card(source: str) -> dict:
     """A backbone's card without loading its weights (no ``weights_sha256``): architecture, channels, method,
     pretraining data and size; what ``comparison_size`` and the report's arms need of every backbone first."""
+    if source.startswith(LIBRARIES):
+        return _library_card(source)
     if source.startswith("random:"):
         parts = source.split(":")
         if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts[2:]):
@@ -107,8 +171,8 @@ def backbone_card(source: str) -> dict:
         return _card("resnet50", 3, "supervised RadImageNet", source=source, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     path = Path(source)
     if not path.is_file():
-        raise FileNotFoundError(f"Backbone '{source}' is neither an existing file nor random:/imagenet:/"
-                                "radimagenet: source.")
+        raise FileNotFoundError(f"Backbone '{source}' is neither an existing file nor a random:/imagenet:/"
+                                "radimagenet:/timm:/torchvision:/hf: source.")
     if path.suffix == ".safetensors":
         card_path = path.with_suffix(".json")
         if not card_path.exists():
@@ -151,7 +215,32 @@ def load_backbone(source: str):
     return model, card
 
 
+def _weights_sha256(path: Path) -> str:
+    """The weights file's SHA-256; a Hugging Face folder's: of its weight files' digests in name order."""
+    if path.is_file():
+        return file_sha256(path)
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    if not files:
+        raise FileNotFoundError(f"Hugging Face model folder '{path}' holds no weights (*.safetensors, *.bin).")
+    return hashlib.sha256("".join(file_sha256(p) for p in files).encode()).hexdigest()
+
+
+def _load_library(source: str):
+    from ctssl.pretrain import external
+
+    card = _library_card(source)
+    path = Path(card["weights_path"])
+    if card["backbone"].startswith("hf:"):
+        model, _ = external.load_hf(path)
+    else:
+        model, _ = build_backbone(card["backbone"], card["in_chans"])
+        external.load_library_weights(model, model.ctssl_architecture, str(path))
+    return model, {**card, "weights_sha256": _weights_sha256(path)}
+
+
 def _load(source: str):
+    if source.startswith(LIBRARIES):
+        return _load_library(source)
     if source.startswith("random:"):
         parts = source.split(":")
         if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts[2:]):
@@ -180,5 +269,28 @@ def _load(source: str):
                             weights_sha256=file_sha256(path), mean=IMAGENET_MEAN, std=IMAGENET_STD)
     path = Path(source)
     card = backbone_card(source)
-    model, _ = build_backbone(card["backbone"], card["in_chans"], init="checkpoint", weights=str(path))
+    model, _ = build_backbone(card["backbone"], card["in_chans"], init="checkpoint", weights=str(path),
+                              config=card.get("architecture_config"))
     return model, {**card, "source": source, "weights_sha256": file_sha256(path)}
+
+
+def init_backbone(name: str, in_chans: int, init: str = "scratch", weights: str | None = None,
+                  drop_path: float = 0.0) -> tuple[nn.Module, int, dict | None]:
+    """(module, feature_dim, init card) of pretraining's backbone: ``build_backbone`` for ``INITS``; otherwise
+    ``init`` is a backbone source (module docstring: ``timm:NAME:FILE``, ``torchvision:NAME:FILE``,
+    ``hf:DIR``, ``imagenet:NAME:FILE``, ``radimagenet:FILE``, a ctssl export), loaded strictly with its weights
+    as they are: continued pretraining starts exactly from the file (the DINO teacher is a copy of it). Its
+    card (architecture, channels, preprocessing, the weights' SHA-256) is the third value."""
+    if not is_init_source(init):
+        model, dim = build_backbone(name, in_chans, init, weights, drop_path)
+        return model, dim, None
+    model, card = load_backbone(init)
+    if card["backbone"] != name:
+        raise ValueError(f"model.init '{init}' is a {card['backbone']} backbone but model.backbone is '{name}'; "
+                         f"set model.backbone={card['backbone']} (pretrain/main.py --init sets it).")
+    if int(card["in_chans"]) != in_chans:
+        raise ValueError(f"model.init '{init}' takes {card['in_chans']} input channel(s) but the views have "
+                         f"{in_chans}; set data.windows to {card['in_chans']} window(s) or model.in_chans.")
+    if drop_path:
+        raise ValueError("model.drop_path cannot be changed on a backbone loaded from model.init (set it to 0).")
+    return model, feature_dim(model, in_chans), card

@@ -1,4 +1,4 @@
-"""Backbone sources (eval.inputs.sources): random init reproducible, RadImageNet keys mapped, ImageNet files
+"""Backbone sources (pretrain.sources): random init reproducible, RadImageNet keys mapped, ImageNet files
 and ctssl checkpoints read with their cards."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ctssl.eval.inputs.sources import load_backbone, radimagenet_state_dict
+from ctssl.pretrain.sources import load_backbone, radimagenet_state_dict
 from ctssl.pretrain.backbones import build_backbone
 
 
@@ -58,6 +58,29 @@ def test_imagenet_file_and_ctssl_checkpoint_sources(tmp_path):
     with pytest.raises(ValueError, match="must be .safetensors"):
         (tmp_path / "weights.bin").write_bytes(b"0")
         load_backbone(str(tmp_path / "weights.bin"))
+
+
+class _Holder(torch.nn.Module):
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    @property
+    def export_backbone(self):
+        return self.backbone
+
+
+@pytest.fixture
+def exported(tmp_path):
+    """(backbone.safetensors path, the backbone) of a ResNet-18 exported with a CT card."""
+    from ctssl.pretrain.checkpoint import export_backbone
+
+    torch.manual_seed(3)
+    backbone, _ = build_backbone("resnet18", 3)
+    card = {"backbone": "resnet18", "in_chans": 3, "method": "simclr",
+            "data": {"kind": "ct", "windows": ["lung", "soft_tissue", "bone"]}}
+    (tmp_path / "export").mkdir()
+    return export_backbone(_Holder(backbone), tmp_path / "export", card), backbone
 
 
 def test_exported_backbone_round_trips(exported, tmp_path):
