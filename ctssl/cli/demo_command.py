@@ -4,11 +4,11 @@ Stages (each skipped when already complete, so a rerun resumes): synthetic CT co
 natural-image stand-in; CT shards, shuffled for pretraining; natural-image shards; SimCLR and DINO on
 CT, SimCLR on natural images; on held-out patients, for random init and the three pretrained backbones:
 lesion presence (kNN, linear probe, fine-tuning with an lr grid chosen on validation) and body region
-(kNN, linear probe); CKA/CCA similarity; domain gap; the confounder experiment; OUT/eval/report.html
-and OUT/summary.md.
+(kNN, linear probe); CKA/CCA similarity; domain gap; the confounder experiment; segmentation on a second
+corpus; OUT/eval/report.html and OUT/summary.md (with each stage's time).
 
-  ctssl demo                 # about 11 minutes on 2 CPU cores
-  ctssl demo --quick         # about 2 minutes; what the tests run
+  ctssl demo                 # 40 patients (10 test patients: intervals and paired tests)
+  ctssl demo --quick         # 8 patients, every stage; what the tests run
 """
 
 from __future__ import annotations
