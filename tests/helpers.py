@@ -1,4 +1,4 @@
-"""Small readers the tests share (independent of ctssl's own ingest code)."""
+"""Small readers and stand-ins the tests share (independent of ctssl's own ingest code)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import torch
 from pydicom.pixels import apply_modality_lut
 
 
@@ -36,3 +37,16 @@ def reference_hu(ds) -> np.ndarray:
     if "PixelPaddingValue" in ds:
         hu[stored == ds.PixelPaddingValue] = -1024
     return np.clip(np.rint(hu), -1024, 3071)
+
+
+class ExportHolder(torch.nn.Module):
+    """A stand-in for a pretraining method around ``backbone``: what ``pretrain.checkpoint.export_backbone``
+    exports (its ``export_backbone``), so that tests can export a backbone without training one."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    @property
+    def export_backbone(self):
+        return self.backbone

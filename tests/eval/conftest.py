@@ -7,16 +7,7 @@ import torch
 
 from ctssl.pretrain.backbones import build_backbone
 from ctssl.pretrain.checkpoint import export_backbone
-
-
-class _Holder(torch.nn.Module):
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    @property
-    def export_backbone(self):
-        return self.backbone
+from tests.helpers import ExportHolder
 
 
 @pytest.fixture(scope="session")
@@ -26,4 +17,4 @@ def exported(tmp_path_factory):
     backbone, _ = build_backbone("resnet18", 3)
     card = {"backbone": "resnet18", "in_chans": 3, "method": "simclr",
             "data": {"kind": "ct", "windows": ["lung", "soft_tissue", "bone"]}}
-    return export_backbone(_Holder(backbone), tmp_path_factory.mktemp("export"), card), backbone
+    return export_backbone(ExportHolder(backbone), tmp_path_factory.mktemp("export"), card), backbone

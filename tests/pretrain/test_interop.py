@@ -12,16 +12,7 @@ from ctssl.cli.main import main
 from ctssl.pretrain.sources import load_backbone
 from ctssl.pretrain.backbones import build_backbone
 from ctssl.pretrain.checkpoint import export_backbone
-
-
-class _Holder(torch.nn.Module):
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    @property
-    def export_backbone(self):
-        return self.backbone
+from tests.helpers import ExportHolder
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +25,7 @@ def ct_resnet50(tmp_path_factory):
             m.running_var.uniform_(0.5, 1.5)
     card = {"backbone": "resnet50", "in_chans": 1, "method": "dino", "data": {"kind": "ct", "windows": ["lung"],
                                                                               "image_size": 32}}
-    path = export_backbone(_Holder(backbone), tmp_path_factory.mktemp("ct50"), card)
+    path = export_backbone(ExportHolder(backbone), tmp_path_factory.mktemp("ct50"), card)
     return str(path), backbone.eval()
 
 

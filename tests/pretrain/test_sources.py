@@ -8,6 +8,7 @@ import torch
 
 from ctssl.pretrain.sources import load_backbone, radimagenet_state_dict
 from ctssl.pretrain.backbones import build_backbone
+from tests.helpers import ExportHolder
 
 
 def test_random_source_is_reproducible_and_radimagenet_keys_map(tmp_path):
@@ -60,16 +61,6 @@ def test_imagenet_file_and_ctssl_checkpoint_sources(tmp_path):
         load_backbone(str(tmp_path / "weights.bin"))
 
 
-class _Holder(torch.nn.Module):
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    @property
-    def export_backbone(self):
-        return self.backbone
-
-
 @pytest.fixture
 def exported(tmp_path):
     """(backbone.safetensors path, the backbone) of a ResNet-18 exported with a CT card."""
@@ -80,7 +71,7 @@ def exported(tmp_path):
     card = {"backbone": "resnet18", "in_chans": 3, "method": "simclr",
             "data": {"kind": "ct", "windows": ["lung", "soft_tissue", "bone"]}}
     (tmp_path / "export").mkdir()
-    return export_backbone(_Holder(backbone), tmp_path / "export", card), backbone
+    return export_backbone(ExportHolder(backbone), tmp_path / "export", card), backbone
 
 
 def test_exported_backbone_round_trips(exported, tmp_path):

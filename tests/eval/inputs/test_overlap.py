@@ -13,16 +13,7 @@ from ctssl.eval.inputs.overlap import check_overlap, overlap_status
 from ctssl.pretrain.backbones import build_backbone
 from ctssl.pretrain.checkpoint import export_backbone
 from ctssl.shards.patients import load_patients
-
-
-class _Holder(torch.nn.Module):
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    @property
-    def export_backbone(self):
-        return self.backbone
+from tests.helpers import ExportHolder
 
 
 CT_CARD = {"backbone": "resnet18", "in_chans": 3, "method": "simclr",
@@ -39,7 +30,7 @@ def resplit_backbone(ct_shards, tmp_path_factory):
     torch.manual_seed(0)
     backbone, _ = build_backbone("resnet18", 3)
     patients = {"salt_check": recorded["salt_check"], "split": "train", "patients": recorded["splits"]["train"]}
-    return export_backbone(_Holder(backbone), folder, CT_CARD, patients), recorded
+    return export_backbone(ExportHolder(backbone), folder, CT_CARD, patients), recorded
 
 
 def test_ingest_and_shuffle_record_the_patients_per_split(ct_shards, eval_shards, tmp_path):
